@@ -1,0 +1,73 @@
+"""Foundation benchmark: training throughput and evaluation time of each model on LastFM 10-core.
+
+    python benchmarks/foundation.py [--dataset lastfm] [--epochs 3] [--device auto] [--out FILE.json]
+
+Training throughput is training triples per second over the epochs' training steps (the
+per-epoch validation is timed apart); evaluation time is the full ranking of all tags for all
+test posts, best of 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from robustag import paths
+from robustag.evaluation import evaluate, scores_of
+from robustag.preprocess import load_split
+from robustag.training import default_config, resolve_device, train
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="lastfm")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    split = load_split(args.dataset, paths.data_dir())
+    rows = []
+    for model in ("metric", "pitf", "pop", "pop-user", "pop-item", "pop-mix"):
+        config = default_config(model, epochs=args.epochs, patience=args.epochs) if model in ("metric", "pitf") else default_config(model, mix=0.5)
+        result = train(split, config, device)
+        row = {"model": model}
+        if result.history:
+            train_seconds = sum(r["seconds"] for r in result.history)
+            row["epoch_seconds"] = train_seconds / len(result.history)
+            row["triples_per_second"] = split.train.n_assignments * len(result.history) / train_seconds
+        row["eval_seconds"] = best_of(3, lambda: evaluate(scores_of(result.model), split.test, split.n_tags, device))
+        row["posts_per_second"] = len(split.test) / row["eval_seconds"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    report = {
+        "dataset": args.dataset,
+        "train_triples": split.train.n_assignments,
+        "test_posts": len(split.test),
+        "tags": split.n_tags,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "rows": rows,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The `robustag` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+import robustag
+from robustag import paths
+from robustag.download import download_dataset
+from robustag.errors import RobustagError
+from robustag.evaluation import CUTOFFS, evaluate, scores_of
+from robustag.models import MODEL_NAMES
+from robustag.preprocess import SplitOptions, TagSplit, load_split
+from robustag.training import default_config, resolve_device, train
+from robustag.trec import write_qrels, write_run
+
+app = typer.Typer(help="Robustness benchmarking for personalized tag recommendation.", no_args_is_help=True)
+data_app = typer.Typer(help="Data sets: statistics and downloads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+DataDirOption = typer.Option(
+    None, "--data-dir", envvar=paths.DATA_DIR_ENV, help="Folder holding the data sets (or $ROBUSTAG_DATA_DIR)."
+)
+PCoreOption = typer.Option(10, "--p-core", help="Iterative p-core: every user, item and tag in ≥ p assignments.")
+SplitSeedOption = typer.Option(0, "--split-seed", help="Seed of the tie-break between a user's last posts.")
+
+
+def _load(dataset: str, data_dir: Optional[Path], p_core: int, split_seed: int, validation: bool = True) -> TagSplit:
+    with console.status(f"loading {dataset} ({p_core}-core)"):
+        return load_split(dataset, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@data_app.command("stats")
+def data_stats(
+    name: str = typer.Argument(..., help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
+    data_dir: Optional[Path] = DataDirOption,
+    p_core: int = PCoreOption,
+    split_seed: int = SplitSeedOption,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+):
+    """Users, items, tags, assignments, posts and train/test posts (the paper's Table 1)."""
+    stats = _load(name, data_dir, p_core, split_seed).stats()
+    table = Table(title=f"{name}, {p_core}-core")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        table.add_row(key.replace("_", " "), f"{value:,}")
+    Console().print(table)
+    if json_out:
+        _write_json(json_out, {"dataset": name, **stats})
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="lastfm, movielens, delicious or ml10m"),
+    data_dir: Optional[Path] = DataDirOption,
+    sha256: Optional[str] = typer.Option(None, help="Expected sha256 of the tag-assignment file (overrides the pinned one)."),
+    url: Optional[str] = typer.Option(None, help="Fetch from this URL instead of GroupLens."),
+):
+    """Fetch a data set from GroupLens into the data directory, verifying its sha256."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console) as progress:
+        task = progress.add_task(f"downloading {name}", total=None)
+        path = download_dataset(
+            name, paths.data_dir(data_dir), sha256, url, lambda done, total: progress.update(task, completed=done, total=total)
+        )
+    console.print(f"[green]verified[/green] {path}")
+
+
+@app.command("train")
+def train_command(
+    dataset: str = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
+    model: str = typer.Option("metric", "--model", "-m", help=f"One of: {', '.join(MODEL_NAMES)}"),
+    data_dir: Optional[Path] = DataDirOption,
+    p_core: int = PCoreOption,
+    split_seed: int = SplitSeedOption,
+    seed: int = typer.Option(0, help="Seed of initialisation, shuffling and negative sampling."),
+    dim: Optional[int] = typer.Option(None, help="Embedding size d."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    epochs: Optional[int] = typer.Option(None, help="Most epochs (early stopping on validation NDCG@3)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    negatives: Optional[int] = typer.Option(None, help="Negative tags sampled per positive."),
+    margin: Optional[float] = typer.Option(None, help="Hinge margin (metric)."),
+    norm: Optional[str] = typer.Option(None, help="metric: clip (unit ball), reg (L2) or none."),
+    reg: Optional[float] = typer.Option(None, help="L2 weight (pitf; metric with --norm reg)."),
+    patience: Optional[int] = typer.Option(None, help="Epochs without validation gain before stopping."),
+    mix: Optional[float] = typer.Option(None, help="pop-mix weight on the user's tags (default: tuned)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics, config, seed and history here."),
+    save_run: Optional[Path] = typer.Option(None, "--save-run", help="Write the test rankings as a TREC run (and PATH.qrels)."),
+):
+    """Train a model, evaluate it on the test posts, and print the metrics."""
+    config = default_config(
+        model, seed=seed, dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives,
+        margin=margin, norm=norm, reg=reg, patience=patience, mix=mix,
+    )
+    torch_device = resolve_device(device)
+    split = _load(dataset, data_dir, p_core, split_seed)
+    result = _train_with_progress(split, config, torch_device)
+    started = time.perf_counter()
+    evaluation = evaluate(scores_of(result.model), split.test, split.n_tags, torch_device)
+    eval_seconds = time.perf_counter() - started
+    metrics = evaluation.summary()
+    Console().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", metrics))
+    if json_out:
+        _write_json(json_out, {
+            "dataset": dataset,
+            "split": {**split.stats(), "split_seed": split_seed},
+            "model": model,
+            "config": asdict(result.config),
+            "seed": seed,
+            "metrics": metrics,
+            "best_epoch": result.best_epoch,
+            "best_valid": result.best_valid,
+            "history": result.history,
+            "device": str(torch_device),
+            "train_seconds": result.train_seconds,
+            "eval_seconds": eval_seconds,
+            "versions": _versions(),
+        })
+    if save_run:
+        save_run.parent.mkdir(parents=True, exist_ok=True)
+        write_run(save_run, split, split.test, evaluation.top_tags, f"robustag-{model}")
+        write_qrels(Path(f"{save_run}.qrels"), split, split.test)
+
+
+def _train_with_progress(split: TagSplit, config, device: torch.device):
+    if config.model not in ("metric", "pitf"):
+        with console.status(f"fitting {config.model}"):
+            return train(split, config, device)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"training {config.model} on {device}", total=config.epochs, info="")
+
+        def on_epoch(record: dict) -> None:
+            info = f"loss {record.get('loss', float('nan')):.4f}  valid ndcg@3 {record.get('valid_ndcg@3', float('nan')):.4f}"
+            progress.update(task, advance=1, info=info)
+
+        return train(split, config, device, on_epoch=on_epoch)
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("N", justify="right")
+    for name in ("P", "R", "F1", "NDCG"):
+        table.add_column(f"{name}@N", justify="right")
+    for n in CUTOFFS:
+        table.add_row(str(n), *(f"{metrics[f'{m}@{n}']:.4f}" for m in ("p", "r", "f1", "ndcg")))
+    return table
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "robustag": robustag.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    try:
+        app()
+    except RobustagError as error:
+        console.print(f"[bold red]error:[/bold red] {error}")
+        sys.exit(2)

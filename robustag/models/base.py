@@ -1,0 +1,112 @@
+"""What every tag recommender offers, and what embedding models add for attacks and defenses.
+
+A recommender scores a batch of posts (user, item) against all tags at once:
+`score(users, items) -> (B, n_tags)`. Embedding models also expose their three embedding
+tables and compute scores from (possibly perturbed) embeddings, so that an attack or a
+defense perturbs rows of those tables without knowing the model's formula.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """Training quadruples: each (user, item, positive tag) with K sampled negative tags."""
+
+    users: torch.Tensor  # (B,)
+    items: torch.Tensor  # (B,)
+    positives: torch.Tensor  # (B,)
+    negatives: torch.Tensor  # (B, K)
+
+
+@dataclass
+class BatchEmbeddings:
+    """The embedding rows a batch looks up; attacks add perturbations of the same shapes."""
+
+    user: torch.Tensor  # (B, d)
+    item: torch.Tensor  # (B, d)
+    positive: torch.Tensor  # (B, d_tag)
+    negative: torch.Tensor  # (B, K, d_tag)
+
+    def perturbed(self, delta: "BatchEmbeddings") -> "BatchEmbeddings":
+        return BatchEmbeddings(
+            self.user + delta.user,
+            self.item + delta.item,
+            self.positive + delta.positive,
+            self.negative + delta.negative,
+        )
+
+
+class TagRecommender(ABC):
+    """Anything that ranks all tags for a batch of posts."""
+
+    name: str = "recommender"
+    learned: bool = False
+
+    @abstractmethod
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores (B, n_tags) for B posts; higher ranks first."""
+
+
+class EmbeddingModel(nn.Module, TagRecommender):
+    """A learned model over user, item and tag embedding tables.
+
+    Subclasses define the score of tags given embeddings and the loss of a (positive,
+    negative) score pair; everything else (training, attacks, defenses) goes through here.
+    """
+
+    learned = True
+
+    def __init__(self, n_users: int, n_items: int, n_tags: int, dim: int, tag_dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        self.tag = nn.Embedding(n_tags, tag_dim or dim)
+
+    def tables(self) -> dict[str, nn.Embedding]:
+        return {"user": self.user, "item": self.item, "tag": self.tag}
+
+    def embed(self, batch: Batch) -> BatchEmbeddings:
+        return BatchEmbeddings(
+            self.user(batch.users), self.item(batch.items), self.tag(batch.positives), self.tag(batch.negatives)
+        )
+
+    @abstractmethod
+    def score_tags(self, user: torch.Tensor, item: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        """Scores of given tag embeddings: user, item (B, d); tags (B, K, d_tag) -> (B, K)."""
+
+    @abstractmethod
+    def score_all(self, user: torch.Tensor, item: torch.Tensor, tag_table: torch.Tensor) -> torch.Tensor:
+        """Scores of every tag in one matrix product: user, item (B, d); tag_table (T, d_tag) -> (B, T)."""
+
+    @abstractmethod
+    def pair_loss(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """Per-pair loss from positive scores (B, 1) and negative scores (B, K) -> (B, K)."""
+
+    def penalty(self, embeddings: BatchEmbeddings) -> torch.Tensor:
+        """Regularisation of the batch's rows; none by default."""
+        return embeddings.user.new_zeros(())
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called after each optimiser step (e.g. to project embeddings back into the unit ball)."""
+
+    def pair_losses(self, embeddings: BatchEmbeddings) -> torch.Tensor:
+        """The (B, K) per-quadruple losses of a batch's (possibly perturbed) embeddings."""
+        positive = self.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
+        negative = self.score_tags(embeddings.user, embeddings.item, embeddings.negative)
+        return self.pair_loss(positive, negative)
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        embeddings = self.embed(batch)
+        return self.pair_losses(embeddings).mean() + self.penalty(embeddings)
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.score_all(self.user(users), self.item(items), self.tag.weight)

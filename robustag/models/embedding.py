@@ -1,0 +1,92 @@
+"""The two learned models: the paper's metric model and PITF."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustag.models.base import BatchEmbeddings, EmbeddingModel
+
+
+class MetricModel(EmbeddingModel):
+    """Metric learning over (u, i, t): d = ||e_u − e_t||² + ||e_i − e_t||², score = −d.
+
+    Trained with the triplet hinge [m + d(u, i, t+) − d(u, i, t−)]_+. `norm="clip"` keeps every
+    embedding in the ball of radius `max_norm` after each step (CML's clipping); `norm="reg"`
+    adds an L2 penalty `reg` on the batch's rows instead.
+    """
+
+    name = "metric"
+
+    def __init__(self, n_users, n_items, n_tags, dim=64, margin=0.5, norm="clip", max_norm=1.0, reg=0.0):
+        super().__init__(n_users, n_items, n_tags, dim)
+        if norm not in ("clip", "reg", "none"):
+            raise ValueError(f"norm must be clip, reg or none, got {norm!r}")
+        self.margin, self.norm, self.max_norm, self.reg = margin, norm, max_norm, reg
+        for table in self.tables().values():
+            nn.init.normal_(table.weight, std=1.0 / dim**0.5)
+        self.after_step()
+
+    def score_tags(self, user, item, tags):
+        return -((user.unsqueeze(1) - tags).pow(2).sum(-1) + (item.unsqueeze(1) - tags).pow(2).sum(-1))
+
+    def score_all(self, user, item, tag_table):
+        # −(|u|² + |i|² + 2|t|² − 2 (u + i)·t): one matrix product instead of a (B, T, d) difference.
+        const = user.pow(2).sum(1, keepdim=True) + item.pow(2).sum(1, keepdim=True)
+        return torch.addmm(-const - 2 * tag_table.pow(2).sum(1), user + item, tag_table.T, alpha=2.0)
+
+    def pair_loss(self, positive, negative):
+        return F.relu(self.margin - positive + negative)
+
+    def penalty(self, embeddings: BatchEmbeddings):
+        if self.norm != "reg" or self.reg == 0:
+            return super().penalty(embeddings)
+        return self.reg * _mean_square_norm(embeddings)
+
+    @torch.no_grad()
+    def after_step(self):
+        if self.norm == "clip":
+            for table in self.tables().values():
+                table.weight.data = table.weight.data.renorm(2, 0, self.max_norm)
+
+
+class PITFModel(EmbeddingModel):
+    """Pairwise Interaction Tensor Factorization (Rendle & Schmidt-Thieme, WSDM 2010), BPR loss.
+
+    score(u, i, t) = <u, t^U> + <i, t^I>. The tag table holds [t^U | t^I] side by side (2d
+    columns), so attacks and defenses see the same three tables as for the metric model.
+    """
+
+    name = "pitf"
+
+    def __init__(self, n_users, n_items, n_tags, dim=64, reg=1e-5, init_std=0.01):
+        super().__init__(n_users, n_items, n_tags, dim, tag_dim=2 * dim)
+        self.reg = reg
+        for table in self.tables().values():
+            nn.init.normal_(table.weight, std=init_std)
+
+    def score_tags(self, user, item, tags):
+        d = self.dim
+        return (user.unsqueeze(1) * tags[..., :d]).sum(-1) + (item.unsqueeze(1) * tags[..., d:]).sum(-1)
+
+    def score_all(self, user, item, tag_table):
+        d = self.dim
+        return user @ tag_table[:, :d].T + item @ tag_table[:, d:].T
+
+    def pair_loss(self, positive, negative):
+        return F.softplus(negative - positive)  # −log σ(s+ − s−)
+
+    def penalty(self, embeddings: BatchEmbeddings):
+        return self.reg * _mean_square_norm(embeddings)
+
+
+def _mean_square_norm(embeddings: BatchEmbeddings) -> torch.Tensor:
+    """Mean over the batch of the squared norms of its rows (negatives summed over K)."""
+    total = (
+        embeddings.user.pow(2).sum(-1)
+        + embeddings.item.pow(2).sum(-1)
+        + embeddings.positive.pow(2).sum(-1)
+        + embeddings.negative.pow(2).sum(-1).sum(-1)
+    )
+    return total.mean()

@@ -1,0 +1,24 @@
+"""Where data and caches live: an explicit option wins, then the environment, then a default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "ROBUSTAG_DATA_DIR"
+CACHE_DIR_ENV = "ROBUSTAG_CACHE_DIR"
+
+
+def data_dir(option: str | Path | None = None) -> Path:
+    """The data directory: `--data-dir`, else $ROBUSTAG_DATA_DIR, else ./data."""
+    chosen = option or os.environ.get(DATA_DIR_ENV) or "data"
+    return Path(chosen).expanduser()
+
+
+def cache_dir() -> Path:
+    """Processed splits are cached here; the data directory itself may be read-only."""
+    chosen = os.environ.get(CACHE_DIR_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "robustag"

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real data directory, a private cache, and small synthetic data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests and CI read the real data sets from ../shared/data unless told otherwise.
+os.environ.setdefault("ROBUSTAG_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Processed splits go to a cache private to this test session."""
+    os.environ["ROBUSTAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    path = Path(os.environ["ROBUSTAG_DATA_DIR"])
+    if not (path / "hetrec2011-lastfm-2k").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"the real data sets are missing from {path}: CI must provide ../shared/data")
+        pytest.skip(f"real data sets not found in {path}")
+    return path
+
+
+def planted_tsv(path: Path, n_users=60, n_items=80, n_tags=40, n_groups=8, posts_per_user=12, seed=0) -> Path:
+    """A tab-separated data set with planted structure: each user and item belongs to a group,
+    and a post's tags come mostly from the tags of its item's group and its user's group."""
+    rng = np.random.default_rng(seed)
+    user_group = rng.integers(n_groups, size=n_users)
+    item_group = rng.integers(n_groups, size=n_items)
+    tag_group = np.arange(n_tags) % n_groups
+    rows = []
+    for user in range(n_users):
+        items = rng.choice(n_items, size=posts_per_user, replace=False)
+        for time, item in enumerate(items):
+            pool = np.flatnonzero((tag_group == item_group[item]) | (tag_group == user_group[user]))
+            tags = rng.choice(pool, size=3, replace=False)
+            for tag in tags:
+                rows.append(f"u{user}\ti{item}\tt{tag}\t{1000 * user + time}")
+    path.write_text("user\titem\ttag\ttimestamp\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def planted_path(tmp_path_factory) -> Path:
+    return planted_tsv(tmp_path_factory.mktemp("planted") / "planted.tsv")

@@ -1,0 +1,82 @@
+"""The command line end to end: data stats, train with --json and a TREC run that an
+independent computation reads back to the same metrics."""
+
+import json
+import math
+from collections import defaultdict
+
+import pytest
+from typer.testing import CliRunner
+
+from robustag.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    result = runner.invoke(app, list(map(str, args)))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_data_stats_json_on_real_data(tmp_path, real_data_dir):
+    out = tmp_path / "stats.json"
+    result = _invoke("data", "stats", "movielens", "--data-dir", real_data_dir, "--json", out)
+    stats = json.loads(out.read_text())
+    assert stats["dataset"] == "movielens" and stats["p_core"] == 10
+    assert stats["raw_assignments"] == 47_957
+    assert stats["train_posts"] + stats["valid_posts"] + stats["test_posts"] == stats["posts"]
+    assert f"{stats['assignments']:,}" in result.output
+
+
+def _read_trec(run_path, qrels_path):
+    run, qrels = defaultdict(list), defaultdict(set)
+    for line in run_path.read_text().splitlines():
+        qid, _, doc, rank, score, _ = line.split()
+        run[qid].append((int(rank), doc, float(score)))
+    for line in qrels_path.read_text().splitlines():
+        qid, _, doc, rel = line.split()
+        if int(rel) > 0:
+            qrels[qid].add(doc)
+    return run, qrels
+
+
+def _f1_ndcg_at(run, qrels, n):
+    """Recompute F1@n and NDCG@n from the files alone, sorting by score as trec_eval does."""
+    f1s, ndcgs = [], []
+    for qid, relevant in qrels.items():
+        ranked = [doc for _, doc, _ in sorted(run[qid], key=lambda r: -r[2])][:n]
+        hits = [doc in relevant for doc in ranked]
+        found = sum(hits)
+        p, r = found / n, found / len(relevant)
+        f1s.append(0.0 if found == 0 else 2 * p * r / (p + r))
+        dcg = sum(h / math.log2(k + 2) for k, h in enumerate(hits))
+        idcg = sum(1 / math.log2(k + 2) for k in range(min(n, len(relevant))))
+        ndcgs.append(dcg / idcg)
+    return sum(f1s) / len(f1s), sum(ndcgs) / len(ndcgs)
+
+
+@pytest.mark.parametrize("model, extra", [("pop-mix", []), ("metric", ["--epochs", "2", "--dim", "16"])])
+def test_train_writes_json_and_a_trec_run_that_reproduces_the_metrics(tmp_path, real_data_dir, model, extra):
+    out, run_path = tmp_path / "m.json", tmp_path / "run.txt"
+    result = _invoke(
+        "train", "--dataset", "movielens", "--model", model, "--data-dir", real_data_dir, "--device", "cpu",
+        "--json", out, "--save-run", run_path, *extra,
+    )
+    payload = json.loads(out.read_text())
+    assert payload["model"] == model and payload["seed"] == 0 and payload["config"]["model"] == model
+    metrics = payload["metrics"]
+    assert set(metrics) >= {f"{m}@{n}" for m in ("p", "r", "f1", "ndcg") for n in (1, 3, 5, 10)}
+    assert f"{metrics['f1@3']:.4f}" in result.output
+    run, qrels = _read_trec(run_path, tmp_path / "run.txt.qrels")
+    assert len(qrels) == payload["split"]["test_posts"]
+    for n in (3, 10):
+        f1, ndcg = _f1_ndcg_at(run, qrels, n)
+        assert f1 == pytest.approx(metrics[f"f1@{n}"], abs=1e-9)
+        assert ndcg == pytest.approx(metrics[f"ndcg@{n}"], abs=1e-9)
+
+
+def test_bad_option_exits_with_a_clear_message(tmp_path):
+    result = runner.invoke(app, ["train", "--model", "metric", "--dim", "0", "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "--dim: invalid value 0" in str(result.exception)

@@ -1,0 +1,76 @@
+"""Training: determinism, early stopping, negative sampling, and that learning beats popularity
+on data with planted structure."""
+
+import numpy as np
+import pytest
+import torch
+
+from robustag.evaluation import evaluate, scores_of
+from robustag.preprocess import SplitOptions, load_split
+from robustag.training import NegativeSampler, default_config, train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def planted(planted_path, tmp_path_factory):
+    return load_split(f"tsv:{planted_path}", tmp_path_factory.mktemp("d"), SplitOptions(p_core=3))
+
+
+def _test_metrics(split, model):
+    return evaluate(scores_of(model), split.test, split.n_tags).summary()
+
+
+@pytest.mark.parametrize("model", ["metric", "pitf"])
+def test_fixed_seed_reproduces_the_same_numbers(planted, model):
+    config = default_config(model, epochs=3, dim=16, seed=7)
+    first, second = train(planted, config, CPU), train(planted, config, CPU)
+    assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
+    assert _test_metrics(planted, first.model) == _test_metrics(planted, second.model)
+    other = train(planted, default_config(model, epochs=3, dim=16, seed=8), CPU)
+    assert [r["loss"] for r in other.history] != [r["loss"] for r in first.history]
+
+
+def test_negatives_never_hit_a_posts_own_tags(planted):
+    generator = torch.Generator().manual_seed(0)
+    sampler = NegativeSampler(planted.train, planted.n_tags, generator, CPU)
+    index = torch.arange(planted.train.n_assignments)
+    negatives = sampler.sample(index, 16).numpy()
+    post = sampler.post_index.numpy()
+    indptr, tags = planted.train.tag_indptr, planted.train.tag_indices
+    for row in range(0, len(index), 7):
+        own = set(tags[indptr[post[row]] : indptr[post[row] + 1]].tolist())
+        assert not own & set(negatives[row].tolist())
+    assert negatives.min() >= 0 and negatives.max() < planted.n_tags
+
+
+@pytest.mark.parametrize("model", ["metric", "pitf"])
+def test_learned_models_beat_global_popularity_on_planted_structure(planted, model):
+    result = train(planted, default_config(model, epochs=40, dim=16, lr=0.01, patience=40), CPU)
+    pop = train(planted, default_config("pop"), CPU)
+    learned, baseline = _test_metrics(planted, result.model), _test_metrics(planted, pop.model)
+    assert learned["ndcg@3"] > baseline["ndcg@3"] + 0.1
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_early_stopping_restores_the_best_epoch(planted):
+    result = train(planted, default_config("metric", epochs=30, dim=16, lr=0.05, patience=2), CPU)
+    scores = [r["valid_ndcg@3"] for r in result.history]
+    assert result.best_epoch == int(np.argmax(scores)) + 1
+    assert len(scores) < 30 or result.best_epoch is not None
+    assert result.best_valid["valid_ndcg@3"] == max(scores)
+    restored = evaluate(scores_of(result.model), planted.valid, planted.n_tags).summary()["ndcg@3"]
+    assert restored == pytest.approx(max(scores))
+
+
+def test_metric_clip_keeps_embeddings_in_the_unit_ball(planted):
+    result = train(planted, default_config("metric", epochs=2, dim=8, lr=0.1), CPU)
+    for table in result.model.tables().values():
+        assert table.weight.norm(dim=1).max() <= 1.0 + 1e-5
+
+
+def test_pop_mix_tunes_its_weight_on_validation(planted):
+    result = train(planted, default_config("pop-mix"), CPU)
+    assert 0.0 <= result.config.mix <= 1.0 and len(result.history) == 21
+    best = max(r["valid_ndcg@3"] for r in result.history)
+    assert result.best_valid["valid_ndcg@3"] == best

@@ -19,17 +19,23 @@ from rich.table import Table
 
 import robustag
 from robustag import paths
+from robustag.attack import ATTACKS, EmbeddingAttack
+from robustag.checkpoint import load_model, save_model
 from robustag.download import download_dataset
 from robustag.errors import RobustagError
 from robustag.evaluation import CUTOFFS, evaluate, scores_of
 from robustag.models import MODEL_NAMES
+from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
+from robustag.robustness import run_attack, summarise, worst_case
 from robustag.training import default_config, resolve_device, train
 from robustag.trec import write_qrels, write_run
 
 app = typer.Typer(help="Robustness benchmarking for personalized tag recommendation.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: statistics and downloads.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+attacks_app = typer.Typer(help="Attack plugins.", no_args_is_help=True)
+app.add_typer(attacks_app, name="attacks")
 console = Console(stderr=True)
 
 DataDirOption = typer.Option(
@@ -37,11 +43,22 @@ DataDirOption = typer.Option(
 )
 PCoreOption = typer.Option(10, "--p-core", help="Iterative p-core: every user, item and tag in ≥ p assignments.")
 SplitSeedOption = typer.Option(0, "--split-seed", help="Seed of the tie-break between a user's last posts.")
+PluginOption = typer.Option(None, "--plugin", help="Load attack/defense plugins from this Python file (repeatable).")
+
+
+def _load_plugins(files: Optional[list[Path]]) -> None:
+    for file in files or []:
+        ATTACKS.load_file(file)
 
 
 def _load(dataset: str, data_dir: Optional[Path], p_core: int, split_seed: int, validation: bool = True) -> TagSplit:
     with console.status(f"loading {dataset} ({p_core}-core)"):
         return load_split(dataset, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation))
+
+
+def _stdout() -> Console:
+    """Results go to stdout; when it is not a terminal, wide enough that tables do not wrap."""
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -70,7 +87,7 @@ def data_stats(
     table.add_column("value", justify="right")
     for key, value in stats.items():
         table.add_row(key.replace("_", " "), f"{value:,}")
-    Console().print(table)
+    _stdout().print(table)
     if json_out:
         _write_json(json_out, {"dataset": name, **stats})
 
@@ -112,8 +129,11 @@ def train_command(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics, config, seed and history here."),
     save_run: Optional[Path] = typer.Option(None, "--save-run", help="Write the test rankings as a TREC run (and PATH.qrels)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model (learned models) here."),
+    plugin: Optional[list[Path]] = PluginOption,
 ):
     """Train a model, evaluate it on the test posts, and print the metrics."""
+    _load_plugins(plugin)
     config = default_config(
         model, seed=seed, dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives,
         margin=margin, norm=norm, reg=reg, patience=patience, mix=mix,
@@ -125,27 +145,150 @@ def train_command(
     evaluation = evaluate(scores_of(result.model), split.test, split.n_tags, torch_device)
     eval_seconds = time.perf_counter() - started
     metrics = evaluation.summary()
-    Console().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", metrics))
+    _stdout().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", metrics))
     if json_out:
         _write_json(json_out, {
-            "dataset": dataset,
-            "split": {**split.stats(), "split_seed": split_seed},
-            "model": model,
-            "config": asdict(result.config),
-            "seed": seed,
+            **_run_header(dataset, split, split_seed, result.config, torch_device),
             "metrics": metrics,
             "best_epoch": result.best_epoch,
             "best_valid": result.best_valid,
             "history": result.history,
-            "device": str(torch_device),
             "train_seconds": result.train_seconds,
             "eval_seconds": eval_seconds,
-            "versions": _versions(),
         })
     if save_run:
         save_run.parent.mkdir(parents=True, exist_ok=True)
         write_run(save_run, split, split.test, evaluation.top_tags, f"robustag-{model}")
         write_qrels(Path(f"{save_run}.qrels"), split, split.test)
+    if save:
+        _save(save, result, split)
+
+
+def _save(path: Path, result, split: TagSplit) -> None:
+    if not getattr(result.model, "learned", False):
+        raise RobustagError(f"--save {path}: {result.config.model} is not a learned model; there is nothing to save")
+    save_model(path, result.model, result.config, split)
+    console.print(f"saved model to {path}")
+
+
+def _run_header(dataset: str, split: TagSplit, split_seed: int, config, device: torch.device) -> dict:
+    return {
+        "dataset": dataset,
+        "split": {**split.stats(), "split_seed": split_seed},
+        "model": config.model,
+        "config": asdict(config),
+        "seed": config.seed,
+        "device": str(device),
+        "versions": _versions(),
+    }
+
+
+@app.command("attack")
+def attack_command(
+    attacks: str = typer.Option("pgd,mim,fgsm", "--attacks", "-a", help="Attack specs, e.g. pgd:eps=0.5,steps=10,mim,tag-replace-20"),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Comma-separated budgets: every embedding attack runs at each."),
+    dataset: str = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
+    model: str = typer.Option("metric", "--model", "-m", help="metric or pitf (evasion needs embeddings)."),
+    data_dir: Optional[Path] = DataDirOption,
+    p_core: int = PCoreOption,
+    split_seed: int = SplitSeedOption,
+    seed: int = typer.Option(0, help="Seed of training and of the attacks' random draws."),
+    epochs: Optional[int] = typer.Option(None, help="Most epochs when training."),
+    dim: Optional[int] = typer.Option(None, help="Embedding size d when training."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    load: Optional[Path] = typer.Option(None, "--load", help="Attack this saved model instead of training one."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
+    plugin: Optional[list[Path]] = PluginOption,
+):
+    """Train (or load) a model and measure what each attack does to it."""
+    _load_plugins(plugin)
+    attack_list = _build_attacks(attacks, eps, seed)
+    torch_device = resolve_device(device)
+    split = _load(dataset, data_dir, p_core, split_seed)
+    if load:
+        trained, config = load_model(load, split, torch_device)
+    else:
+        config = default_config(model, seed=seed, epochs=epochs, dim=dim)
+        result = _train_with_progress(split, config, torch_device)
+        trained, config = result.model, result.config
+        if save:
+            _save(save, result, split)
+    clean = evaluate(scores_of(trained), split.test, split.n_tags, torch_device)
+    outcomes = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("attacking", total=len(attack_list))
+        for attack in attack_list:
+            progress.update(task, description=f"attack {attack.name}" + (f" ε={attack.eps}" if isinstance(attack, EmbeddingAttack) else ""))
+            outcomes.append(run_attack(attack, trained, split, config, torch_device, clean))
+            progress.advance(task)
+    rows = [summarise(clean, outcome) for outcome in outcomes]
+    worst = worst_case(clean, outcomes)
+    _stdout().print(_attack_table(f"{config.model} on {dataset}: clean and attacked", rows, worst))
+    if json_out:
+        _write_json(json_out, {
+            **_run_header(dataset, split, split_seed, config, torch_device),
+            "eps_semantics": "eps is relative to the mean L2 norm of the rows of each perturbed embedding table (÷√d per coordinate for linf)",
+            "clean": clean.summary(),
+            "attacks": rows,
+            "worst_case": worst,
+        })
+
+
+def _build_attacks(attacks: str, eps: Optional[str], seed: int) -> list:
+    specs = split_specs(attacks)
+    if not specs:
+        raise RobustagError("--attacks: no attack given")
+    budgets = [None]
+    if eps:
+        try:
+            budgets = [float(v) for v in eps.split(",") if v.strip()]
+        except ValueError:
+            raise RobustagError(f"--eps {eps!r}: expected comma-separated numbers") from None
+    built = []
+    for spec in specs:
+        probe = ATTACKS.create(spec)
+        overrides = {"seed": seed} if "seed" in probe.params and "seed=" not in spec else {}
+        if isinstance(probe, EmbeddingAttack):
+            built += [ATTACKS.create(spec, **overrides, **({"eps": b} if b is not None else {})) for b in budgets]
+        else:
+            built.append(probe)
+    return built
+
+
+def _attack_table(title: str, rows: list[dict], worst: dict) -> Table:
+    table = Table(title=title, caption="ε relative to the mean row norm of each perturbed table")
+    for column in ("attack", "ε", "F1@3 clean", "F1@3 attacked", "rel. drop", "NDCG@3 clean", "NDCG@3 attacked",
+                   "rel. drop", "overlap@3", "seconds"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for row in rows:
+        table.add_row(
+            row["attack"].split(":")[0], "" if row["eps"] is None else f"{row['eps']:g}",
+            f"{row['clean_f1@3']:.4f}", f"{row['attacked_f1@3']:.4f}", f"{row['rel_drop_f1@3']:.1%}",
+            f"{row['clean_ndcg@3']:.4f}", f"{row['attacked_ndcg@3']:.4f}", f"{row['rel_drop_ndcg@3']:.1%}",
+            f"{row['overlap@3']:.3f}", f"{row['seconds']:.1f}",
+        )
+    if worst:
+        table.add_row("worst case (per post)", "", "", f"{worst['worst_f1@3']:.4f}", "", "",
+                      f"{worst['worst_ndcg@3']:.4f}", "", f"broken@3 {worst['broken@3']:.1%}", "")
+    return table
+
+
+@attacks_app.command("list")
+def attacks_list(plugin: Optional[list[Path]] = PluginOption):
+    """Every attack with its threat surface and parameters."""
+    _load_plugins(plugin)
+    table = Table(title="attacks")
+    for column in ("name", "surface", "trainable", "parameters (default)", "origin"):
+        table.add_column(column)
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        params = "\n".join(f"{k}={p.default!r}: {p.help}" for k, p in cls.params.items())
+        table.add_row(name, cls.surface, "yes" if cls.trainable else "no", params, ATTACKS.origin(name))
+    for name, spec in ATTACKS.presets().items():
+        table.add_row(name, ATTACKS.get(spec.split(":")[0]).surface, "", f"preset: {spec}", "built-in preset")
+    _stdout().print(table)
 
 
 def _train_with_progress(split: TagSplit, config, device: torch.device):

@@ -8,6 +8,7 @@ training, so every user with a test post also has training data.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -272,3 +273,10 @@ def _read_cache(cache_file: Path, name: str, options: SplitOptions) -> TagSplit:
             options=options,
             **parts,
         )
+
+
+def replace_train(split: TagSplit, train: Posts, user_labels: np.ndarray | None = None) -> TagSplit:
+    """The same split with other training posts (poisoning); validation and test are untouched."""
+    return dataclasses.replace(
+        split, train=train, user_labels=split.user_labels if user_labels is None else np.asarray(user_labels)
+    )

@@ -154,7 +154,7 @@ def train(
         return fit_popularity(split, config, device)
     regime = regime or TrainingRegime()
     torch.manual_seed(config.seed)
-    model = _build_learned(split, config).to(device)
+    model = build_learned(split, config).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     sampler = NegativeSampler(split.train, split.n_tags, generator, device)
     users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
@@ -199,7 +199,7 @@ def train(
     return result
 
 
-def _build_learned(split: TagSplit, config: TrainConfig) -> EmbeddingModel:
+def build_learned(split: TagSplit, config: TrainConfig) -> EmbeddingModel:
     sizes = (split.n_users, split.n_items, split.n_tags)
     if config.model == "metric":
         return LEARNED_MODELS["metric"](*sizes, dim=config.dim, margin=config.margin, norm=config.norm, reg=config.reg)

@@ -4,11 +4,14 @@ independent computation reads back to the same metrics."""
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from robustag.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
 
 runner = CliRunner()
 
@@ -80,3 +83,42 @@ def test_bad_option_exits_with_a_clear_message(tmp_path):
     result = runner.invoke(app, ["train", "--model", "metric", "--dim", "0", "--data-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "--dim: invalid value 0" in str(result.exception)
+
+
+def test_attack_command_reports_every_attack_and_the_worst_case(tmp_path, real_data_dir):
+    out, saved = tmp_path / "attack.json", tmp_path / "model.pt"
+    example = str(REPO / "examples" / "plugins" / "random_noise.py")
+    result = _invoke(
+        "attack", "-d", "movielens", "--epochs", "3", "--data-dir", real_data_dir, "--device", "cpu",
+        "--attacks", "pgd:steps=5,fgsm,random-noise,tag-replace-10", "--eps", "0.05,0.2",
+        "--plugin", example, "--json", out, "--save", saved,
+    )
+    payload = json.loads(out.read_text())
+    specs = [row["attack"].split(":")[0] for row in payload["attacks"]]
+    assert specs == ["pgd", "pgd", "fgsm", "fgsm", "random-noise", "random-noise", "tag-replace"]
+    assert [row["eps"] for row in payload["attacks"]][:2] == [0.05, 0.2]
+    assert "relative to the mean L2 norm" in payload["eps_semantics"]
+    for row in payload["attacks"]:
+        assert row["clean_f1@3"] == payload["clean"]["f1@3"]
+        assert row["drop_ndcg@3"] == pytest.approx(row["clean_ndcg@3"] - row["attacked_ndcg@3"])
+    assert payload["worst_case"]["worst_ndcg@3"] <= min(r["attacked_ndcg@3"] for r in payload["attacks"][:6]) + 1e-12
+    assert "worst case" in result.output
+    # The saved model loads back to the same clean metrics, without retraining.
+    again = tmp_path / "again.json"
+    _invoke("attack", "-d", "movielens", "--data-dir", real_data_dir, "--device", "cpu",
+            "--attacks", "fgsm:eps=0.05", "--load", saved, "--json", again)
+    assert json.loads(again.read_text())["clean"] == payload["clean"]
+
+
+def test_attacks_list_shows_surfaces_and_parameters():
+    result = _invoke("attacks", "list")
+    for name in ("fgsm", "pgd", "mim", "freelb", "tag-replace", "tag-promote", "tag-replace-20"):
+        assert name in result.output
+    assert "embedding" in result.output and "data" in result.output and "step_size" in result.output
+
+
+def test_load_rejects_a_checkpoint_of_another_dataset(tmp_path, real_data_dir):
+    saved = tmp_path / "m.pt"
+    _invoke("train", "-d", "movielens", "--epochs", "1", "--dim", "8", "--data-dir", real_data_dir, "--save", saved)
+    result = runner.invoke(app, ["attack", "-d", "lastfm", "--data-dir", str(real_data_dir), "--load", str(saved)])
+    assert result.exit_code != 0 and "trained on movielens" in str(result.exception)

@@ -1,0 +1,157 @@
+"""The attack plugin API.
+
+An attack is a small class over one of two bases:
+
+- `EmbeddingAttack` (surface "embedding"): evasion on embeddings. It implements
+  `perturb(objective, deltas, radius)`: given zero perturbations (a dict of tensors whose last
+  dimension is an embedding row), the absolute per-row budgets, and an `objective(deltas)`
+  returning one loss per sample, it returns perturbations within budget that raise the
+  objective. The same method serves robustness evaluation (the objective pushes each test
+  post's true tags down the ranking) and adversarial training (the objective is the batch's
+  training loss), so any attack with `trainable = True` can drive any adversarial defense.
+- `DataAttack` (surface "data"): poisoning. It implements `poison(split, seed)` and returns
+  a new split whose training posts are changed; the test posts stay untouched.
+
+Budgets: `eps` is relative to the embedding scale, the mean L2 norm of the table's rows, so
+the same `eps` means the same thing for every model (see `row_budget`).
+
+A third-party attack is one short file: subclass a base, set `name`, `summary`, `params`,
+implement one method. Load it with `--plugin file.py` or the entry-point group
+`robustag.attacks`; see `examples/plugins/`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+
+from robustag.plugins import Param, Plugin, PluginError, Registry, fraction, non_negative, positive
+from robustag.preprocess import TagSplit
+
+Objective = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+TARGETS = ("user", "item", "tag")
+
+
+class Attack(Plugin):
+    """Base of all attacks."""
+
+    surface: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False  # may a defense use it to make adversarial samples?
+
+
+class EmbeddingAttack(Attack):
+    """Evasion: perturb embedding rows within an L2 (per row) or L∞ budget."""
+
+    surface = "embedding"
+    params = {
+        "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
+        "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),
+        "targets": Param("user+item", "embeddings to perturb: user, item, tag joined by +"),
+    }
+
+    def validate(self) -> None:
+        chosen = self.target_tables
+        if not chosen or any(t not in TARGETS for t in chosen):
+            raise PluginError(f"{self.name}: targets={self.targets!r} must join some of {', '.join(TARGETS)} with +")
+
+    @property
+    def target_tables(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets.split("+") if t)
+
+    def perturb(self, objective: Objective, deltas: dict[str, torch.Tensor], radius: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Perturbations (same keys and shapes as `deltas`, each row within `radius`) that raise `objective`."""
+        raise NotImplementedError
+
+
+class DataAttack(Attack):
+    """Poisoning: change the training data; the model is retrained on it."""
+
+    surface = "data"
+
+    def poison(self, split: TagSplit, seed: int) -> TagSplit:
+        raise NotImplementedError
+
+
+# -- geometry shared by the embedding attacks ------------------------------------------------
+
+def row_budget(table: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Absolute per-row radius: eps × the table's mean row L2 norm (÷ √d for L∞, per coordinate)."""
+    scale = table.detach().norm(dim=-1).mean()
+    return eps * scale / (table.shape[-1] ** 0.5 if norm == "linf" else 1.0)
+
+
+def steepest(gradient: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit-budget ascent direction: g/‖g‖ per row (L2) or sign(g) (L∞)."""
+    if norm == "linf":
+        return gradient.sign()
+    return gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def project(delta: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
+    """Back into the per-row ball of `radius`."""
+    if norm == "linf":
+        return torch.maximum(torch.minimum(delta, radius), -radius)
+    scale = (radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+    return delta * scale
+
+
+def random_start(like: torch.Tensor, radius: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform draw inside the per-row ball."""
+    if norm == "linf":
+        unit = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype) * 2 - 1
+        return unit * radius
+    direction = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    u = torch.rand((*like.shape[:-1], 1), generator=generator, device=like.device, dtype=like.dtype)
+    return direction * radius * u ** (1.0 / like.shape[-1])
+
+
+def gradients(objective: Objective, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """∂ Σ objective / ∂ delta for each perturbation; model parameters get no gradient."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in deltas.items()}
+    with torch.enable_grad():
+        loss = objective(leaves).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
+
+
+class IterativeAttack(EmbeddingAttack):
+    """Steps of δ ← Π(δ + α·r·direction(∇)), from zero or a random start: FGSM, PGD, MIM, FreeLB.
+
+    Subclasses fix the number of steps, the step size and the start, or change `direction`.
+    """
+
+    def schedule(self) -> tuple[int, float, bool]:
+        """(steps, step size relative to the radius, random start)."""
+        raise NotImplementedError
+
+    def direction(self, grads: dict[str, torch.Tensor], state: dict) -> dict[str, torch.Tensor]:
+        return {k: steepest(g, self.norm) for k, g in grads.items()}
+
+    def perturb(self, objective, deltas, radius):
+        steps, step_size, start_random = self.schedule()
+        generator = None
+        if start_random:
+            first = next(iter(deltas.values()))
+            generator = torch.Generator(device=first.device).manual_seed(getattr(self, "seed", 0))
+            deltas = {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
+        state: dict = {}
+        for _ in range(steps):
+            moves = self.direction(gradients(objective, deltas), state)
+            deltas = {k: project(v + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in deltas.items()}
+        return {k: v.detach() for k, v in deltas.items()}
+
+
+def iterative_params(steps: int, step_size: float, random_start_default: bool) -> dict[str, Param]:
+    """The parameters shared by multi-step attacks."""
+    return {
+        **EmbeddingAttack.params,
+        "steps": Param(steps, "ascent steps", **positive("≥ 1")),
+        "step_size": Param(step_size, "step size relative to the radius (α/ε)", **positive()),
+        "random_start": Param(random_start_default, "start from a uniform draw inside the ball"),
+        "seed": Param(0, "seed of the random start"),
+    }
+
+
+ATTACKS = Registry("attack", Attack, "robustag.attacks", "robustag.attacks")

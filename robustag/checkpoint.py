@@ -1,0 +1,57 @@
+"""Save and load trained embedding models: a state dict and the plain config that built it.
+
+Loading uses `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python
+values only, so opening one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from robustag.errors import RobustagError
+from robustag.models import EmbeddingModel
+from robustag.preprocess import TagSplit
+from robustag.training import TrainConfig, build_learned
+
+FORMAT = 1
+
+
+def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: TagSplit) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": FORMAT,
+            "config": asdict(config),
+            "dataset": split.name,
+            "split": asdict(split.options),
+            "sizes": [split.n_users, split.n_items, split.n_tags],
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+
+
+def load_model(path: Path, split: TagSplit, device: torch.device) -> tuple[EmbeddingModel, TrainConfig]:
+    path = Path(path)
+    if not path.is_file():
+        raise RobustagError(f"--load {path}: file not found")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise RobustagError(f"--load {path}: not a robustag checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise RobustagError(f"--load {path}: not a robustag checkpoint of format {FORMAT}")
+    sizes = [split.n_users, split.n_items, split.n_tags]
+    if saved["dataset"] != split.name or saved["sizes"] != sizes or saved["split"] != asdict(split.options):
+        raise RobustagError(
+            f"--load {path}: trained on {saved['dataset']} {saved['split']} with sizes {saved['sizes']}, "
+            f"but this run uses {split.name} {asdict(split.options)} with sizes {sizes}"
+        )
+    config = TrainConfig(**saved["config"])
+    model = build_learned(split, config)
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), config

@@ -1,0 +1,234 @@
+"""Attacks: the plugin API, the built-ins' budgets and strength, poisoning, and the example plugin."""
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robustag.attack import ATTACKS, Attack, project, random_start, row_budget
+from robustag.evaluation import evaluate, scores_of
+from robustag.plugins import PluginError, Registry, split_specs
+from robustag.preprocess import SplitOptions, load_split
+from robustag.robustness import evade, promotion_rate, run_attack, worst_case
+from robustag.training import default_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "plugins" / "random_noise.py"
+CPU = torch.device("cpu")
+EMBEDDING_ATTACKS = ("fgsm", "pgd", "mim", "freelb")
+
+
+@pytest.fixture(scope="module")
+def movielens(real_data_dir):
+    split = load_split("movielens", real_data_dir)
+    result = train(split, default_config("metric", dim=64, epochs=40, lr=0.005, margin=1.0), CPU)
+    return split, result.model
+
+
+@pytest.fixture(scope="module")
+def noise_registry():
+    registry = Registry("attack", Attack, "robustag.attacks", "robustag.attacks.none")
+    registry.load_file(EXAMPLE)
+    return registry
+
+
+def _ndcg3(evaluation):
+    return evaluation.summary()["ndcg@3"]
+
+
+def test_pgd_hurts_at_least_as_much_as_fgsm_and_both_more_than_noise(movielens, noise_registry):
+    split, model = movielens
+    clean = _ndcg3(evaluate(scores_of(model), split.test, split.n_tags))
+    drops = {name: [] for name in ("random-noise", "fgsm", "pgd")}
+    for eps in (0.05, 0.1, 0.2):
+        for name in drops:
+            attacked = _ndcg3(evade(model, split, noise_registry.create(f"{name}:eps={eps}"), CPU))
+            drops[name].append(clean - attacked)
+    mean = {name: np.mean(values) for name, values in drops.items()}
+    assert mean["pgd"] >= mean["fgsm"] > mean["random-noise"] + 0.05
+    assert mean["random-noise"] < 0.03  # noise of the same norm barely moves the ranking
+
+
+@pytest.mark.parametrize("name", EMBEDDING_ATTACKS)
+def test_eps_zero_leaves_metrics_exactly_unchanged(movielens, name):
+    split, model = movielens
+    clean = evaluate(scores_of(model), split.test, split.n_tags)
+    attacked = evade(model, split, ATTACKS.create(f"{name}:eps=0,targets=user+item+tag"), CPU)
+    for key, values in clean.per_post.items():
+        np.testing.assert_array_equal(attacked.per_post[key], values, err_msg=key)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(EMBEDDING_ATTACKS),
+    norm=st.sampled_from(["l2", "linf"]),
+    eps=st.floats(min_value=0.0, max_value=2.0),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_every_perturbation_stays_inside_its_budget(name, norm, eps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.randn(30, 6, generator=generator)
+    target = torch.randn(6, generator=generator)
+    attack = ATTACKS.create(f"{name}:eps={eps},norm={norm}")
+    radius = {"user": row_budget(table, eps, norm), "tag": row_budget(table, eps, norm)}
+    deltas = {"user": torch.zeros(30, 6), "tag": torch.zeros(30, 4, 6)}
+    objective = lambda d: ((table + d["user"]) @ target) ** 2 + (d["tag"] @ target).exp().sum(1)
+    out = attack.perturb(objective, deltas, radius)
+    for key, delta in out.items():
+        assert delta.shape == deltas[key].shape
+        if norm == "l2":
+            assert (delta.norm(dim=-1) <= radius[key] * (1 + 1e-5) + 1e-7).all()
+        else:
+            assert (delta.abs() <= radius[key] * (1 + 1e-5) + 1e-7).all()
+
+
+def test_projection_and_random_start_respect_the_ball():
+    generator = torch.Generator().manual_seed(0)
+    big = torch.randn(100, 8, generator=generator) * 10
+    radius = torch.tensor(0.3)
+    assert (project(big, radius, "l2").norm(dim=-1) <= 0.3 + 1e-6).all()
+    assert (project(big, radius, "linf").abs() <= 0.3).all()
+    start = random_start(big, radius, "l2", generator)
+    assert (start.norm(dim=-1) <= 0.3 + 1e-6).all() and start.norm(dim=-1).min() > 0
+
+
+def test_tag_replace_changes_exactly_round_r_n_assignments_never_to_the_same_tag(movielens):
+    split, _ = movielens
+    rate = 0.2
+    poisoned = ATTACKS.create("tag-replace-20").poison(split, seed=3)
+    before = split.train.triples()
+    after = poisoned.train.triples()
+    n = split.train.n_assignments
+    assert poisoned.train.n_assignments == n
+    # Posts keep their (user, item) and number of tags: compare each post's tag multiset.
+    np.testing.assert_array_equal(poisoned.train.users, split.train.users)
+    np.testing.assert_array_equal(poisoned.train.tag_indptr, split.train.tag_indptr)
+    changed = 0
+    for k in range(len(split.train)):
+        old = np.sort(split.train.tag_indices[split.train.tag_indptr[k]: split.train.tag_indptr[k + 1]])
+        new = np.sort(poisoned.train.tag_indices[poisoned.train.tag_indptr[k]: poisoned.train.tag_indptr[k + 1]])
+        changed += len(old) - _multiset_overlap(old, new)
+    # A replacement can land on a tag the post already had through another replacement,
+    # so the multiset view can only undercount.
+    assert changed <= round(rate * n) and changed > 0.95 * round(rate * n)
+    assert poisoned.test is split.test and poisoned.valid is split.valid
+    assert len(before[0]) == len(after[0])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.2, 0.3, 1.0])
+def test_replace_tags_changes_exactly_round_r_n_never_to_the_same_tag(rate):
+    from robustag.attacks.tag_replace import replace_tags
+
+    rng = np.random.default_rng(0)
+    tags = rng.integers(0, 7, size=1001)
+    new = replace_tags(tags, rate, 7, np.random.default_rng(1))
+    assert (new != tags).sum() == round(rate * len(tags))
+    assert new.min() >= 0 and new.max() < 7
+    again = replace_tags(tags, rate, 7, np.random.default_rng(1))
+    np.testing.assert_array_equal(new, again)
+
+
+def _multiset_overlap(a, b):
+    values, counts_a = np.unique(a, return_counts=True)
+    counts_b = np.array([np.sum(b == v) for v in values])
+    return int(np.minimum(counts_a, counts_b).sum())
+
+
+def test_tag_promote_pushes_its_target_into_the_top_n(movielens):
+    split, model = movielens
+    config = default_config("metric", dim=64, epochs=40, lr=0.005, margin=1.0)
+    clean = evaluate(scores_of(model), split.test, split.n_tags)
+    attack = ATTACKS.create("tag-promote:fake_users=0.2,items_per_user=40")
+    outcome = run_attack(attack, model, split, config, CPU, clean)
+    target = attack.target_tag(split)
+    assert outcome.extra["target_tag"] == target
+    assert outcome.extra["attacked_promotion@10"] > outcome.extra["clean_promotion@10"] + 0.05
+    assert promotion_rate(clean, split.test, target, 10) == outcome.extra["clean_promotion@10"]
+
+
+def test_worst_case_is_the_per_post_minimum(movielens):
+    split, model = movielens
+    clean = evaluate(scores_of(model), split.test, split.n_tags)
+    outcomes = [run_attack(ATTACKS.create(f"{a}:eps=0.1"), model, split, None, CPU, clean) for a in ("fgsm", "pgd")]
+    worst = worst_case(clean, outcomes)
+    per_post = np.minimum(outcomes[0].evaluation.per_post["ndcg@3"], outcomes[1].evaluation.per_post["ndcg@3"])
+    assert worst["worst_ndcg@3"] == pytest.approx(per_post.mean())
+    assert worst["worst_ndcg@3"] <= min(o.evaluation.summary()["ndcg@3"] for o in outcomes)
+    assert 0 < worst["broken@3"] <= 1
+
+
+# -- the plugin API --------------------------------------------------------------------------
+
+def test_specs_are_parsed_typed_and_checked():
+    attack = ATTACKS.create("pgd:eps=0.5,steps=10,norm=l2")
+    assert (attack.eps, attack.steps, attack.norm) == (0.5, 10, "l2")
+    assert ATTACKS.create("tag-replace-30").rate == 0.3
+    assert split_specs("pgd:eps=0.5,steps=10,mim,tag-replace:rate=0.2") == [
+        "pgd:eps=0.5,steps=10", "mim", "tag-replace:rate=0.2"]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nope", r"unknown attack 'nope'; available: .*fgsm.*pgd.*tag-replace-20"),
+        ("pgd:steps=ten", r"pgd: parameter steps='ten' is not a valid int"),
+        ("pgd:eps=-0.1", r"pgd: parameter eps=-0.1 must be ≥ 0"),
+        ("pgd:gamma=2", r"pgd: unknown parameter 'gamma'"),
+        ("pgd:norm=l3", r"pgd: parameter norm='l3' must be one of l2, linf"),
+        ("pgd:targets=user+bias", r"pgd: targets='user\+bias' must join some of user, item, tag"),
+        ("tag-replace:rate=1.5", r"tag-replace: parameter rate=1.5 must be in \[0, 1\]"),
+        ("pgd:eps", r"malformed parameter 'eps'"),
+    ],
+)
+def test_bad_specs_give_clear_errors(spec, message):
+    with pytest.raises(PluginError, match=message):
+        ATTACKS.create(spec)
+
+
+def test_example_plugin_loads_from_a_file(noise_registry):
+    attack = noise_registry.create("random-noise:eps=0.2")
+    assert attack.surface == "embedding" and "random-noise" in noise_registry.names()
+    assert noise_registry.origin("random-noise").startswith("--plugin")
+
+
+def test_example_plugin_loads_through_an_entry_point(tmp_path, monkeypatch):
+    # What `pip install examples/plugins` leaves behind: the module and its dist-info.
+    (tmp_path / "random_noise.py").write_text(EXAMPLE.read_text())
+    dist = tmp_path / "robustag_random_noise-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: robustag-random-noise\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[robustag.test_attacks]\nrandom-noise = random_noise:RandomNoise\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("attack", Attack, "robustag.attacks", "robustag.test_attacks")
+    assert "random-noise" in registry.names()
+    assert "entry point 'random-noise'" in registry.origin("random-noise")
+    assert registry.create("random-noise:eps=0.3").eps == 0.3
+    monkeypatch.delitem(sys.modules, "random_noise", raising=False)
+
+
+def test_a_broken_or_clashing_plugin_is_named(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_real_module\n")
+    registry = Registry("attack", Attack, "robustag.attacks", "robustag.attacks.none")
+    with pytest.raises(PluginError, match=r"--plugin .*broken\.py: failed to import: ModuleNotFoundError"):
+        registry.load_file(broken)
+    clash = tmp_path / "clash.py"
+    clash.write_text(textwrap.dedent('''
+        from robustag.attack import IterativeAttack, EmbeddingAttack
+
+        class MyPGD(IterativeAttack):
+            name = "pgd"
+            params = EmbeddingAttack.params
+
+            def schedule(self):
+                return 1, 1.0, False
+    '''))
+    with pytest.raises(PluginError, match=r"attack name clash: 'pgd' from --plugin .*clash\.py is already provided by built-in"):
+        registry.load_file(clash)
+    with pytest.raises(PluginError, match="--plugin .*missing.py: file not found"):
+        registry.load_file(tmp_path / "missing.py")

@@ -126,15 +126,20 @@ class IterativeAttack(EmbeddingAttack):
         """(steps, step size relative to the radius, random start)."""
         raise NotImplementedError
 
+    def generator(self, device: torch.device) -> torch.Generator:
+        """One seeded generator per attack instance: repeated calls (training batches) draw
+        fresh random starts, and the same sequence of calls gives the same draws."""
+        if getattr(self, "_generator", None) is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(getattr(self, "seed", 0))
+        return self._generator
+
     def direction(self, grads: dict[str, torch.Tensor], state: dict) -> dict[str, torch.Tensor]:
         return {k: steepest(g, self.norm) for k, g in grads.items()}
 
     def perturb(self, objective, deltas, radius):
         steps, step_size, start_random = self.schedule()
-        generator = None
         if start_random:
-            first = next(iter(deltas.values()))
-            generator = torch.Generator(device=first.device).manual_seed(getattr(self, "seed", 0))
+            generator = self.generator(next(iter(deltas.values())).device)
             deltas = {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
         state: dict = {}
         for _ in range(steps):

@@ -21,6 +21,7 @@ import robustag
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checkpoint import load_model, save_model
+from robustag.defense import DEFENSES
 from robustag.download import download_dataset
 from robustag.errors import RobustagError
 from robustag.evaluation import CUTOFFS, evaluate, scores_of
@@ -36,6 +37,8 @@ data_app = typer.Typer(help="Data sets: statistics and downloads.", no_args_is_h
 app.add_typer(data_app, name="data")
 attacks_app = typer.Typer(help="Attack plugins.", no_args_is_help=True)
 app.add_typer(attacks_app, name="attacks")
+defenses_app = typer.Typer(help="Defense plugins.", no_args_is_help=True)
+app.add_typer(defenses_app, name="defenses")
 console = Console(stderr=True)
 
 DataDirOption = typer.Option(
@@ -46,9 +49,21 @@ SplitSeedOption = typer.Option(0, "--split-seed", help="Seed of the tie-break be
 PluginOption = typer.Option(None, "--plugin", help="Load attack/defense plugins from this Python file (repeatable).")
 
 
+DefenseOption = typer.Option("plain", "--defense", help="Training regime spec, e.g. spaml-s:attack=pgd,eps=0.1,steps=3")
+
+
 def _load_plugins(files: Optional[list[Path]]) -> None:
     for file in files or []:
         ATTACKS.load_file(file)
+        DEFENSES.load_file(file)
+
+
+def _defense(spec: str, model: str):
+    """Built before any training, so that a bad configuration stops at once."""
+    defense = DEFENSES.create(spec)
+    if defense.name != "plain" and model not in ("metric", "pitf"):
+        raise RobustagError(f"--defense {defense.name}: {model} is not a learned model; only plain applies")
+    return defense
 
 
 def _load(dataset: str, data_dir: Optional[Path], p_core: int, split_seed: int, validation: bool = True) -> TagSplit:
@@ -130,6 +145,7 @@ def train_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics, config, seed and history here."),
     save_run: Optional[Path] = typer.Option(None, "--save-run", help="Write the test rankings as a TREC run (and PATH.qrels)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model (learned models) here."),
+    defense: str = DefenseOption,
     plugin: Optional[list[Path]] = PluginOption,
 ):
     """Train a model, evaluate it on the test posts, and print the metrics."""
@@ -138,9 +154,10 @@ def train_command(
         model, seed=seed, dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives,
         margin=margin, norm=norm, reg=reg, patience=patience, mix=mix,
     )
+    regime = _defense(defense, model)
     torch_device = resolve_device(device)
     split = _load(dataset, data_dir, p_core, split_seed)
-    result = _train_with_progress(split, config, torch_device)
+    result = _train_with_progress(split, config, torch_device, regime)
     started = time.perf_counter()
     evaluation = evaluate(scores_of(result.model), split.test, split.n_tags, torch_device)
     eval_seconds = time.perf_counter() - started
@@ -148,7 +165,7 @@ def train_command(
     _stdout().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", metrics))
     if json_out:
         _write_json(json_out, {
-            **_run_header(dataset, split, split_seed, result.config, torch_device),
+            **_run_header(dataset, split, split_seed, result.config, torch_device, regime),
             "metrics": metrics,
             "best_epoch": result.best_epoch,
             "best_valid": result.best_valid,
@@ -171,9 +188,10 @@ def _save(path: Path, result, split: TagSplit) -> None:
     console.print(f"saved model to {path}")
 
 
-def _run_header(dataset: str, split: TagSplit, split_seed: int, config, device: torch.device) -> dict:
+def _run_header(dataset: str, split: TagSplit, split_seed: int, config, device: torch.device, defense) -> dict:
     return {
         "dataset": dataset,
+        "defense": defense.describe(),
         "split": {**split.stats(), "split_seed": split_seed},
         "model": config.model,
         "config": asdict(config),
@@ -196,6 +214,7 @@ def attack_command(
     epochs: Optional[int] = typer.Option(None, help="Most epochs when training."),
     dim: Optional[int] = typer.Option(None, help="Embedding size d when training."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    defense: str = DefenseOption,
     load: Optional[Path] = typer.Option(None, "--load", help="Attack this saved model instead of training one."),
     save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
@@ -204,13 +223,14 @@ def attack_command(
     """Train (or load) a model and measure what each attack does to it."""
     _load_plugins(plugin)
     attack_list = _build_attacks(attacks, eps, seed)
+    regime = _defense(defense, model)
     torch_device = resolve_device(device)
     split = _load(dataset, data_dir, p_core, split_seed)
     if load:
         trained, config = load_model(load, split, torch_device)
     else:
         config = default_config(model, seed=seed, epochs=epochs, dim=dim)
-        result = _train_with_progress(split, config, torch_device)
+        result = _train_with_progress(split, config, torch_device, regime)
         trained, config = result.model, result.config
         if save:
             _save(save, result, split)
@@ -221,14 +241,14 @@ def attack_command(
         task = progress.add_task("attacking", total=len(attack_list))
         for attack in attack_list:
             progress.update(task, description=f"attack {attack.name}" + (f" ε={attack.eps}" if isinstance(attack, EmbeddingAttack) else ""))
-            outcomes.append(run_attack(attack, trained, split, config, torch_device, clean))
+            outcomes.append(run_attack(attack, trained, split, config, torch_device, clean, lambda: DEFENSES.create(defense)))
             progress.advance(task)
     rows = [summarise(clean, outcome) for outcome in outcomes]
     worst = worst_case(clean, outcomes)
     _stdout().print(_attack_table(f"{config.model} on {dataset}: clean and attacked", rows, worst))
     if json_out:
         _write_json(json_out, {
-            **_run_header(dataset, split, split_seed, config, torch_device),
+            **_run_header(dataset, split, split_seed, config, torch_device, regime),
             "eps_semantics": "eps is relative to the mean L2 norm of the rows of each perturbed embedding table (÷√d per coordinate for linf)",
             "clean": clean.summary(),
             "attacks": rows,
@@ -279,32 +299,50 @@ def _attack_table(title: str, rows: list[dict], worst: dict) -> Table:
 def attacks_list(plugin: Optional[list[Path]] = PluginOption):
     """Every attack with its threat surface and parameters."""
     _load_plugins(plugin)
-    table = Table(title="attacks")
-    for column in ("name", "surface", "trainable", "parameters (default)", "origin"):
-        table.add_column(column)
-    for name in ATTACKS.names():
-        cls = ATTACKS.get(name)
-        params = "\n".join(f"{k}={p.default!r}: {p.help}" for k, p in cls.params.items())
-        table.add_row(name, cls.surface, "yes" if cls.trainable else "no", params, ATTACKS.origin(name))
+    extra = lambda cls: {"surface": cls.surface, "trainable": "yes" if cls.trainable else "no"}
+    table = _plugin_table("attacks", ATTACKS, extra)
     for name, spec in ATTACKS.presets().items():
-        table.add_row(name, ATTACKS.get(spec.split(":")[0]).surface, "", f"preset: {spec}", "built-in preset")
+        table.add_row(name, ATTACKS.resolve(spec)[0].surface, "", f"preset: {spec}", "built-in preset")
     _stdout().print(table)
 
 
-def _train_with_progress(split: TagSplit, config, device: torch.device):
+@defenses_app.command("list")
+def defenses_list(plugin: Optional[list[Path]] = PluginOption):
+    """Every defense with its parameters (adversarial ones take an attack spec)."""
+    _load_plugins(plugin)
+    _stdout().print(_plugin_table("defenses", DEFENSES, lambda cls: {"adversarial": "yes" if cls.uses_attack else "no"}))
+
+
+def _plugin_table(title: str, registry, extra) -> Table:
+    names = registry.names()
+    extra_columns = list(extra(registry.get(names[0]))) if names else []
+    table = Table(title=title)
+    for column in ("name", *extra_columns, "parameters (default): meaning", "origin"):
+        table.add_column(column)
+    for name in names:
+        cls = registry.get(name)
+        params = "\n".join(f"{k}={p.default!r}: {p.help}" for k, p in cls.params.items()) or "(none)"
+        table.add_row(name, *extra(cls).values(), f"{cls.summary}\n{params}", registry.origin(name))
+    return table
+
+
+def _train_with_progress(split: TagSplit, config, device: torch.device, regime=None):
     if config.model not in ("metric", "pitf"):
         with console.status(f"fitting {config.model}"):
             return train(split, config, device)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"training {config.model} on {device}", total=config.epochs, info="")
+        name = f"{config.model}" + (f" + {regime.name}" if regime is not None and regime.name != "plain" else "")
+        task = progress.add_task(f"training {name} on {device}", total=config.epochs, info="")
 
         def on_epoch(record: dict) -> None:
             info = f"loss {record.get('loss', float('nan')):.4f}  valid ndcg@3 {record.get('valid_ndcg@3', float('nan')):.4f}"
             progress.update(task, advance=1, info=info)
 
-        return train(split, config, device, on_epoch=on_epoch)
+        result = train(split, config, device, regime=regime, on_epoch=on_epoch)
+        progress.update(task, total=len(result.history))  # early stopping ends the bar where it stopped
+        return result
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:

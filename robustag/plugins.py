@@ -246,14 +246,19 @@ class Registry:
             raise PluginError(f"unknown {self.kind} {name!r}; available: {available}")
         return self._classes[name]
 
-    def create(self, spec: str, **overrides: Any):
-        """Build a plugin from a spec string; `overrides` win over the spec's values."""
+    def resolve(self, spec: str) -> tuple[type, dict[str, str]]:
+        """The class a spec names (presets expanded) and the spec's raw parameter values."""
         self._ensure_builtins()
         name, values = parse_spec(spec)
         if name in self._aliases:
             name, preset = parse_spec(self._aliases[name])
             values = {**preset, **values}
-        return self.get(name)(**{**values, **overrides})
+        return self.get(name), values
+
+    def create(self, spec: str, **overrides: Any):
+        """Build a plugin from a spec string; `overrides` win over the spec's values."""
+        cls, values = self.resolve(spec)
+        return cls(**{**values, **overrides})
 
 
 _IMPORTED_FILES: dict[Path, object] = {}

@@ -83,10 +83,12 @@ def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation
     return evaluate(score_fn, split.test, split.n_tags, device)
 
 
-def poison(split: TagSplit, attack: DataAttack, config: TrainConfig, device, on_epoch=None):
-    """Retrain on the poisoned training posts; returns the poisoned split and the new model."""
+def poison(split: TagSplit, attack: DataAttack, config: TrainConfig, device, new_regime=None, on_epoch=None):
+    """Retrain on the poisoned training posts (with a fresh instance of the same defense);
+    returns the poisoned split and the new model."""
     poisoned = attack.poison(split, seed=config.seed)
-    return poisoned, train(poisoned, config, device, on_epoch=on_epoch).model
+    regime = new_regime() if new_regime else None
+    return poisoned, train(poisoned, config, device, regime=regime, on_epoch=on_epoch).model
 
 
 def promotion_rate(evaluation: Evaluation, posts: Posts, target: int, n: int) -> float:
@@ -137,13 +139,16 @@ def worst_case(clean: Evaluation, outcomes: list[AttackOutcome]) -> dict[str, fl
     return out
 
 
-def run_attack(attack, model, split: TagSplit, config: TrainConfig, device, clean: Evaluation, on_epoch=None) -> AttackOutcome:
-    """One attack against one trained model: evasion on the embeddings, or poison and retrain."""
+def run_attack(
+    attack, model, split: TagSplit, config: TrainConfig, device, clean: Evaluation, new_regime=None, on_epoch=None
+) -> AttackOutcome:
+    """One attack against one trained model: evasion on the embeddings, or poison and retrain
+    (`new_regime()` makes the training regime, i.e. the defense, for the retraining)."""
     started = time.perf_counter()
     if isinstance(attack, EmbeddingAttack):
         evaluation = evade(model, split, attack, device)
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started)
-    poisoned, retrained = poison(split, attack, config, device, on_epoch)
+    poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
     evaluation = evaluate(scores_of(retrained), split.test, split.n_tags, device)
     extra = {}
     if hasattr(attack, "target_tag"):

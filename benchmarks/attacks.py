@@ -1,0 +1,70 @@
+"""Attack benchmark: time of each attack over all test posts of LastFM 10-core, and its effect.
+
+    python benchmarks/attacks.py [--dataset lastfm] [--model metric] [--eps 0.1] [--device auto] [--out FILE.json]
+
+Embedding attacks are timed best of 3 (all test posts in one batch); poisoning attacks once,
+retraining included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from robustag import paths
+from robustag.attack import ATTACKS, EmbeddingAttack
+from robustag.evaluation import evaluate, scores_of
+from robustag.preprocess import load_split
+from robustag.robustness import run_attack
+from robustag.training import default_config, resolve_device, train
+
+SPECS = ("fgsm", "pgd", "mim", "freelb", "pgd:targets=user+item+tag", "tag-replace-20", "tag-promote")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="lastfm")
+    parser.add_argument("--model", default="metric")
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    split = load_split(args.dataset, paths.data_dir())
+    config = default_config(args.model, epochs=args.epochs)
+    model = train(split, config, device).model
+    clean = evaluate(scores_of(model), split.test, split.n_tags, device)
+    rows = []
+    for spec in SPECS:
+        attack = ATTACKS.create(spec)
+        if isinstance(attack, EmbeddingAttack):
+            attack = ATTACKS.create(spec, eps=args.eps)
+        repeats = 3 if isinstance(attack, EmbeddingAttack) else 1
+        timings, outcome = [], None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            outcome = run_attack(attack, model, split, config, device, clean)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+        row = {
+            "attack": attack.spec,
+            "seconds": min(timings),
+            "posts_per_second": len(split.test) / min(timings),
+            "clean_ndcg@3": clean.summary()["ndcg@3"],
+            "attacked_ndcg@3": outcome.evaluation.summary()["ndcg@3"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"dataset": args.dataset, "model": args.model, "device": str(device),
+                                        "test_posts": len(split.test), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The defense plugin API: a training regime around any embedding model.
+
+A defense says what a batch adds to the loss (`loss`) and what happens at the start of each
+epoch (`begin_epoch`: schedules, paces). `AdversarialDefense` adds the machinery of the
+adversarial ones: an attack plugin (any with `trainable = True`) makes perturbations Δ* of the
+batch's embeddings, and `adversarial_losses` gives the per-triple losses ℓ_j(Δ*), whose
+gradient reaches the parameters through the embeddings (Δ* itself is a constant).
+
+The attack is given inside the defense's spec: `spaml-s:attack=pgd,eps=0.5,steps=3` — every
+parameter the defense does not declare goes to its attack.
+
+A third-party defense is one short file: subclass `Defense` or `AdversarialDefense`, set
+`name`, `summary`, `params`, implement `loss` (and `begin_epoch` if it schedules anything);
+load it with `--plugin file.py` or the entry-point group `robustag.defenses`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from robustag.attack import ATTACKS, EmbeddingAttack, row_budget
+from robustag.models import Batch, BatchEmbeddings, EmbeddingModel
+from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative
+from robustag.training import TrainingRegime
+
+
+class Defense(Plugin, TrainingRegime):
+    """Base of all defenses: `loss(model, batch) -> (loss, figures)`, `begin_epoch(epoch, model)`."""
+
+    uses_attack: ClassVar[bool] = False
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines this defense, as plain values (for configs and hashes)."""
+        return {"name": self.name, **self.config}
+
+
+class AdversarialDefense(Defense):
+    """A defense that trains on adversarial perturbations made by an attack plugin."""
+
+    uses_attack = True
+    params = {
+        "attack": Param("pgd:eps=0.1,steps=3", "the attack that makes adversarial samples (a trainable one)"),
+        "beta": Param(1.0, "weight β of the adversarial loss", **non_negative()),
+    }
+
+    def __init__(self, **values: Any):
+        attack_spec = str(values.get("attack", self.params["attack"].default))
+        passed = {k: v for k, v in values.items() if k not in self.params}
+        own = {k: v for k, v in values.items() if k in self.params}
+        attack_class, _ = _resolve_attack(self.name, attack_spec)
+        unknown = sorted(k for k in passed if k not in attack_class.params)
+        if unknown:
+            raise PluginError(
+                f"{self.name}: unknown parameter {unknown[0]!r} (known: {', '.join(self.params)}; "
+                f"and its attack {attack_class.name}'s: {', '.join(attack_class.params) or 'none'})"
+            )
+        try:
+            adversary = ATTACKS.create(attack_spec, **passed)
+        except PluginError as error:
+            raise PluginError(f"{self.name}: {error}") from error
+        if not isinstance(adversary, EmbeddingAttack) or not adversary.trainable:
+            raise PluginError(
+                f"{self.name}: attack {adversary.name!r} cannot make adversarial training samples "
+                f"(it is not a trainable embedding attack)"
+            )
+        self.adversary = adversary
+        super().__init__(**own)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "attack": {"name": self.adversary.name, **self.adversary.config}}
+
+    @property
+    def spec(self) -> str:
+        """Canonical and round-trippable: the attack's parameters follow its name, flattened."""
+        own = ",".join(f"{k}={v}" for k, v in self.config.items() if k != "attack")
+        attack = ",".join([self.adversary.name, *(f"{k}={v}" for k, v in self.adversary.config.items())])
+        return f"{self.name}:attack={attack},{own}"
+
+    @property
+    def eps(self) -> float:
+        return self.adversary.eps
+
+    def perturbation(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> BatchEmbeddings:
+        """Δ* for a batch: the adversary maximises the per-triple training losses within budget."""
+        eps = self.adversary.eps if eps is None else eps
+        norm = self.adversary.norm
+        tables = model.tables()
+        budget = {name: row_budget(tables[name].weight, eps, norm) for name in ("user", "item", "tag")}
+        base = {k: v.detach() for k, v in vars(embeddings).items()}
+        fields = {"user": ("user",), "item": ("item",), "tag": ("positive", "negative")}
+        targets = [f for t in self.adversary.target_tables for f in fields[t]]
+        radius = {f: budget[t] for t in self.adversary.target_tables for f in fields[t]}
+
+        def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
+            moved = BatchEmbeddings(**{k: v + deltas[k] if k in deltas else v for k, v in base.items()})
+            return model.pair_losses(moved)
+
+        deltas = self.adversary.perturb(objective, {f: torch.zeros_like(base[f]) for f in targets}, radius)
+        return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
+
+    def adversarial_losses(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> torch.Tensor:
+        """ℓ_j(Δ*) for every quadruple of the batch, (B, K), differentiable in the parameters."""
+        return model.pair_losses(embeddings.perturbed(self.perturbation(model, embeddings, eps)))
+
+
+def _resolve_attack(defense: str, spec: str):
+    try:
+        return ATTACKS.resolve(spec)
+    except PluginError as error:
+        raise PluginError(f"{defense}: {error}") from error
+
+
+DEFENSES = Registry("defense", Defense, "robustag.defenses", "robustag.defenses")

@@ -122,3 +122,26 @@ def test_load_rejects_a_checkpoint_of_another_dataset(tmp_path, real_data_dir):
     _invoke("train", "-d", "movielens", "--epochs", "1", "--dim", "8", "--data-dir", real_data_dir, "--save", saved)
     result = runner.invoke(app, ["attack", "-d", "lastfm", "--data-dir", str(real_data_dir), "--load", str(saved)])
     assert result.exit_code != 0 and "trained on movielens" in str(result.exception)
+
+
+def test_train_with_a_defense_writes_its_per_epoch_record(tmp_path, real_data_dir):
+    out = tmp_path / "spaml.json"
+    _invoke("train", "-d", "movielens", "--defense", "spaml-s:attack=pgd,eps=0.1,steps=2", "--epochs", "2",
+            "--dim", "16", "--data-dir", real_data_dir, "--json", out)
+    payload = json.loads(out.read_text())
+    assert payload["defense"]["name"] == "spaml-s" and payload["defense"]["attack"]["steps"] == 2
+    for record in payload["history"]:
+        assert {"loss", "adv_loss", "admitted", "mean_weight", "lambda", "valid_f1@3", "valid_ndcg@3", "seconds"} <= set(record)
+    assert payload["history"][1]["lambda"] == pytest.approx(1.1 * payload["history"][0]["lambda"])
+
+
+def test_a_bad_defense_stops_before_any_data_is_read(tmp_path):
+    # The data directory is empty: the defense error must come first.
+    result = runner.invoke(app, ["train", "--defense", "spaml-s:mu=0.5", "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "mu=0.5 must be ≥ 1" in str(result.exception)
+
+
+def test_defenses_list_shows_every_defense():
+    result = _invoke("defenses", "list")
+    for name in ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb"):
+        assert name in result.output

@@ -6,6 +6,7 @@ values only, so opening one never runs code from the file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from robustag.training import TrainConfig, build_learned
 FORMAT = 1
 
 
-def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: TagSplit) -> None:
+def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: TagSplit, extra: dict | None = None) -> None:
+    """Save atomically (a killed run never leaves half a checkpoint); `extra` holds plain
+    values such as the training history."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -30,12 +33,15 @@ def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: Ta
             "split": asdict(split.options),
             "sizes": [split.n_users, split.n_items, split.n_tags],
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "extra": extra or {},
         },
-        path,
+        tmp := path.with_suffix(f".{os.getpid()}.tmp"),
     )
+    os.replace(tmp, path)
 
 
-def load_model(path: Path, split: TagSplit, device: torch.device) -> tuple[EmbeddingModel, TrainConfig]:
+def load_model(path: Path, split: TagSplit, device: torch.device, with_extra: bool = False):
+    """(model, config), or (model, config, extra) with `with_extra`."""
     path = Path(path)
     if not path.is_file():
         raise RobustagError(f"--load {path}: file not found")
@@ -54,4 +60,5 @@ def load_model(path: Path, split: TagSplit, device: torch.device) -> tuple[Embed
     config = TrainConfig(**saved["config"])
     model = build_learned(split, config)
     model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), config
+    model = model.to(device).eval()
+    return (model, config, saved.get("extra", {})) if with_extra else (model, config)

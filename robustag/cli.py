@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import torch
 import typer
 from rich.console import Console
@@ -20,6 +21,7 @@ from rich.table import Table
 import robustag
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
+from robustag.bench import RunSettings, pending_units, plan, run_units
 from robustag.checkpoint import load_model, save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
@@ -28,7 +30,10 @@ from robustag.evaluation import CUTOFFS, evaluate, scores_of
 from robustag.models import MODEL_NAMES
 from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
+from robustag.report import flat_cells, summary_table, write_report
 from robustag.robustness import run_attack, summarise, worst_case
+from robustag.spec import BenchSpec, load_specs, parse_seeds
+from robustag.store import DB_NAME, ResultStore
 from robustag.training import default_config, resolve_device, train
 from robustag.trec import write_qrels, write_run
 
@@ -362,6 +367,155 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+@app.command("bench")
+def bench_command(
+    spec_file: Optional[Path] = typer.Argument(None, help="A TOML benchmark spec (default: a small built-in one)."),
+    datasets: Optional[str] = typer.Option(None, help="Comma-separated datasets (overrides the spec)."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated models."),
+    defenses: Optional[str] = typer.Option(None, help="Defense specs, e.g. plain,aml,spaml-s:lambda=[0.5,1]"),
+    attacks: Optional[str] = typer.Option(None, help="Attack specs, evasion and poisoning, e.g. pgd,mim,tag-replace-20"),
+    seeds: Optional[int] = typer.Option(None, help="Number of seeds (0..N-1)."),
+    eps: Optional[str] = typer.Option(None, help="Comma-separated budgets for every evasion attack."),
+    epochs: Optional[int] = typer.Option(None, help="Most training epochs."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/SPEC_NAME)."),
+    data_dir: Optional[Path] = DataDirOption,
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    executor: str = typer.Option("local", help="local (process pool) or ray."),
+    workers: int = typer.Option(1, help="Worker processes (local executor, CPU)."),
+    per_gpu: int = typer.Option(1, "--per-gpu", help="Units packed on each GPU at once."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (executor ray)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the cells that failed."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write RUN/report at the end."),
+    plugin: Optional[list[Path]] = PluginOption,
+):
+    """Run a benchmark matrix (datasets × models × defenses × attacks × seeds), resumably."""
+    _load_plugins(plugin)
+    specs = load_specs(spec_file) if spec_file else [BenchSpec()]
+    for spec in specs:
+        _override_spec(spec, datasets, models, defenses, attacks, seeds, eps, epochs)
+    the_plan = plan(specs)
+    name = specs[0].name if len(specs) == 1 else (spec_file.stem if spec_file else "bench")
+    settings = RunSettings(out=out or Path("runs") / name, data_dir=paths.data_dir(data_dir), device=device,
+                           workers=workers, per_gpu=per_gpu, executor=executor, address=address,
+                           plugins=tuple(str(p) for p in plugin or ()), retry_failed=retry_failed)
+    store = ResultStore(settings.out)
+    for spec_name, rows in the_plan.rows.items():
+        store.add_cells(rows, spec_name)
+    store.set_meta("reference", specs[0].reference)
+    store.set_meta("specs", [asdict(spec) for spec in specs])
+    todo = pending_units(the_plan, store, retry_failed)
+    console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
+                  f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")
+    with BenchProgress(the_plan.n_cells, the_plan.n_cells - sum(len(u.cells) for u in todo)) as live:
+        run_units(todo, settings, store, live.on_event)
+    failed = store.cells(status="failed")
+    if len(failed):
+        console.print(f"[yellow]{len(failed)} cells failed[/yellow]; see `robustag results {settings.out} --status failed`, "
+                      "rerun with --retry-failed")
+    _stdout().print(summary_table(store))
+    if report:
+        written = write_report(settings.out)
+        console.print(f"report: {written}")
+
+
+def _override_spec(spec: BenchSpec, datasets, models, defenses, attacks, seeds, eps, epochs) -> None:
+    if datasets:
+        spec.datasets = [d for d in datasets.split(",") if d]
+    if models:
+        spec.models = [m for m in models.split(",") if m]
+    if defenses:
+        spec.defenses = split_specs(defenses)
+    if attacks:
+        spec.attacks = split_specs(attacks)
+    if seeds is not None:
+        spec.seeds = parse_seeds(seeds, "--seeds")
+    if eps:
+        try:
+            spec.eps = [float(v) for v in eps.split(",") if v]
+        except ValueError:
+            raise RobustagError(f"--eps {eps!r}: expected comma-separated numbers") from None
+    if epochs is not None:
+        spec.params = {**spec.params, "epochs": epochs}
+
+
+class BenchProgress:
+    """The live view: overall progress with ETA, the model in training and its epoch."""
+
+    def __init__(self, total: int, done: int):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.total, self.done = total, done
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.overall = self.progress.add_task("cells", total=self.total, completed=self.done, info="")
+        self.current = self.progress.add_task("", total=None, info="")
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def on_event(self, kind: str, data: dict) -> None:
+        if kind == "train":
+            self.progress.update(self.current, description=f"training {data['unit']}", total=data["epochs"], completed=0, info="")
+        elif kind == "epoch":
+            info = f"epoch {data['epoch']}  valid ndcg@3 {data.get('valid_ndcg@3', float('nan')):.4f}"
+            self.progress.update(self.current, completed=data["epoch"], info=info)
+        elif kind == "cell":
+            self.progress.update(self.current, description=f"evaluating {data['unit']}", info=data["attack"].split(",")[0])
+        elif kind == "unit_done":
+            self.progress.advance(self.overall, data.get("cells", 1))
+
+
+@app.command("results")
+def results_command(
+    run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
+    spec: Optional[str] = typer.Option(None, help="Only the cells of this spec."),
+    status: Optional[str] = typer.Option(None, help="pending, done or failed."),
+    dataset: Optional[str] = typer.Option(None),
+    defense: Optional[str] = typer.Option(None, help="Defense name."),
+    attack: Optional[str] = typer.Option(None, help="Attack name ('clean' for none)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Export the listed cells (metrics flattened) as CSV."),
+    parquet: Optional[Path] = typer.Option(None, "--parquet", help="Export as Parquet (needs pyarrow)."),
+):
+    """List and filter the cells of a run; export them."""
+    if not (run / DB_NAME).is_file():
+        raise RobustagError(f"{run}: no {DB_NAME} here; is it a folder written by robustag bench?")
+    frame = flat_cells(ResultStore(run).cells(spec=spec, status=status))
+    for column, value in (("dataset", dataset), ("defense_name", defense)):
+        if value:
+            frame = frame[frame[column] == value]
+    if attack:
+        frame = frame[frame["attack_name"].fillna("clean") == attack]
+    table = Table(title=f"{run}: {len(frame)} cells")
+    for column in ("dataset", "model", "seed", "defense", "attack", "eps", "status", "f1@3", "ndcg@3", "seconds"):
+        table.add_column(column)
+    for _, row in frame.iterrows():
+        table.add_row(row["dataset"], row["model"], str(row["seed"]), row["defense_name"], row["attack_name"] or "clean",
+                      "" if pd.isna(row["eps"]) else f"{row['eps']:g}", row["status"],
+                      _fmt(row.get("f1@3")), _fmt(row.get("ndcg@3")), _fmt(row.get("seconds"), "{:.1f}"))
+    _stdout().print(table)
+    if csv:
+        frame.to_csv(csv, index=False)
+    if parquet:
+        try:
+            frame.to_parquet(parquet, index=False)
+        except ImportError as error:
+            raise RobustagError("--parquet needs pyarrow: pip install pyarrow") from error
+
+
+def _fmt(value, pattern: str = "{:.4f}") -> str:
+    return "" if value is None or pd.isna(value) else pattern.format(value)
+
+
+@app.command("report")
+def report_command(run: Path = typer.Argument(..., help="A run folder written by robustag bench.")):
+    """Write RUN/report/: Markdown, HTML, LaTeX, CSV and plots, with significance tests."""
+    if not (run / DB_NAME).is_file():
+        raise RobustagError(f"{run}: no {DB_NAME} here; is it a folder written by robustag bench?")
+    console.print(f"report: {write_report(run)}")
 
 
 def main() -> None:

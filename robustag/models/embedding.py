@@ -29,7 +29,11 @@ class MetricModel(EmbeddingModel):
         self.after_step()
 
     def score_tags(self, user, item, tags):
-        return -((user.unsqueeze(1) - tags).pow(2).sum(-1) + (item.unsqueeze(1) - tags).pow(2).sum(-1))
+        # −(|u|² + |i|² + 2|t|² − 2 (u + i)·t), fused: no (B, K, d) difference tensors to
+        # build and back-propagate through (the hot spot of training).
+        cross = (tags * (user + item).unsqueeze(1)).sum(-1)  # faster than bmm's tiny batched products on CPU
+        const = user.pow(2).sum(1, keepdim=True) + item.pow(2).sum(1, keepdim=True)
+        return 2 * cross - 2 * tags.pow(2).sum(-1) - const
 
     def score_all(self, user, item, tag_table):
         # −(|u|² + |i|² + 2|t|² − 2 (u + i)·t): one matrix product instead of a (B, T, d) difference.

@@ -1,0 +1,61 @@
+"""Defense benchmark: each defense's epoch time as a ratio to plain (same run, same machine),
+and its clean and PGD-attacked test F1@3 / NDCG@3.
+
+    python benchmarks/defenses.py [--datasets lastfm,movielens] [--model metric] [--epochs 30]
+                                  [--attack pgd:eps=0.1] [--device auto] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from robustag import paths
+from robustag.attack import ATTACKS
+from robustag.defense import DEFENSES
+from robustag.evaluation import evaluate, scores_of
+from robustag.preprocess import load_split
+from robustag.robustness import evade
+from robustag.training import default_config, resolve_device, train
+
+DEFENSE_SPECS = ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="lastfm,movielens")
+    parser.add_argument("--model", default="metric")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--attack", default="pgd:eps=0.1")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    rows = []
+    for dataset in args.datasets.split(","):
+        split = load_split(dataset, paths.data_dir())
+        config = default_config(args.model, epochs=args.epochs)
+        plain_epoch = None
+        for spec in DEFENSE_SPECS:
+            result = train(split, config, device, regime=DEFENSES.create(spec))
+            epoch_seconds = statistics.median(r["seconds"] for r in result.history)
+            plain_epoch = plain_epoch or epoch_seconds
+            clean = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
+            attacked = evade(result.model, split, ATTACKS.create(args.attack), device).summary()
+            row = {
+                "dataset": dataset, "defense": spec, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                "epoch_seconds": epoch_seconds, "epoch_ratio_to_plain": epoch_seconds / plain_epoch,
+                "clean_f1@3": clean["f1@3"], "clean_ndcg@3": clean["ndcg@3"],
+                "attacked_f1@3": attacked["f1@3"], "attacked_ndcg@3": attacked["ndcg@3"],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"model": args.model, "attack": args.attack, "device": str(device),
+                                        "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The benchmark matrix: plan units and cells, run them resumably, keep every result.
+
+A *unit* is one trained model: (dataset, split, model config with seed, defense, poisoning
+attack or none). It is trained once and evaluated in *cells*: clean, and under every evasion
+attack (at every ε); a poisoned unit has one cell, its clean-test evaluation. Units and cells
+are content-addressed: the key is the hash of everything that determines them, so a second
+run of the same command skips what is done, and trained models are cached under
+`RUN/models/<unit key>.pt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import robustag
+from robustag.attack import ATTACKS, EmbeddingAttack
+from robustag.checkpoint import load_model, save_model
+from robustag.defense import DEFENSES
+from robustag.errors import RobustagError
+from robustag.evaluation import evaluate, scores_of
+from robustag.models import LEARNED_MODELS
+from robustag.preprocess import SplitOptions, load_split
+from robustag.robustness import evade, promotion_rate
+from robustag.spec import BenchSpec
+from robustag.store import ResultStore
+from robustag.training import TrainConfig, default_config, train
+
+
+def digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class CellTask:
+    key: str
+    attack: str | None  # canonical spec; None: clean
+    surface: str  # "none", "embedding" or "data"
+    eps: float | None
+
+
+@dataclass
+class UnitTask:
+    """Everything a worker needs to train one model and evaluate its cells (picklable)."""
+
+    key: str
+    dataset: str
+    options: SplitOptions
+    config: TrainConfig
+    defense: str
+    poison: str | None
+    cells: list[CellTask] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        poison = f" ← {self.poison.split(':')[0]}" if self.poison else ""
+        return f"{self.dataset} {self.config.model} {self.defense.split(':')[0]}{poison} seed {self.config.seed}"
+
+
+@dataclass
+class Plan:
+    units: dict[str, UnitTask] = field(default_factory=dict)
+    rows: dict[str, list[dict]] = field(default_factory=dict)  # spec name -> cell rows
+
+    @property
+    def n_cells(self) -> int:
+        return sum(len(u.cells) for u in self.units.values())
+
+
+def plan(specs: list[BenchSpec]) -> Plan:
+    """Expand the specs into units and cells; every plugin and option is checked here, before
+    anything runs. Specs that share a unit (say, the same plain model) share its training."""
+    result = Plan()
+    for spec in specs:
+        rows = result.rows.setdefault(spec.name, [])
+        defenses = [DEFENSES.create(s) for s in spec.expanded_defenses()]
+        attacks = [ATTACKS.create(s) for s in spec.expanded_attacks()]
+        evasions = _with_budgets([a for a in attacks if isinstance(a, EmbeddingAttack)], spec.eps)
+        poisons = [a for a in attacks if not isinstance(a, EmbeddingAttack)]
+        options = SplitOptions(spec.p_core, spec.split_seed, True)
+        for dataset in spec.datasets:
+            for model in spec.models:
+                for params in spec.param_grid():
+                    for seed in spec.seeds:
+                        config = default_config(model, seed=seed, **params)
+                        for defense in defenses:
+                            if defense.name != "plain" and model not in LEARNED_MODELS:
+                                continue  # a defense is a training regime: popularity has none
+                            clean_unit = _unit(result, dataset, options, config, defense.spec, None)
+                            rows.append(_cell(clean_unit, None))
+                            if model in LEARNED_MODELS:
+                                rows += [_cell(clean_unit, attack) for attack in evasions]
+                            for poison in poisons:
+                                rows.append(_cell(_unit(result, dataset, options, config, defense.spec, poison.spec), poison))
+    return result
+
+
+def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) -> list[EmbeddingAttack]:
+    if not budgets:
+        return evasions
+    return [ATTACKS.create(a.spec, eps=eps) for a in evasions for eps in budgets]
+
+
+def _unit(plan_: Plan, dataset, options, config, defense, poison) -> UnitTask:
+    key = digest({"dataset": dataset, "split": asdict(options), "config": asdict(config), "defense": defense,
+                  "poison": poison, "version": robustag.__version__})
+    if key not in plan_.units:
+        plan_.units[key] = UnitTask(key, dataset, options, config, defense, poison)
+    return plan_.units[key]
+
+
+def _cell(unit: UnitTask, attack) -> dict:
+    spec = attack.spec if attack is not None else None
+    surface = attack.surface if attack is not None else "none"
+    eps = attack.eps if isinstance(attack, EmbeddingAttack) else None
+    key = digest({"unit": unit.key, "attack": spec})
+    if all(c.key != key for c in unit.cells):
+        unit.cells.append(CellTask(key, spec if surface == "embedding" else None, surface, eps))
+    params = {k: v for k, v in asdict(unit.config).items() if k not in ("seed", "model")}
+    return {
+        "key": key, "unit": unit.key, "dataset": unit.dataset, "model": unit.config.model,
+        "params": json.dumps(params, sort_keys=True), "seed": unit.config.seed, "defense": unit.defense,
+        "defense_name": unit.defense.split(":")[0], "attack": spec, "attack_name": spec.split(":")[0] if spec else None,
+        "surface": surface, "eps": eps,
+        "config": json.dumps({"unit": asdict(unit.config) | {"dataset": unit.dataset, "split": asdict(unit.options),
+                                                              "defense": unit.defense, "poison": unit.poison},
+                              "attack": spec}, sort_keys=True),
+    }
+
+
+# -- running one unit (in a worker) ------------------------------------------------------------
+
+EventFn = Callable[[str, dict], None]
+
+
+def execute_unit(task: UnitTask, data_dir: str, model_dir: str, device: str, plugins: tuple[str, ...] = (),
+                 threads: int | None = None, on_event: EventFn | None = None) -> dict:
+    """Train (or load) one unit's model and evaluate its cells; a failure is recorded, not raised."""
+    if threads:
+        torch.set_num_threads(threads)
+    for path in plugins:
+        ATTACKS.load_file(path)
+        DEFENSES.load_file(path)
+    emit = on_event or (lambda kind, data: None)
+    torch_device = torch.device(device)
+    started = time.perf_counter()
+    try:
+        split = load_split(task.dataset, Path(data_dir), task.options)
+        train_split = ATTACKS.create(task.poison).poison(split, seed=task.config.seed) if task.poison else split
+        model, history, train_seconds = _trained_model(task, train_split, model_dir, torch_device, emit)
+    except Exception:  # the whole unit failed: every cell carries the traceback
+        error = traceback.format_exc()
+        return {"unit": task.key, "history": [], "results": [
+            {"key": c.key, "status": "failed", "error": error, "seconds": time.perf_counter() - started} for c in task.cells]}
+    results = [_evaluate_cell(cell, task, model, split, torch_device, train_seconds, emit) for cell in task.cells]
+    return {"unit": task.key, "history": history, "results": results}
+
+
+def _trained_model(task: UnitTask, split, model_dir: str, device: torch.device, emit: EventFn):
+    path = Path(model_dir) / f"{task.key}.pt"
+    if task.config.model in LEARNED_MODELS and path.is_file():
+        model, _, extra = load_model(path, split, device, with_extra=True)
+        return model, extra.get("history", []), extra.get("train_seconds", 0.0)
+    emit("train", {"unit": task.label, "epochs": task.config.epochs})
+    result = train(split, task.config, device, regime=DEFENSES.create(task.defense),
+                   on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
+    if task.config.model in LEARNED_MODELS:
+        save_model(path, result.model, result.config, split,
+                   extra={"history": result.history, "train_seconds": result.train_seconds})
+    return result.model, result.history, result.train_seconds
+
+
+def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_seconds: float, emit: EventFn) -> dict:
+    started = time.perf_counter()
+    emit("cell", {"unit": task.label, "attack": cell.attack or task.poison or "clean"})
+    try:
+        if cell.surface == "embedding":
+            evaluation = evade(model, split, ATTACKS.create(cell.attack), device)
+        else:
+            evaluation = evaluate(scores_of(model), split.test, split.n_tags, device)
+        extra = {}
+        poison = ATTACKS.create(task.poison) if task.poison else None
+        if poison is not None and hasattr(poison, "target_tag"):
+            target = poison.target_tag(split)
+            extra = {"target_tag": target, **{f"promotion@{n}": promotion_rate(evaluation, split.test, target, n) for n in (3, 10)}}
+        return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
+                "extra": extra, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+    except Exception:
+        return {"key": cell.key, "status": "failed", "error": traceback.format_exc(),
+                "seconds": time.perf_counter() - started}
+
+
+# -- executors ----------------------------------------------------------------------------------
+
+@dataclass
+class RunSettings:
+    out: Path
+    data_dir: Path
+    device: str = "auto"
+    workers: int = 1
+    per_gpu: int = 1
+    executor: str = "local"
+    address: str | None = None
+    plugins: tuple[str, ...] = ()
+    retry_failed: bool = False
+
+
+def devices_for(settings: RunSettings) -> list[str]:
+    if settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()):
+        return ["cpu"]
+    if settings.device.startswith("cuda:"):
+        return [settings.device]
+    if not torch.cuda.is_available():
+        raise RobustagError(f"--device {settings.device}: CUDA is not available on this machine")
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[UnitTask]:
+    """Units with a cell still to do: pending, or failed when --retry-failed."""
+    if retry_failed:
+        store.mark_failed_pending()
+    keys = [c.key for u in plan_.units.values() for c in u.cells]
+    status = store.statuses(keys)
+    todo = []
+    for unit in plan_.units.values():
+        if any(status.get(c.key) == "pending" for c in unit.cells):
+            todo.append(unit)
+    return todo
+
+
+def run_info(device: str) -> dict:
+    return {"device": device, "versions": versions(), "git": git_revision()}
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import platform
+
+    return {"robustag": robustag.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, on_event: EventFn) -> None:
+    """Execute units with the chosen executor, writing each unit's results as it completes."""
+    devices = devices_for(settings)
+    model_dir = str(settings.out / "models")
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    if settings.executor == "ray":
+        from robustag.executors import run_ray
+
+        return run_ray(units, settings, store, devices, model_dir, on_event)
+    if settings.executor != "local":
+        raise RobustagError(f"--executor {settings.executor!r}: expected local or ray")
+    workers = settings.workers if devices == ["cpu"] else len(devices) * settings.per_gpu
+    if workers <= 1:
+        for unit in units:
+            result = execute_unit(unit, str(settings.data_dir), model_dir, devices[0], settings.plugins, on_event=on_event)
+            store.write_unit(unit.key, result["results"], result["history"], run_info(devices[0]))
+            on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
+        return
+    from robustag.executors import run_pool
+
+    run_pool(units, settings, store, devices, model_dir, workers, on_event)
+
+
+def _failed(result: dict) -> int:
+    return sum(r["status"] == "failed" for r in result["results"])
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)

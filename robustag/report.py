@@ -1,0 +1,363 @@
+"""Reports of a benchmark run: `RUN/report/` with Markdown, one self-contained HTML page
+(plots embedded), LaTeX tables (booktabs) and CSV, one section per spec of the run.
+
+Every table marks significance against the reference defense: ▲/▼ when the Wilcoxon
+signed-rank test over test posts, Holm-corrected across the table, gives p < 0.05.
+Everything a plugin or user names is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from rich.table import Table
+
+from robustag import plots
+from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, flat_cells, friedman_ranking
+from robustag.store import ResultStore
+
+HEADLINE = ["f1@3", "ndcg@3", "f1@5", "ndcg@5", "f1@10", "ndcg@10"]
+TESTED = ("f1@3", "ndcg@3")
+__all__ = ["flat_cells", "summary_table", "write_report"]
+
+
+@dataclass
+class ReportTable:
+    name: str
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    tables: list[ReportTable] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, png file name)
+    text: list[str] = field(default_factory=list)
+
+
+def write_report(run: Path) -> Path:
+    store = ResultStore(run)
+    folder = Path(run) / "report"
+    figures = folder / "plots"
+    shutil.rmtree(figures, ignore_errors=True)  # no stale plots from an earlier report
+    folder.mkdir(parents=True, exist_ok=True)
+    reference = store.meta("reference", "plain")
+    sections = [spec_section(store, spec, reference, figures) for spec in store.specs()]
+    environment = environment_info(store)
+    (folder / "report.md").write_text(render_markdown(run, sections, environment))
+    (folder / "report.html").write_text(render_html(run, sections, environment, figures))
+    for section in sections:
+        for table in section.tables:
+            (folder / f"{table.name}.tex").write_text(render_latex(table))
+            pd.DataFrame(table.rows, columns=table.header).to_csv(folder / f"{table.name}.csv", index=False)
+    store.close()
+    return folder
+
+
+def spec_section(store: ResultStore, spec: str, reference: str, figures: Path) -> Section:
+    section = Section(title=spec)
+    cells = done_cells(store, spec)
+    if cells.empty:
+        section.text.append("No finished cells yet.")
+        return section
+    labels = short_labels(cells["defense"].unique())
+    cells = cells.assign(defense_label=cells["defense"].map(labels))
+    table = aggregate(store, cells, HEADLINE)
+    table["defense_label"] = table["defense"].map(labels)
+    tests = pd.concat([compare_to_reference(store, table, metric, reference) for metric in TESTED], ignore_index=True)
+    clean = table[table["surface"] == "none"]
+    attacked = table[table["surface"] != "none"]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
+    section.tables.append(clean_table(f"{slug}-clean", clean, tests, reference))
+    if not attacked.empty:
+        section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, tests, reference))
+        section.figures += robustness_figures(clean, attacked, figures, slug)
+    section.figures += training_figures(store, cells, figures, slug)
+    section.figures += sensitivity_figures(clean, figures, slug)
+    ranking = friedman_ranking(table, "ndcg@3")
+    if ranking is not None:
+        ranking["ranks"].index = ranking["ranks"].index.map(labels)
+        ranking["nemenyi"].index = ranking["nemenyi"].columns = ranking["nemenyi"].index.map(labels)
+        section.figures.append((f"Critical-difference diagram of the defenses over {ranking['blocks']} blocks "
+                                f"(NDCG@3; Nemenyi at α = {ALPHA})",
+                                plots.critical_difference(ranking, spec, figures, f"{slug}-cd")))
+        section.text.append(f"Friedman test over {ranking['blocks']} blocks (dataset × model × attack × budget): "
+                            f"χ² = {ranking['statistic']:.2f}, p = {ranking['p_value']:.3g}. Mean ranks (NDCG@3): "
+                            + ", ".join(f"{d} {r:.2f}" for d, r in ranking["ranks"].items()) + ".")
+    failed = store.cells(spec=spec, status="failed")
+    if len(failed):
+        section.text.append(f"{len(failed)} cells failed and are left out; `robustag results RUN --status failed` lists them.")
+    return section
+
+
+def _mark(tests: pd.DataFrame, row, metric: str) -> str:
+    if tests.empty:
+        return ""
+    match = tests[(tests["defense"] == row["defense"]) & (tests["dataset"] == row["dataset"]) & (tests["metric"] == metric)
+                  & (tests["attack"] == row["attack"]) & (tests["eps"] == row["eps"]) & (tests["params"] == row["params"])]
+    if match.empty or not match.iloc[0]["wilcoxon_significant"]:
+        return ""
+    return " ▲" if match.iloc[0]["mean_diff"] > 0 else " ▼"
+
+
+def _label(row) -> list[str]:
+    params = json.loads(row["params"])
+    return [row["dataset"], row["model"] + _param_note(params), row["defense_label"]]
+
+
+def _param_note(params: dict) -> str:
+    return f" (d={params['dim']})" if "dim" in params else ""
+
+
+def short_labels(specs) -> dict[str, str]:
+    """A readable label per defense spec: its name, plus the parameters that tell apart
+    several configurations of the same defense (a sweep)."""
+    parsed = {spec: (spec.partition(":")[0], _spec_params(spec)) for spec in specs}
+    labels = {}
+    for spec, (name, params) in parsed.items():
+        siblings = [p for n, p in parsed.values() if n == name]
+        varying = sorted(k for k in params if len({str(p.get(k)) for p in siblings}) > 1)
+        labels[spec] = name + (" " + ",".join(f"{k}={params[k]}" for k in varying) if varying else "")
+    return labels
+
+
+def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: str) -> ReportTable:
+    header = ["dataset", "model", "defense", *[m.upper() for m in HEADLINE]]
+    rows = []
+    for _, row in clean.iterrows():
+        cells = []
+        for metric in HEADLINE:
+            text = f"{row[f'{metric}_mean']:.4f} ± {row[f'{metric}_std']:.4f}"
+            if metric in TESTED:
+                text += f" [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]" + _mark(tests, row, metric)
+            cells.append(text)
+        rows.append([*_label(row), *cells])
+    note = (f"Mean ± std over seeds; [95% bootstrap CI over test posts]; ▲/▼: significantly above/below "
+            f"{reference} (Wilcoxon signed-rank over posts, Holm-corrected over the table, p < {ALPHA}).")
+    return ReportTable(name, "Clean test metrics", header, rows, note)
+
+
+def robustness_table(name: str, clean: pd.DataFrame, attacked: pd.DataFrame, tests: pd.DataFrame, reference: str) -> ReportTable:
+    columns = attacked.drop_duplicates(["attack", "eps"])
+    header = ["dataset", "model", "defense", "clean NDCG@3", *[plots.attack_label(c) for _, c in columns.iterrows()]]
+    rows = []
+    for _, base in clean.iterrows():
+        same = attacked[(attacked["dataset"] == base["dataset"]) & (attacked["model"] == base["model"])
+                        & (attacked["params"] == base["params"]) & (attacked["defense"] == base["defense"])]
+        cells = []
+        for _, column in columns.iterrows():
+            hit = same[(same["attack"] == column["attack"]) & (same["eps"] == column["eps"])]
+            if hit.empty:
+                cells.append("")
+                continue
+            row = hit.iloc[0]
+            drop = 1 - row["ndcg@3_mean"] / base["ndcg@3_mean"] if base["ndcg@3_mean"] else 0.0
+            cells.append(f"{row['ndcg@3_mean']:.4f} ± {row['ndcg@3_std']:.4f} ({-drop:+.1%})" + _mark(tests, row, "ndcg@3"))
+        rows.append([*_label(base), f"{base['ndcg@3_mean']:.4f}", *cells])
+    note = (f"NDCG@3 under each attack, mean ± std over seeds (relative change from clean); ▲/▼ against {reference} "
+            f"under the same attack (Wilcoxon, Holm, p < {ALPHA}). ε is relative to the mean row norm of each perturbed "
+            "table; poisoning attacks retrain on poisoned data and evaluate on the clean test posts.")
+    return ReportTable(name, "Robustness: NDCG@3 under attack", header, rows, note)
+
+
+def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
+    out = []
+    for (dataset, model), base in clean.groupby(["dataset", "model"]):
+        rows = attacked[(attacked["dataset"] == dataset) & (attacked["model"] == model)]
+        reference = base.set_index("defense")["ndcg@3_mean"]
+        frame = rows.assign(label=rows.apply(plots.attack_label, axis=1),
+                            drop=1 - rows["ndcg@3_mean"] / rows["defense"].map(reference))
+        drops = frame.pivot_table(index="defense_label", columns="label", values="drop", aggfunc="mean")
+        if drops.size:
+            out.append((f"Relative drop of NDCG@3 under each attack, {dataset} / {model}",
+                        plots.heatmap(drops, f"{dataset} / {model}", folder, f"{slug}-{dataset}-{model}-heatmap")))
+        out += _budget_curves(base, rows, dataset, model, folder, slug)
+        out += _poisoning_curves(base, rows, dataset, model, folder, slug)
+    return out
+
+
+def _budget_curves(base, rows, dataset, model, folder, slug):
+    out = []
+    evasion = rows[rows["surface"] == "embedding"]
+    for attack_name, group in evasion.groupby("attack_name"):
+        if group["eps"].nunique() < 2:
+            continue
+        data = {}
+        for defense, per_defense in group.groupby("defense"):
+            start = base[base["defense"] == defense]
+            per_defense = per_defense.sort_values("eps")
+            data[per_defense["defense_label"].iloc[0]] = ([0.0, *per_defense["eps"]],
+                                             [*start["ndcg@3_mean"], *per_defense["ndcg@3_mean"]],
+                                             [*start["ndcg@3_std"], *per_defense["ndcg@3_std"]])
+        out.append((f"NDCG@3 against the budget ε of {attack_name}, {dataset} / {model}",
+                    plots.curves(data, "ε (relative to the mean row norm)", f"{attack_name}: {dataset} / {model}",
+                                 folder, f"{slug}-{dataset}-{model}-{attack_name}-eps")))
+    return out
+
+
+def _poisoning_curves(base, rows, dataset, model, folder, slug):
+    replace = rows[rows["attack_name"] == "tag-replace"].copy()
+    if replace.empty:
+        return []
+    replace["rate"] = replace["attack"].str.extract(r"rate=([0-9.]+)")[0].astype(float)
+    data = {}
+    for defense, group in replace.groupby("defense"):
+        start = base[base["defense"] == defense]
+        group = group.sort_values("rate")
+        data[group["defense_label"].iloc[0]] = ([0.0, *group["rate"]], [*start["ndcg@3_mean"], *group["ndcg@3_mean"]],
+                                         [*start["ndcg@3_std"], *group["ndcg@3_std"]])
+    return [(f"NDCG@3 against the share of training tags replaced, {dataset} / {model}",
+             plots.curves(data, "tag replacement rate", f"tag replacement: {dataset} / {model}", folder,
+                          f"{slug}-{dataset}-{model}-poisoning"))]
+
+
+def training_figures(store: ResultStore, cells: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
+    histories = store.histories()
+    if histories.empty or "valid_ndcg@3" not in histories:
+        return []
+    clean = cells[(cells["surface"] == "none")]
+    out = []
+    for (dataset, model, params), group in clean.groupby(["dataset", "model", "params"]):
+        data = {}
+        for defense, per_defense in group.groupby("defense"):
+            curves = histories[histories["unit"].isin(per_defense["unit"])]
+            by_epoch = curves.groupby("epoch")["valid_ndcg@3"]
+            if by_epoch.ngroups:
+                data[per_defense["defense_label"].iloc[0]] = (list(by_epoch.mean().index), list(by_epoch.mean()),
+                                                 list(by_epoch.std().fillna(0)))
+        if data:
+            out.append((f"Validation NDCG@3 per epoch, {dataset} / {model}{_param_note(json.loads(params))}",
+                        plots.curves(data, "epoch", f"training: {dataset} / {model}", folder,
+                                     f"{slug}-{dataset}-{model}-{hashlib.sha256(params.encode()).hexdigest()[:6]}-training")))
+    return out
+
+
+def sensitivity_figures(clean: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
+    """For a defense run with several values of one parameter (or a model with several
+    values of one training option): NDCG@3 against that value."""
+    out = []
+    frame = clean.assign(defense_params=clean["defense"].map(_spec_params), model_params=clean["params"].map(json.loads))
+    for column, key_of in (("defense_params", "defense_name"), ("model_params", "model")):
+        for (dataset, name), group in frame.groupby(["dataset", key_of]):
+            if len(group) < 3:
+                continue
+            settings = pd.DataFrame(list(group[column]), index=group.index)
+            varying = [c for c in settings if settings[c].nunique() > 1]
+            for parameter in varying:
+                values = pd.to_numeric(settings[parameter], errors="coerce")
+                if values.isna().any():
+                    continue
+                ordered = group.assign(value=values).sort_values("value")
+                data = {name: (list(ordered["value"]), list(ordered["ndcg@3_mean"]), list(ordered["ndcg@3_std"]))}
+                out.append((f"Sensitivity of {name} to {parameter}, {dataset}",
+                            plots.curves(data, parameter, f"{name}: {dataset}", folder,
+                                         f"{slug}-{dataset}-{name}-{parameter}-sensitivity")))
+    return out
+
+
+def _spec_params(spec: str) -> dict:
+    _, _, rest = spec.partition(":")
+    pairs = [p.split("=", 1) for p in rest.split(",") if "=" in p]
+    return {k: v for k, v in pairs}
+
+
+def environment_info(store: ResultStore) -> dict:
+    cells = store.cells(status="done")
+    return {
+        "devices": sorted(cells["device"].dropna().unique().tolist()),
+        "versions": sorted(cells["versions"].dropna().unique().tolist()),
+        "git": sorted(cells["git"].dropna().unique().tolist()),
+        "cells": int(len(cells)),
+        "spec": store.meta("specs", []),
+        "reference": store.meta("reference", "plain"),
+    }
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+def render_markdown(run: Path, sections: list[Section], environment: dict) -> str:
+    lines = [f"# robustag report: {Path(run).name}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for table in section.tables:
+            lines += [f"### {table.title}", "", "| " + " | ".join(table.header) + " |",
+                      "|" + "---|" * len(table.header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
+            lines += ["", table.note, ""]
+        lines += [*section.text, ""] if section.text else []
+        for caption, png in section.figures:
+            lines += [f"![{caption}](plots/{png})", "", f"*{caption}*", ""]
+    lines += ["## Configuration and environment", "", "```json", json.dumps(environment, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def render_html(run: Path, sections: list[Section], environment: dict, figures: Path) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>robustag report: {e(Path(run).name)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border-bottom:1px solid #ddd;"
+             "padding:4px 8px;text-align:right}th:nth-child(-n+3),td:nth-child(-n+3){text-align:left}"
+             "th{border-bottom:2px solid #444}figure{margin:1.5em 0}figcaption{font-size:0.85em;color:#555}"
+             ".note{font-size:0.85em;color:#555}pre{background:#f6f6f6;padding:1em;overflow:auto}</style></head><body>",
+             f"<h1>robustag report: {e(Path(run).name)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{e(section.title)}</h2>")
+        for table in section.tables:
+            parts.append(f"<h3>{e(table.title)}</h3><table><thead><tr>"
+                         + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in table.rows]
+            parts.append(f"</tbody></table><p class='note'>{e(table.note)}</p>")
+        parts += [f"<p>{e(text)}</p>" for text in section.text]
+        for caption, png in section.figures:
+            data = base64.b64encode((figures / png).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append(f"<h2>Configuration and environment</h2><pre>{e(json.dumps(environment, indent=2))}</pre></body></html>")
+    return "\n".join(parts)
+
+
+LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                 "±": r"$\pm$", "▲": r"$^{\blacktriangle}$", "▼": r"$^{\blacktriangledown}$", "ε": r"$\varepsilon$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(char, char) for char in str(text))
+
+
+def render_latex(table: ReportTable) -> str:
+    columns = "lll" + "r" * (len(table.header) - 3)
+    lines = [r"% requires \usepackage{booktabs} and \usepackage{amssymb}", r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}", r"\resizebox{\textwidth}{!}{%",
+             rf"\begin{{tabular}}{{{columns}}}", r"\toprule", " & ".join(latex_escape(h) for h in table.header) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def summary_table(store: ResultStore) -> Table:
+    """The table printed at the end of `robustag bench`: NDCG@3 per group, mean ± std over seeds."""
+    cells = done_cells(store)
+    table = Table(title="NDCG@3, mean ± std over seeds")
+    for column in ("dataset", "model", "defense", "attack", "seeds", "NDCG@3", "F1@3"):
+        table.add_column(column)
+    if cells.empty:
+        return table
+    for key, group in cells.groupby(["dataset", "model", "params", "defense", "attack", "eps"], sort=False):
+        first = group.iloc[0]
+        table.add_row(first["dataset"], first["model"], first["defense_name"], plots.attack_label(first), str(len(group)),
+                      f"{group['ndcg@3'].mean():.4f} ± {group['ndcg@3'].std(ddof=1) if len(group) > 1 else 0:.4f}",
+                      f"{group['f1@3'].mean():.4f}")
+    return table

@@ -1,0 +1,123 @@
+"""Benchmark specs: the axes of a matrix (datasets × models × defenses × attacks × seeds),
+read from a TOML file and/or CLI flags, with parameter sweeps written as lists.
+
+    name = "default"
+    datasets = ["movielens"]
+    models = ["metric"]
+    defenses = ["plain", "spaml-s:lambda=[0.5,1,2]"]   # [..] sweeps a parameter
+    attacks = ["fgsm", "pgd", "tag-replace-20"]        # evasion and poisoning
+    eps = [0.05, 0.1]                                  # every evasion attack at each budget
+    seeds = 3                                          # 0, 1, 2 (or a list)
+    reference = "plain"                                # the defense the tests compare against
+    [params]                                           # model/training options, lists sweep
+    epochs = 30
+    dim = [64, 128]
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from robustag.errors import RobustagError
+from robustag.plugins import _split_top_level, parse_spec
+from robustag.training import TrainConfig
+
+SPEC_KEYS = ("name", "datasets", "models", "defenses", "attacks", "eps", "seeds", "reference", "params",
+             "p_core", "split_seed", "include")
+
+
+@dataclass
+class BenchSpec:
+    name: str = "default"
+    datasets: list[str] = field(default_factory=lambda: ["movielens"])
+    models: list[str] = field(default_factory=lambda: ["metric"])
+    defenses: list[str] = field(default_factory=lambda: ["plain", "aml", "spaml-s"])
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "tag-replace-20"])
+    eps: list[float] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    reference: str = "plain"
+    params: dict[str, Any] = field(default_factory=lambda: {"epochs": 20})
+    p_core: int = 10
+    split_seed: int = 0
+
+    def expanded_defenses(self) -> list[str]:
+        return [s for spec in self.defenses for s in expand_sweep(spec)]
+
+    def expanded_attacks(self) -> list[str]:
+        return [s for spec in self.attacks for s in expand_sweep(spec)]
+
+    def param_grid(self) -> list[dict[str, Any]]:
+        """Every combination of the [params] table (a list value is a sweep)."""
+        keys = list(self.params)
+        values = [v if isinstance(v, list) else [v] for v in self.params.values()]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def expand_sweep(spec: str) -> list[str]:
+    """`spaml-s:lambda=[0.5,1],mu=[1.1,1.2]` -> the four specs of the product, in order."""
+    name, values = parse_spec(spec)
+    if not values:
+        return [spec]
+    options = []
+    for key, value in values.items():
+        if value.startswith("[") and value.endswith("]"):
+            items = [v for v in _split_top_level(value[1:-1])]
+            if not items:
+                raise RobustagError(f"spec {spec!r}: empty sweep for {key}")
+            options.append([(key, v) for v in items])
+        else:
+            options.append([(key, value)])
+    return [f"{name}:" + ",".join(f"{k}={v}" for k, v in combo) for combo in itertools.product(*options)]
+
+
+def load_specs(path: Path) -> list[BenchSpec]:
+    """Read a TOML spec; `include = ["a.toml", ...]` makes one run of several specs."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustagError(f"spec {path}: file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise RobustagError(f"spec {path}: {error}") from error
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise RobustagError(f"spec {path}: unknown key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
+    if "include" in raw:
+        return [spec for part in raw["include"] for spec in load_specs(path.parent / part)]
+    return [spec_from_mapping(raw, str(path), default_name=path.stem)]
+
+
+def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "default") -> BenchSpec:
+    spec = BenchSpec(name=raw.get("name", default_name))
+    for key in ("datasets", "models", "defenses", "attacks"):
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise RobustagError(f"spec {where}: {key} must be a list of strings")
+            setattr(spec, key, value)
+    if "seeds" in raw:
+        spec.seeds = parse_seeds(raw["seeds"], where)
+    if "eps" in raw:
+        spec.eps = [float(v) for v in (raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]])]
+    if "params" in raw:
+        allowed = {f.name for f in fields(TrainConfig)} - {"model", "seed"}
+        bad = sorted(set(raw["params"]) - allowed)
+        if bad:
+            raise RobustagError(f"spec {where}: [params] has unknown option {bad[0]!r}; known: {', '.join(sorted(allowed))}")
+        spec.params = dict(raw["params"])
+    for key in ("reference", "p_core", "split_seed"):
+        if key in raw:
+            setattr(spec, key, raw[key])
+    return spec
+
+
+def parse_seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, int) and value >= 1:
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return value
+    raise RobustagError(f"{where}: seeds must be a count ≥ 1 or a list of integers, got {value!r}")

@@ -1,0 +1,145 @@
+"""The results database: one SQLite file per run folder, every write a transaction.
+
+- `cells`: one row per cell (a trained model evaluated clean or under one attack), with its
+  full config as JSON, config hash, status, timings, device, library versions and git revision;
+- `cell_specs`: which named specs a cell belongs to (specs can share cells);
+- `post_metrics`: every cell's per-post metric values, in long format (cell, metric, post, value);
+- `histories`: the per-epoch training record of each trained model (unit).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY, unit TEXT NOT NULL, dataset TEXT, model TEXT, params TEXT, seed INTEGER,
+    defense TEXT, defense_name TEXT, attack TEXT, attack_name TEXT, surface TEXT, eps REAL,
+    config TEXT, status TEXT NOT NULL DEFAULT 'pending', error TEXT, metrics TEXT, extra TEXT,
+    seconds REAL, train_seconds REAL, device TEXT, versions TEXT, git TEXT, finished TEXT
+);
+CREATE TABLE IF NOT EXISTS cell_specs (cell TEXT, spec TEXT, PRIMARY KEY (cell, spec));
+CREATE TABLE IF NOT EXISTS post_metrics (
+    cell TEXT, metric TEXT, post INTEGER, value REAL, PRIMARY KEY (cell, metric, post)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS histories (unit TEXT, epoch INTEGER, record TEXT, PRIMARY KEY (unit, epoch));
+CREATE INDEX IF NOT EXISTS cells_unit ON cells(unit);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+DB_NAME = "results.sqlite"
+
+
+class ResultStore:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / DB_NAME
+        self.connection = sqlite3.connect(self.path, timeout=60)
+        self.connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        self.connection.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @contextmanager
+    def transaction(self):
+        with self.connection:  # commits on success, rolls back on error
+            yield self.connection
+
+    # -- planning -----------------------------------------------------------------------------
+    def add_cells(self, rows: Iterable[dict], spec_name: str) -> None:
+        """Register planned cells; cells already known keep their status and results."""
+        with self.transaction() as db:
+            for row in rows:
+                db.execute(
+                    "INSERT OR IGNORE INTO cells (key, unit, dataset, model, params, seed, defense, defense_name,"
+                    " attack, attack_name, surface, eps, config) VALUES (:key, :unit, :dataset, :model, :params,"
+                    " :seed, :defense, :defense_name, :attack, :attack_name, :surface, :eps, :config)",
+                    row,
+                )
+                db.execute("INSERT OR IGNORE INTO cell_specs VALUES (?, ?)", (row["key"], spec_name))
+
+    def set_meta(self, key: str, value) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def meta(self, key: str, default=None):
+        row = self.connection.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def statuses(self, keys: list[str]) -> dict[str, str]:
+        found = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            query = f"SELECT key, status FROM cells WHERE key IN ({','.join('?' * len(chunk))})"
+            found.update(dict(self.connection.execute(query, chunk).fetchall()))
+        return found
+
+    # -- results ------------------------------------------------------------------------------
+    def write_unit(self, unit_key: str, results: list[dict], history: list[dict], run_info: dict) -> None:
+        """All of one trained model's cells, their per-post values and its history, atomically."""
+        with self.transaction() as db:
+            for result in results:
+                db.execute(
+                    "UPDATE cells SET status=?, error=?, metrics=?, extra=?, seconds=?, train_seconds=?, device=?,"
+                    " versions=?, git=?, finished=datetime('now') WHERE key=?",
+                    (
+                        result["status"], result.get("error"), json.dumps(result.get("metrics")),
+                        json.dumps(result.get("extra", {})), result.get("seconds"), result.get("train_seconds"),
+                        run_info["device"], json.dumps(run_info["versions"]), run_info["git"], result["key"],
+                    ),
+                )
+                db.execute("DELETE FROM post_metrics WHERE cell=?", (result["key"],))
+                per_post = result.get("per_post") or {}
+                db.executemany(
+                    "INSERT INTO post_metrics VALUES (?, ?, ?, ?)",
+                    ((result["key"], metric, post, float(value))
+                     for metric, values in per_post.items() for post, value in enumerate(values)),
+                )
+            db.execute("DELETE FROM histories WHERE unit=?", (unit_key,))
+            db.executemany(
+                "INSERT INTO histories VALUES (?, ?, ?)",
+                ((unit_key, record.get("epoch", k + 1), json.dumps(record)) for k, record in enumerate(history)),
+            )
+
+    def cells(self, spec: str | None = None, status: str | None = None) -> pd.DataFrame:
+        query = "SELECT c.* FROM cells c"
+        args: list = []
+        if spec:
+            query += " JOIN cell_specs s ON s.cell = c.key AND s.spec = ?"
+            args.append(spec)
+        if status:
+            query += (" AND" if spec else " WHERE") + " c.status = ?"
+            args.append(status)
+        frame = pd.read_sql_query(query + " ORDER BY c.rowid", self.connection, params=args)
+        return frame
+
+    def specs(self) -> list[str]:
+        return [r[0] for r in self.connection.execute("SELECT DISTINCT spec FROM cell_specs ORDER BY rowid")]
+
+    def per_post(self, cell_keys: list[str], metric: str) -> dict[str, np.ndarray]:
+        """Per-post values of one metric for each cell, posts in order."""
+        out = {}
+        for key in cell_keys:
+            rows = self.connection.execute(
+                "SELECT value FROM post_metrics WHERE cell=? AND metric=? ORDER BY post", (key, metric)
+            ).fetchall()
+            out[key] = np.array([r[0] for r in rows])
+        return out
+
+    def histories(self) -> pd.DataFrame:
+        rows = self.connection.execute("SELECT unit, epoch, record FROM histories ORDER BY unit, epoch").fetchall()
+        return pd.DataFrame([{"unit": u, **json.loads(r)} for u, _, r in rows])
+
+    def mark_failed_pending(self) -> int:
+        """`--retry-failed`: failed cells become pending again."""
+        with self.transaction() as db:
+            return db.execute("UPDATE cells SET status='pending', error=NULL WHERE status='failed'").rowcount

@@ -1,0 +1,5 @@
+"""`python -m robustag` is the `robustag` command."""
+
+from robustag.cli import main
+
+main()

@@ -1,0 +1,275 @@
+"""robustag bench: planning, resuming after a kill, failure isolation, statistics, reports,
+and executors that agree."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import robustag.bench as bench
+from robustag.bench import RunSettings, pending_units, plan, run_units
+from robustag.report import write_report
+from robustag.spec import BenchSpec, expand_sweep, load_specs
+from robustag.stats import aggregate, compare_to_reference, done_cells
+from robustag.store import ResultStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_spec(planted_path, **changes) -> BenchSpec:
+    spec = BenchSpec(
+        name="small", datasets=[f"tsv:{planted_path}"], models=["metric"], defenses=["plain", "aml"],
+        attacks=["fgsm", "pgd:steps=3", "tag-replace-20"], seeds=[0, 1], params={"epochs": 3, "dim": 8}, p_core=3,
+    )
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def run(spec: BenchSpec, out: Path, **settings) -> ResultStore:
+    the_plan = plan([spec])
+    store = ResultStore(out)
+    for name, rows in the_plan.rows.items():
+        store.add_cells(rows, name)
+    config = RunSettings(out=out, data_dir=out, device="cpu", **settings)
+    run_units(pending_units(the_plan, store, config.retry_failed), config, store, lambda kind, data: None)
+    return store
+
+
+def per_post_table(store: ResultStore) -> dict:
+    rows = store.connection.execute("SELECT cell, metric, post, value FROM post_metrics ORDER BY cell, metric, post")
+    return {(c, m, p): v for c, m, p, v in rows}
+
+
+def test_sweeps_expand_in_order():
+    assert expand_sweep("spaml-s:lambda=[0.5,1],mu=[1.1,1.2]") == [
+        "spaml-s:lambda=0.5,mu=1.1", "spaml-s:lambda=0.5,mu=1.2", "spaml-s:lambda=1,mu=1.1", "spaml-s:lambda=1,mu=1.2"]
+    assert expand_sweep("pgd") == ["pgd"]
+
+
+def test_planner_trains_each_model_once(planted_path, tmp_path, monkeypatch):
+    trained = []
+    real_train = bench.train
+    monkeypatch.setattr(bench, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    spec = small_spec(planted_path)
+    the_plan = plan([spec])
+    # 2 defenses × 2 seeds × (clean + one poisoning attack) models; each clean model: clean + 2 evasion cells
+    assert len(the_plan.units) == 2 * 2 * 2
+    assert the_plan.n_cells == 2 * 2 * (3 + 1)
+    store = run(spec, tmp_path)
+    assert len(trained) == len(the_plan.units)
+    assert set(store.cells()["status"]) == {"done"}
+    run(spec, tmp_path)  # everything is done: nothing is trained again
+    assert len(trained) == len(the_plan.units)
+    # models are cached on disk: redoing every cell retrains nothing and changes no number
+    before = per_post_table(store)
+    store.connection.execute("UPDATE cells SET status='pending'")
+    store.connection.commit()
+    again = run(spec, tmp_path)
+    assert len(trained) == len(the_plan.units)
+    assert per_post_table(again) == before
+
+
+def _bench_command(spec_path: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "robustag", "bench", str(spec_path), "--out", str(out), "--device", "cpu",
+            "--no-report"]
+
+
+def _write_spec(path: Path, planted_path: Path) -> Path:
+    path.write_text(textwrap.dedent(f"""
+        name = "resume"
+        datasets = ["tsv:{planted_path}"]
+        models = ["metric"]
+        defenses = ["plain", "aml", "spaml-s"]
+        attacks = ["fgsm", "pgd:steps=3"]
+        seeds = 2
+        p_core = 3
+        [params]
+        epochs = 8
+        dim = 8
+    """))
+    return path
+
+
+def _done(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=30) as connection:
+        try:
+            return connection.execute("SELECT COUNT(*) FROM cells WHERE status='done'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_a_killed_run_resumes_to_identical_results(planted_path, tmp_path):
+    spec_path = _write_spec(tmp_path / "resume.toml", planted_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed_out, clean_out = tmp_path / "killed", tmp_path / "uninterrupted"
+    process = subprocess.Popen(_bench_command(spec_path, killed_out), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _done(killed_out / "results.sqlite") < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_at_kill = _done(killed_out / "results.sqlite")
+    total = 3 * 2 * 3  # defenses × seeds × (clean + 2 attacks)
+    assert 0 < done_at_kill < total, "the kill must land mid-matrix"
+    subprocess.run(_bench_command(spec_path, killed_out), env=env, check=True, capture_output=True)
+    subprocess.run(_bench_command(spec_path, clean_out), env=env, check=True, capture_output=True)
+    resumed, uninterrupted = ResultStore(killed_out), ResultStore(clean_out)
+    assert _done(killed_out / "results.sqlite") == total
+    assert per_post_table(resumed) == per_post_table(uninterrupted)
+    metrics = lambda store: dict(store.connection.execute("SELECT key, metrics FROM cells").fetchall())
+    assert metrics(resumed) == metrics(uninterrupted)
+
+
+FAILING_PLUGIN = """
+from robustag.attack import EmbeddingAttack
+
+class Exploding(EmbeddingAttack):
+    name = "exploding"
+    summary = "always fails"
+    params = EmbeddingAttack.params
+
+    def perturb(self, objective, deltas, radius):
+        raise RuntimeError("boom from the exploding plugin")
+"""
+
+
+def test_a_failing_plugin_is_isolated_and_retried(planted_path, tmp_path):
+    plugin = tmp_path / "exploding.py"
+    plugin.write_text(FAILING_PLUGIN)
+    from robustag.attack import ATTACKS
+
+    ATTACKS.load_file(plugin)
+    spec = small_spec(planted_path, defenses=["plain"], attacks=["fgsm", "exploding"], seeds=[0])
+    store = run(spec, tmp_path / "run", plugins=(str(plugin),))
+    cells = store.cells()
+    failed = cells[cells["status"] == "failed"]
+    assert list(failed["attack_name"]) == ["exploding"]
+    assert "boom from the exploding plugin" in failed.iloc[0]["error"]
+    assert set(cells[cells["attack_name"] != "exploding"]["status"]) == {"done"}
+    store = run(spec, tmp_path / "run", plugins=(str(plugin),))  # failed cells stay failed without --retry-failed
+    assert store.cells(status="failed").shape[0] == 1
+    store = run(spec, tmp_path / "run", plugins=(str(plugin),), retry_failed=True)
+    assert store.cells(status="failed").shape[0] == 1  # retried, and it fails again
+    assert store.cells(status="pending").shape[0] == 0
+
+
+@pytest.fixture(scope="module")
+def finished(planted_path, tmp_path_factory):
+    spec = small_spec(planted_path, defenses=["plain", "aml", "spaml-s", "spaml-h"], attacks=["fgsm", "tag-replace-20"],
+                      seeds=[0, 1], eps=[0.05, 0.2])
+    return run(spec, tmp_path_factory.mktemp("finished"))
+
+
+def _holm(p_values):
+    """Holm–Bonferroni step-down, written out independently of statsmodels."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def test_paired_tests_and_holm_match_independent_computations(finished):
+    cells = done_cells(finished)
+    table = aggregate(finished, cells, ["ndcg@3"])
+    tests = compare_to_reference(finished, table, "ndcg@3", "plain")
+    assert len(tests) == 3 * 4  # 3 defenses against plain; clean, fgsm at 2 budgets, tag-replace
+    for _, row in tests.iterrows():
+        mine = table[(table["defense"] == row["defense"]) & (table["attack"] == row["attack"]) & (table["eps"] == row["eps"])]
+        ref = table[(table["defense_name"] == "plain") & (table["attack"] == row["attack"]) & (table["eps"] == row["eps"])]
+        a = np.mean([finished.per_post([k], "ndcg@3")[k] for k in mine.iloc[0]["cells"]], axis=0)
+        b = np.mean([finished.per_post([k], "ndcg@3")[k] for k in ref.iloc[0]["cells"]], axis=0)
+        diff = a - b
+        if np.allclose(diff, 0):
+            continue
+        t = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff)))
+        assert row["ttest_p"] == pytest.approx(2 * stats.t.sf(abs(t), len(diff) - 1), rel=1e-9)
+        assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(diff, zero_method="zsplit").pvalue, rel=1e-9)
+        assert row["effect_size"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    np.testing.assert_allclose(tests["wilcoxon_p_holm"], _holm(tests["wilcoxon_p"].to_numpy()))
+    np.testing.assert_allclose(tests["ttest_p_holm"], _holm(tests["ttest_p"].to_numpy()))
+
+
+def test_mean_and_std_are_over_seeds(finished):
+    cells = done_cells(finished)
+    table = aggregate(finished, cells, ["f1@3"])
+    row = table.iloc[0]
+    values = cells[cells["key"].isin(row["cells"])]["f1@3"]
+    assert row["seeds"] == 2 and row["f1@3_mean"] == pytest.approx(values.mean())
+    assert row["f1@3_std"] == pytest.approx(values.std(ddof=1))
+    assert row["f1@3_ci_low"] <= row["f1@3_mean"] <= row["f1@3_ci_high"]
+
+
+def test_report_builds_every_format(finished):
+    folder = write_report(finished.folder)
+    html = (folder / "report.html").read_text()
+    markdown = (folder / "report.md").read_text()
+    assert "Clean test metrics" in markdown and "Robustness" in markdown
+    assert html.count("data:image/png;base64,") >= 4  # heatmap, ε curve, poisoning, training, CD...
+    assert (folder / "small-clean.tex").read_text().count(r"\toprule") == 1
+    assert len(list((folder / "plots").glob("*.svg"))) == len(list((folder / "plots").glob("*.png"))) >= 4
+    assert "Friedman" in markdown
+
+
+def test_report_escapes_hostile_names(planted_path, tmp_path):
+    hostile = tmp_path / "<script>alert(1)<" / "data.tsv"
+    hostile.parent.mkdir()
+    hostile.write_text(planted_path.read_text())
+    spec = small_spec(hostile, defenses=["plain"], attacks=["fgsm"], seeds=[0])
+    store = run(spec, tmp_path / "run")
+    html = (write_report(store.folder) / "report.html").read_text()
+    assert "<script>alert(1)" not in html
+    assert "&lt;script&gt;alert(1)" in html
+
+
+def test_two_local_workers_give_the_same_numbers(planted_path, tmp_path):
+    spec = small_spec(planted_path, defenses=["plain", "spaml-s"], attacks=["pgd:steps=2"], seeds=[0])
+    one = run(spec, tmp_path / "one")
+    two = run(spec, tmp_path / "two", workers=2)
+    assert per_post_table(one) == per_post_table(two)
+
+
+def test_ray_executor_gives_the_same_numbers(planted_path, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    spec = small_spec(planted_path, defenses=["plain"], attacks=["fgsm"], seeds=[0])
+    local = run(spec, tmp_path / "local")
+    distributed = run(spec, tmp_path / "ray", executor="ray", workers=2)
+    assert per_post_table(local) == per_post_table(distributed)
+
+
+def test_spec_files_and_errors(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('name = "x"\ndatasets = ["movielens"]\nseeds = [3, 4]\neps = [0.1, 0.2]\n[params]\ndim = [32, 64]\n')
+    (spec,) = load_specs(good)
+    assert spec.seeds == [3, 4] and spec.eps == [0.1, 0.2] and len(spec.param_grid()) == 2
+    both = tmp_path / "both.toml"
+    both.write_text('include = ["good.toml", "good.toml"]\n')
+    assert len(load_specs(both)) == 2
+    from robustag.errors import RobustagError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('datasets = ["movielens"]\nattaks = ["pgd"]\n')
+    with pytest.raises(RobustagError, match="unknown key 'attaks'"):
+        load_specs(bad)
+    bad.write_text('[params]\nlearning_rate = 0.1\n')
+    with pytest.raises(RobustagError, match="unknown option 'learning_rate'"):
+        load_specs(bad)
+    bad.write_text("datasets = [\n")
+    with pytest.raises(RobustagError, match="bad.toml"):
+        load_specs(bad)

@@ -53,7 +53,8 @@ def write_report(run: Path) -> Path:
     shutil.rmtree(figures, ignore_errors=True)  # no stale plots from an earlier report
     folder.mkdir(parents=True, exist_ok=True)
     reference = store.meta("reference", "plain")
-    sections = [spec_section(store, spec, reference, figures) for spec in store.specs()]
+    published = {spec["name"]: spec.get("published", {}) for spec in store.meta("specs", [])}
+    sections = [spec_section(store, spec, reference, figures, published.get(spec, {})) for spec in store.specs()]
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
     (folder / "report.html").write_text(render_html(run, sections, environment, figures))
@@ -65,7 +66,7 @@ def write_report(run: Path) -> Path:
     return folder
 
 
-def spec_section(store: ResultStore, spec: str, reference: str, figures: Path) -> Section:
+def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, published: dict) -> Section:
     section = Section(title=spec)
     cells = done_cells(store, spec)
     if cells.empty:
@@ -79,7 +80,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path) -
     clean = table[table["surface"] == "none"]
     attacked = table[table["surface"] != "none"]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
-    section.tables.append(clean_table(f"{slug}-clean", clean, tests, reference))
+    section.tables.append(clean_table(f"{slug}-clean", clean, tests, reference, published))
     if not attacked.empty:
         section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, tests, reference))
         section.figures += robustness_figures(clean, attacked, figures, slug)
@@ -132,8 +133,10 @@ def short_labels(specs) -> dict[str, str]:
     return labels
 
 
-def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: str) -> ReportTable:
+def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: str, published: dict) -> ReportTable:
     header = ["dataset", "model", "defense", *[m.upper() for m in HEADLINE]]
+    if published:
+        header.append("paper F1@3 / NDCG@3")
     rows = []
     for _, row in clean.iterrows():
         cells = []
@@ -142,9 +145,14 @@ def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: 
             if metric in TESTED:
                 text += f" [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]" + _mark(tests, row, metric)
             cells.append(text)
+        if published:
+            paper = published.get(f"{row['dataset']}/{row['model']}/{row['defense_name']}")
+            cells.append(f"{paper['f1@3']:.3f} / {paper['ndcg@3']:.3f}" if paper else "")
         rows.append([*_label(row), *cells])
     note = (f"Mean ± std over seeds; [95% bootstrap CI over test posts]; ▲/▼: significantly above/below "
             f"{reference} (Wilcoxon signed-rank over posts, Holm-corrected over the table, p < {ALPHA}).")
+    if published:
+        note += " Paper: the figures published in the paper, on its own split and protocol."
     return ReportTable(name, "Clean test metrics", header, rows, note)
 
 

@@ -27,7 +27,7 @@ from robustag.plugins import _split_top_level, parse_spec
 from robustag.training import TrainConfig
 
 SPEC_KEYS = ("name", "datasets", "models", "defenses", "attacks", "eps", "seeds", "reference", "params",
-             "p_core", "split_seed", "include")
+             "p_core", "split_seed", "include", "published")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class BenchSpec:
     params: dict[str, Any] = field(default_factory=lambda: {"epochs": 20})
     p_core: int = 10
     split_seed: int = 0
+    # published figures to show beside ours: "dataset/model/defense" -> {"f1@3": 0.22, ...}
+    published: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def expanded_defenses(self) -> list[str]:
         return [s for spec in self.defenses for s in expand_sweep(spec)]
@@ -109,7 +111,7 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
         if bad:
             raise RobustagError(f"spec {where}: [params] has unknown option {bad[0]!r}; known: {', '.join(sorted(allowed))}")
         spec.params = dict(raw["params"])
-    for key in ("reference", "p_core", "split_seed"):
+    for key in ("reference", "p_core", "split_seed", "published"):
         if key in raw:
             setattr(spec, key, raw[key])
     return spec

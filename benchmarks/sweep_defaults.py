@@ -52,7 +52,7 @@ def main() -> None:
     rows = []
     reference = train(split, default_config("pop-mix"), device)
     ref_test = evaluate(scores_of(reference.model), split.test, split.n_tags, device).summary()
-    print(f"| config | valid F1@3 | valid NDCG@3 | test F1@3 | test NDCG@3 | best epoch | seconds |")
+    print("| config | valid F1@3 | valid NDCG@3 | test F1@3 | test NDCG@3 | best epoch | seconds |")
     print("|---|---|---|---|---|---|---|")
     print(f"| pop-mix (mix={reference.config.mix}) | | {reference.best_valid['valid_ndcg@3']:.4f} "
           f"| {ref_test['f1@3']:.4f} | {ref_test['ndcg@3']:.4f} | | |")

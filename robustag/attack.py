@@ -29,6 +29,12 @@ import torch
 from robustag.plugins import Param, Plugin, PluginError, Registry, fraction, non_negative, positive
 from robustag.preprocess import TagSplit
 
+# The API a plugin file imports from here (Param and the checks are re-exported for it).
+__all__ = [
+    "ATTACKS", "Attack", "DataAttack", "EmbeddingAttack", "IterativeAttack", "Param", "PluginError", "fraction",
+    "gradients", "iterative_params", "non_negative", "positive", "project", "random_start", "row_budget", "steepest",
+]
+
 Objective = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 TARGETS = ("user", "item", "tag")
 

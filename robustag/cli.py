@@ -30,9 +30,10 @@ from robustag.evaluation import CUTOFFS, evaluate, scores_of
 from robustag.models import MODEL_NAMES
 from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
-from robustag.report import flat_cells, summary_table, write_report
+from robustag.report import summary_table, write_report
 from robustag.robustness import run_attack, summarise, worst_case
 from robustag.spec import BenchSpec, load_specs, parse_seeds
+from robustag.stats import flat_cells
 from robustag.store import DB_NAME, ResultStore
 from robustag.training import default_config, resolve_device, train
 from robustag.trec import write_qrels, write_run
@@ -228,6 +229,9 @@ def attack_command(
     """Train (or load) a model and measure what each attack does to it."""
     _load_plugins(plugin)
     attack_list = _build_attacks(attacks, eps, seed)
+    evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
+    if evasions and model not in ("metric", "pitf") and not load:
+        raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
     regime = _defense(defense, model)
     torch_device = resolve_device(device)
     split = _load(dataset, data_dir, p_core, split_seed)

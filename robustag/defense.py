@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from robustag.attack import ATTACKS, EmbeddingAttack, row_budget
-from robustag.models import Batch, BatchEmbeddings, EmbeddingModel
+from robustag.models import BatchEmbeddings, EmbeddingModel
 from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative
 from robustag.training import TrainingRegime
 

@@ -21,12 +21,11 @@ import pandas as pd
 from rich.table import Table
 
 from robustag import plots
-from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, flat_cells, friedman_ranking
+from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
 HEADLINE = ["f1@3", "ndcg@3", "f1@5", "ndcg@5", "f1@10", "ndcg@10"]
 TESTED = ("f1@3", "ndcg@3")
-__all__ = ["flat_cells", "summary_table", "write_report"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from robustag.attack import ATTACKS, Attack, project, random_start, row_budget
 from robustag.evaluation import evaluate, scores_of
 from robustag.plugins import PluginError, Registry, split_specs
-from robustag.preprocess import SplitOptions, load_split
+from robustag.preprocess import load_split
 from robustag.robustness import evade, promotion_rate, run_attack, worst_case
 from robustag.training import default_config, train
 

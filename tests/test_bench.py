@@ -1,7 +1,6 @@
 """robustag bench: planning, resuming after a kill, failure isolation, statistics, reports,
 and executors that agree."""
 
-import json
 import os
 import signal
 import sqlite3

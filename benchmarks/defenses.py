@@ -23,6 +23,26 @@ from robustag.training import default_config, resolve_device, train
 DEFENSE_SPECS = ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb")
 
 
+def defense_rows(split, dataset: str, config, device, attack: str) -> list[dict]:
+    """Median epoch time of each defense (and its ratio to plain), clean and attacked metrics."""
+    rows, plain_epoch = [], None
+    for spec in DEFENSE_SPECS:
+        result = train(split, config, device, regime=DEFENSES.create(spec))
+        epoch_seconds = statistics.median(r["seconds"] for r in result.history)
+        plain_epoch = plain_epoch or epoch_seconds
+        clean = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
+        attacked = evade(result.model, split, ATTACKS.create(attack), device).summary()
+        row = {
+            "dataset": dataset, "defense": spec, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "epoch_seconds": epoch_seconds, "epoch_ratio_to_plain": epoch_seconds / plain_epoch,
+            "clean_f1@3": clean["f1@3"], "clean_ndcg@3": clean["ndcg@3"],
+            "attacked_f1@3": attacked["f1@3"], "attacked_ndcg@3": attacked["ndcg@3"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="lastfm,movielens")
@@ -36,22 +56,7 @@ def main() -> None:
     rows = []
     for dataset in args.datasets.split(","):
         split = load_split(dataset, paths.data_dir())
-        config = default_config(args.model, epochs=args.epochs)
-        plain_epoch = None
-        for spec in DEFENSE_SPECS:
-            result = train(split, config, device, regime=DEFENSES.create(spec))
-            epoch_seconds = statistics.median(r["seconds"] for r in result.history)
-            plain_epoch = plain_epoch or epoch_seconds
-            clean = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
-            attacked = evade(result.model, split, ATTACKS.create(args.attack), device).summary()
-            row = {
-                "dataset": dataset, "defense": spec, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                "epoch_seconds": epoch_seconds, "epoch_ratio_to_plain": epoch_seconds / plain_epoch,
-                "clean_f1@3": clean["f1@3"], "clean_ndcg@3": clean["ndcg@3"],
-                "attacked_f1@3": attacked["f1@3"], "attacked_ndcg@3": attacked["ndcg@3"],
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        rows += defense_rows(split, dataset, default_config(args.model, epochs=args.epochs), device, args.attack)
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "attack": args.attack, "device": str(device),
                                         "rows": rows}, indent=2) + "\n")

@@ -32,18 +32,12 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="lastfm")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    split = load_split(args.dataset, paths.data_dir())
+def model_rows(split, device, epochs: int) -> list[dict]:
+    """Training throughput and evaluation time of every model."""
     rows = []
     for model in ("metric", "pitf", "pop", "pop-user", "pop-item", "pop-mix"):
-        config = default_config(model, epochs=args.epochs, patience=args.epochs) if model in ("metric", "pitf") else default_config(model, mix=0.5)
+        learned = model in ("metric", "pitf")
+        config = default_config(model, epochs=epochs, patience=epochs) if learned else default_config(model, mix=0.5)
         result = train(split, config, device)
         row = {"model": model}
         if result.history:
@@ -54,17 +48,26 @@ def main() -> None:
         row["posts_per_second"] = len(split.test) / row["eval_seconds"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    report = {
-        "dataset": args.dataset,
-        "train_triples": split.train.n_assignments,
-        "test_posts": len(split.test),
-        "tags": split.n_tags,
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "rows": rows,
-    }
+    return rows
+
+
+def environment(device) -> dict:
+    return {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="lastfm")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    split = load_split(args.dataset, paths.data_dir())
+    rows = model_rows(split, device, args.epochs)
+    report = {"dataset": args.dataset, "train_triples": split.train.n_assignments, "test_posts": len(split.test),
+              "tags": split.n_tags, **environment(device), "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -391,6 +391,7 @@ def bench_command(
     per_gpu: int = typer.Option(1, "--per-gpu", help="Units packed on each GPU at once."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (executor ray)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the cells that failed."),
+    reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against (default: the spec's, plain)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN/report at the end."),
     plugin: Optional[list[Path]] = PluginOption,
 ):
@@ -407,7 +408,7 @@ def bench_command(
     store = ResultStore(settings.out)
     for spec_name, rows in the_plan.rows.items():
         store.add_cells(rows, spec_name)
-    store.set_meta("reference", specs[0].reference)
+    store.set_meta("reference", reference or specs[0].reference)
     store.set_meta("specs", [asdict(spec) for spec in specs])
     todo = pending_units(the_plan, store, retry_failed)
     console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
@@ -515,10 +516,15 @@ def _fmt(value, pattern: str = "{:.4f}") -> str:
 
 
 @app.command("report")
-def report_command(run: Path = typer.Argument(..., help="A run folder written by robustag bench.")):
+def report_command(
+    run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
+    reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against (default: the run's)."),
+):
     """Write RUN/report/: Markdown, HTML, LaTeX, CSV and plots, with significance tests."""
     if not (run / DB_NAME).is_file():
         raise RobustagError(f"{run}: no {DB_NAME} here; is it a folder written by robustag bench?")
+    if reference:
+        ResultStore(run).set_meta("reference", reference)
     console.print(f"report: {write_report(run)}")
 
 

@@ -32,7 +32,7 @@ from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.report import summary_table, write_report
 from robustag.robustness import run_attack, summarise, worst_case
-from robustag.spec import BenchSpec, load_specs, parse_seeds
+from robustag.spec import BenchSpec, default_spec, load_specs, parse_seeds
 from robustag.stats import flat_cells
 from robustag.store import DB_NAME, ResultStore
 from robustag.training import default_config, resolve_device, train
@@ -391,13 +391,14 @@ def bench_command(
     per_gpu: int = typer.Option(1, "--per-gpu", help="Units packed on each GPU at once."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (executor ray)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the cells that failed."),
+    prune: bool = typer.Option(False, "--prune", help="Drop stored cells of these specs that the plan no longer has."),
     reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against (default: the spec's, plain)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN/report at the end."),
     plugin: Optional[list[Path]] = PluginOption,
 ):
     """Run a benchmark matrix (datasets × models × defenses × attacks × seeds), resumably."""
     _load_plugins(plugin)
-    specs = load_specs(spec_file) if spec_file else [BenchSpec()]
+    specs = load_specs(spec_file) if spec_file else [default_spec()]
     for spec in specs:
         _override_spec(spec, datasets, models, defenses, attacks, seeds, eps, epochs)
     the_plan = plan(specs)
@@ -408,6 +409,9 @@ def bench_command(
     store = ResultStore(settings.out)
     for spec_name, rows in the_plan.rows.items():
         store.add_cells(rows, spec_name)
+    if prune:
+        dropped = store.prune(the_plan.rows)
+        console.print(f"pruned {dropped} stale cells")
     store.set_meta("reference", reference or specs[0].reference)
     store.set_meta("specs", [asdict(spec) for spec in specs])
     todo = pending_units(the_plan, store, retry_failed)

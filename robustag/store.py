@@ -139,6 +139,23 @@ class ResultStore:
         rows = self.connection.execute("SELECT unit, epoch, record FROM histories ORDER BY unit, epoch").fetchall()
         return pd.DataFrame([{"unit": u, **json.loads(r)} for u, _, r in rows])
 
+    def prune(self, planned: dict[str, list[dict]]) -> int:
+        """Forget the cells of these specs that the current plan no longer has (a spec changed),
+        with their per-post values; cells still planned by another spec are kept."""
+        keep = {row["key"] for rows in planned.values() for row in rows}
+        with self.transaction() as db:
+            names = list(planned)
+            stale = [key for (key,) in db.execute(
+                f"SELECT DISTINCT cell FROM cell_specs WHERE spec IN ({','.join('?' * len(names))})", names)
+                if key not in keep]
+            for key in stale:
+                db.execute("DELETE FROM cell_specs WHERE cell=?", (key,))
+                if db.execute("SELECT 1 FROM cell_specs WHERE cell=?", (key,)).fetchone() is None:
+                    db.execute("DELETE FROM cells WHERE key=?", (key,))
+                    db.execute("DELETE FROM post_metrics WHERE cell=?", (key,))
+            db.execute("DELETE FROM histories WHERE unit NOT IN (SELECT unit FROM cells)")
+            return len(stale)
+
     def mark_failed_pending(self) -> int:
         """`--retry-failed`: failed cells become pending again."""
         with self.transaction() as db:

@@ -272,3 +272,22 @@ def test_spec_files_and_errors(tmp_path):
     bad.write_text("datasets = [\n")
     with pytest.raises(RobustagError, match="bad.toml"):
         load_specs(bad)
+
+
+def test_prune_forgets_cells_a_changed_spec_no_longer_plans(planted_path, tmp_path):
+    spec = small_spec(planted_path, defenses=["plain", "aml"], attacks=["fgsm"], seeds=[0])
+    store = run(spec, tmp_path)
+    assert len(store.cells()) == 4
+    smaller = small_spec(planted_path, defenses=["plain"], attacks=["fgsm"], seeds=[0])
+    assert store.prune(plan([smaller]).rows) == 2
+    cells = store.cells()
+    assert set(cells["defense_name"]) == {"plain"} and set(cells["status"]) == {"done"}
+    left = {c for (c,) in store.connection.execute("SELECT DISTINCT cell FROM post_metrics")}
+    assert left == set(cells["key"])
+
+
+def test_a_spec_file_leaves_unnamed_axes_minimal(tmp_path):
+    path = tmp_path / "bare.toml"
+    path.write_text('datasets = ["lastfm"]\n')
+    (spec,) = load_specs(path)
+    assert spec.attacks == [] and spec.defenses == ["plain"] and spec.seeds == [0] and spec.params == {}

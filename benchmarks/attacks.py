@@ -8,12 +8,11 @@ retraining included.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+
+from common import environment, parser, record, write
 
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
@@ -48,28 +47,24 @@ def attack_rows(split, model, config, device, eps: float, specs=SPECS) -> list[d
             "clean_ndcg@3": clean.summary()["ndcg@3"],
             "attacked_ndcg@3": outcome.evaluation.summary()["ndcg@3"],
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        record(rows, row)
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="lastfm")
-    parser.add_argument("--model", default="metric")
-    parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--dataset", default="lastfm")
+    options.add_argument("--model", default="metric")
+    options.add_argument("--eps", type=float, default=0.1)
+    options.add_argument("--epochs", type=int, default=20)
+    args = options.parse_args()
     device = resolve_device(args.device)
     split = load_split(args.dataset, paths.data_dir())
     config = default_config(args.model, epochs=args.epochs)
     model = train(split, config, device).model
     rows = attack_rows(split, model, config, device, args.eps)
-    if args.out:
-        args.out.write_text(json.dumps({"dataset": args.dataset, "model": args.model, "device": str(device),
-                                        "test_posts": len(split.test), "rows": rows}, indent=2) + "\n")
+    write(args.out, {"dataset": args.dataset, "model": args.model, "test_posts": len(split.test),
+                     **environment(device), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ and its clean and PGD-attacked test F1@3 / NDCG@3.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from pathlib import Path
+
+from common import environment, parser, record, write
 
 from robustag import paths
 from robustag.attack import ATTACKS
@@ -38,28 +37,23 @@ def defense_rows(split, dataset: str, config, device, attack: str) -> list[dict]
             "clean_f1@3": clean["f1@3"], "clean_ndcg@3": clean["ndcg@3"],
             "attacked_f1@3": attacked["f1@3"], "attacked_ndcg@3": attacked["ndcg@3"],
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        record(rows, row)
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="lastfm,movielens")
-    parser.add_argument("--model", default="metric")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--attack", default="pgd:eps=0.1")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--datasets", default="lastfm,movielens")
+    options.add_argument("--model", default="metric")
+    options.add_argument("--epochs", type=int, default=30)
+    options.add_argument("--attack", default="pgd:eps=0.1")
+    args = options.parse_args()
     device = resolve_device(args.device)
     rows = []
     for dataset in args.datasets.split(","):
         split = load_split(dataset, paths.data_dir())
         rows += defense_rows(split, dataset, default_config(args.model, epochs=args.epochs), device, args.attack)
-    if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "attack": args.attack, "device": str(device),
-                                        "rows": rows}, indent=2) + "\n")
+    write(args.out, {"model": args.model, "attack": args.attack, **environment(device), "rows": rows})
 
 
 if __name__ == "__main__":

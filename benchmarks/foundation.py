@@ -9,13 +9,10 @@ test posts, best of 3.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
-import torch
+
+from common import environment, parser, record, write
 
 from robustag import paths
 from robustag.evaluation import evaluate, scores_of
@@ -46,30 +43,21 @@ def model_rows(split, device, epochs: int) -> list[dict]:
             row["triples_per_second"] = split.train.n_assignments * len(result.history) / train_seconds
         row["eval_seconds"] = best_of(3, lambda: evaluate(scores_of(result.model), split.test, split.n_tags, device))
         row["posts_per_second"] = len(split.test) / row["eval_seconds"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        record(rows, row)
     return rows
 
 
-def environment(device) -> dict:
-    return {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="lastfm")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--dataset", default="lastfm")
+    options.add_argument("--epochs", type=int, default=3)
+    args = options.parse_args()
     device = resolve_device(args.device)
     split = load_split(args.dataset, paths.data_dir())
     rows = model_rows(split, device, args.epochs)
     report = {"dataset": args.dataset, "train_triples": split.train.n_assignments, "test_posts": len(split.test),
               "tags": split.n_tags, **environment(device), "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write(args.out, report)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ Numbers are measurements, never test assertions; the committed ones are in repor
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,7 +20,8 @@ from pathlib import Path
 
 from attacks import attack_rows
 from defenses import defense_rows
-from foundation import environment, model_rows
+from common import environment, parser, write
+from foundation import model_rows
 
 from robustag import paths
 from robustag.preprocess import load_split
@@ -40,14 +39,12 @@ def paper_main_seconds(dataset: str, device: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="lastfm")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed training run")
-    parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--paper-main", action="store_true", help="also time the paper-main spec (long)")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--dataset", default="lastfm")
+    options.add_argument("--epochs", type=int, default=3, help="epochs per timed training run")
+    options.add_argument("--eps", type=float, default=0.1)
+    options.add_argument("--paper-main", action="store_true", help="also time the paper-main spec (long)")
+    args = options.parse_args()
     device = resolve_device(args.device)
     split = load_split(args.dataset, paths.data_dir())
     config = default_config("metric", epochs=args.epochs, patience=args.epochs)
@@ -57,7 +54,7 @@ def main() -> None:
     report["attacks"] = attack_rows(split, model, config, device, args.eps)
     if args.paper_main:
         report["paper_main_seconds"] = paper_main_seconds(args.dataset, args.device)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write(args.out, report)
 
 
 if __name__ == "__main__":

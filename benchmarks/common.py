@@ -1,0 +1,35 @@
+"""What the benchmark scripts share: the command line's common options, row printing and
+the machine description stored beside every figure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with --device and --out; each script adds its own options."""
+    made = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    made.add_argument("--device", default="auto")
+    made.add_argument("--out", type=Path)
+    return made
+
+
+def record(rows: list[dict], row: dict) -> None:
+    """Keep a measured row and show it at once (long benchmarks report as they go)."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def environment(device) -> dict:
+    return {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+
+
+def write(path: Path | None, payload: dict) -> None:
+    if path:
+        path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -413,7 +413,8 @@ def bench_command(
         dropped = store.prune(the_plan.rows)
         console.print(f"pruned {dropped} stale cells")
     store.set_meta("reference", reference or specs[0].reference)
-    store.set_meta("specs", [asdict(spec) for spec in specs])
+    known = {spec["name"]: spec for spec in store.meta("specs", [])}  # a run folder can hold several invocations
+    store.set_meta("specs", list({**known, **{spec.name: asdict(spec) for spec in specs}}.values()))
     todo = pending_units(the_plan, store, retry_failed)
     console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
                   f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")

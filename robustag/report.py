@@ -21,6 +21,7 @@ import pandas as pd
 from rich.table import Table
 
 from robustag import plots
+from robustag.models import LEARNED_MODELS
 from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
@@ -52,8 +53,11 @@ def write_report(run: Path) -> Path:
     shutil.rmtree(figures, ignore_errors=True)  # no stale plots from an earlier report
     folder.mkdir(parents=True, exist_ok=True)
     reference = store.meta("reference", "plain")
-    published = {spec["name"]: spec.get("published", {}) for spec in store.meta("specs", [])}
-    sections = [spec_section(store, spec, reference, figures, published.get(spec, {})) for spec in store.specs()]
+    described = store.meta("specs", [])
+    published = {spec["name"]: spec.get("published", {}) for spec in described}
+    stored = store.specs()
+    order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in published]
+    sections = [spec_section(store, spec, reference, figures, published.get(spec, {})) for spec in order]
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
     (folder / "report.html").write_text(render_html(run, sections, environment, figures))
@@ -113,11 +117,11 @@ def _mark(tests: pd.DataFrame, row, metric: str) -> str:
 
 def _label(row) -> list[str]:
     params = json.loads(row["params"])
-    return [row["dataset"], row["model"] + _param_note(params), row["defense_label"]]
+    return [row["dataset"], row["model"] + _param_note(params, row["model"]), row["defense_label"]]
 
 
-def _param_note(params: dict) -> str:
-    return f" (d={params['dim']})" if "dim" in params else ""
+def _param_note(params: dict, model: str) -> str:
+    return f" (d={params['dim']})" if model in LEARNED_MODELS else ""
 
 
 def short_labels(specs) -> dict[str, str]:
@@ -244,7 +248,7 @@ def training_figures(store: ResultStore, cells: pd.DataFrame, folder: Path, slug
                 data[per_defense["defense_label"].iloc[0]] = (list(by_epoch.mean().index), list(by_epoch.mean()),
                                                  list(by_epoch.std().fillna(0)))
         if data:
-            out.append((f"Validation NDCG@3 per epoch, {dataset} / {model}{_param_note(json.loads(params))}",
+            out.append((f"Validation NDCG@3 per epoch, {dataset} / {model}{_param_note(json.loads(params), model)}",
                         plots.curves(data, "epoch", f"training: {dataset} / {model}", folder,
                                      f"{slug}-{dataset}-{model}-{hashlib.sha256(params.encode()).hexdigest()[:6]}-training")))
     return out

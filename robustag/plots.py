@@ -29,8 +29,13 @@ def save(fig, folder: Path, name: str) -> str:
 
 
 def attack_label(row) -> str:
-    name = row["attack_name"] if isinstance(row["attack_name"], str) else "clean"
-    return name + (f" ε={row['eps']:g}" if row["eps"] >= 0 else "")
+    """clean, `pgd ε=0.1`, or a poisoning attack with its first parameter (`tag-replace rate=0.2`)."""
+    if not isinstance(row["attack_name"], str):
+        return "clean"
+    if row["eps"] >= 0:
+        return f"{row['attack_name']} ε={row['eps']:g}"
+    first = row["attack"].partition(":")[2].split(",")[0]
+    return f"{row['attack_name']} {first}".strip()
 
 
 def heatmap(drops: pd.DataFrame, title: str, folder: Path, name: str) -> str:

@@ -21,7 +21,9 @@ import pandas as pd
 from rich.table import Table
 
 from robustag import plots
+from robustag.defense import DEFENSES
 from robustag.models import LEARNED_MODELS
+from robustag.plugins import PluginError
 from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
@@ -131,7 +133,9 @@ def short_labels(specs) -> dict[str, str]:
     labels = {}
     for spec, (name, params) in parsed.items():
         siblings = [p for n, p in parsed.values() if n == name]
-        varying = sorted(k for k in params if len({str(p.get(k)) for p in siblings}) > 1)
+        declared = _declared_params(name)  # the attack's own parameters follow from its name
+        varying = sorted(k for k in params if len({str(p.get(k)) for p in siblings}) > 1
+                         and (declared is None or k in declared))
         labels[spec] = name + (" " + ",".join(f"{k}={params[k]}" for k in varying) if varying else "")
     return labels
 
@@ -275,6 +279,14 @@ def sensitivity_figures(clean: pd.DataFrame, folder: Path, slug: str) -> list[tu
                             plots.curves(data, parameter, f"{name}: {dataset}", folder,
                                          f"{slug}-{dataset}-{name}-{parameter}-sensitivity")))
     return out
+
+
+def _declared_params(name: str) -> set[str] | None:
+    """The defense's own parameters; None (all of them count) for a plugin not loaded here."""
+    try:
+        return set(DEFENSES.get(name).params)
+    except PluginError:
+        return None
 
 
 def _spec_params(spec: str) -> dict:

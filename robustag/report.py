@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.table import Table
 
@@ -270,10 +271,14 @@ def sensitivity_figures(clean: pd.DataFrame, folder: Path, slug: str) -> list[tu
             settings = pd.DataFrame(list(group[column]), index=group.index)
             varying = [c for c in settings if settings[c].nunique() > 1]
             for parameter in varying:
-                values = pd.to_numeric(settings[parameter], errors="coerce")
-                if values.isna().any():
+                # one parameter at a time: the others held at their most common value
+                others = [c for c in varying if c != parameter]
+                held = np.logical_and.reduce([settings[c] == settings[c].mode().iloc[0] for c in others]) \
+                    if others else np.ones(len(settings), dtype=bool)
+                values = pd.to_numeric(settings[parameter][held], errors="coerce")
+                if values.isna().any() or values.nunique() < 2:
                     continue
-                ordered = group.assign(value=values).sort_values("value")
+                ordered = group[held].assign(value=values).sort_values("value")
                 data = {name: (list(ordered["value"]), list(ordered["ndcg@3_mean"]), list(ordered["ndcg@3_std"]))}
                 out.append((f"Sensitivity of {name} to {parameter}, {dataset}",
                             plots.curves(data, parameter, f"{name}: {dataset}", folder,

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
+plt.rcParams.update({"svg.hashsalt": "robustag",  # stable ids: the same report renders the same SVG
+                     "figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
                      "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
 METRIC = "ndcg@3"
 
@@ -23,7 +24,7 @@ def save(fig, folder: Path, name: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     fig.savefig(folder / f"{safe}.png")
-    fig.savefig(folder / f"{safe}.svg")
+    fig.savefig(folder / f"{safe}.svg", metadata={"Date": None})
     plt.close(fig)
     return f"{safe}.png"
 

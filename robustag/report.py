@@ -80,7 +80,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, p
         return section
     labels = short_labels(cells["defense"].unique())
     cells = cells.assign(defense_label=cells["defense"].map(labels))
-    table = aggregate(store, cells, HEADLINE)
+    table = aggregate(store, cells, HEADLINE, ci_metrics=TESTED)
     table["defense_label"] = table["defense"].map(labels)
     tests = pd.concat([compare_to_reference(store, table, metric, reference) for metric in TESTED], ignore_index=True)
     clean = table[table["surface"] == "none"]

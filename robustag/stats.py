@@ -53,8 +53,10 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """One row per group (all but the seed): mean, std over seeds, n seeds, bootstrap CI."""
+def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str], ci_metrics=None) -> pd.DataFrame:
+    """One row per group (all but the seed): mean, std over seeds, n seeds, and a bootstrap CI
+    for each of `ci_metrics` (default: all; the resampling is the costly part)."""
+    ci_metrics = metrics if ci_metrics is None else ci_metrics
     rows = []
     for key, group in cells.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key))
@@ -63,8 +65,9 @@ def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str]) -> pd
         for metric in metrics:
             row[f"{metric}_mean"] = float(group[metric].mean())
             row[f"{metric}_std"] = float(group[metric].std(ddof=1)) if len(group) > 1 else 0.0
-            low, high = bootstrap_ci(seed_averaged(store, list(group["key"]), metric))
-            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+            if metric in ci_metrics:
+                low, high = bootstrap_ci(seed_averaged(store, list(group["key"]), metric))
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -7,7 +7,7 @@ forward/backward passes over the batch's rows, not K full training steps."""
 
 import torch
 
-from robustag.attack import IterativeAttack, project, random_start, row_budget, steepest
+from robustag.attack import IterativeAttack, project, random_start, steepest
 from robustag.defense import AdversarialDefense
 from robustag.models import BatchEmbeddings
 from robustag.plugins import Param, PluginError
@@ -27,17 +27,9 @@ class FreeLBTraining(AdversarialDefense):
         clean = model.pair_losses(embeddings).mean() + model.penalty(embeddings)
         steps, step_size, _ = self.adversary.schedule()
         norm = self.adversary.norm
-        tables = model.tables()
-        radius = {
-            "user": row_budget(tables["user"].weight, self.eps, norm),
-            "item": row_budget(tables["item"].weight, self.eps, norm),
-            "positive": row_budget(tables["tag"].weight, self.eps, norm),
-            "negative": row_budget(tables["tag"].weight, self.eps, norm),
-        }
-        chosen = {"user": ("user",), "item": ("item",), "tag": ("positive", "negative")}
-        fields = [f for t in self.adversary.target_tables for f in chosen[t]]
+        radius = self.field_budgets(model, self.eps)
         generator = self.adversary.generator(embeddings.user.device)
-        deltas = {f: random_start(getattr(embeddings, f), radius[f], norm, generator) for f in fields}
+        deltas = {f: random_start(getattr(embeddings, f), r, norm, generator) for f, r in radius.items()}
         total = clean.new_zeros(())
         for _ in range(steps):
             leaves = {f: d.detach().requires_grad_(True) for f, d in deltas.items()}

@@ -30,7 +30,7 @@ from robustag.errors import RobustagError
 from robustag.evaluation import evaluate, scores_of
 from robustag.models import LEARNED_MODELS
 from robustag.preprocess import SplitOptions, load_split
-from robustag.robustness import evade, promotion_rate
+from robustag.robustness import evade, promotion_figures
 from robustag.spec import BenchSpec
 from robustag.store import ResultStore
 from robustag.training import TrainConfig, default_config, train
@@ -187,11 +187,7 @@ def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_s
             evaluation = evade(model, split, ATTACKS.create(cell.attack), device)
         else:
             evaluation = evaluate(scores_of(model), split.test, split.n_tags, device)
-        extra = {}
-        poison = ATTACKS.create(task.poison) if task.poison else None
-        if poison is not None and hasattr(poison, "target_tag"):
-            target = poison.target_tag(split)
-            extra = {"target_tag": target, **{f"promotion@{n}": promotion_rate(evaluation, split.test, target, n) for n in (3, 10)}}
+        extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
         return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
                 "extra": extra, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
     except Exception:

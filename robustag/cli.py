@@ -27,7 +27,7 @@ from robustag.defense import DEFENSES
 from robustag.download import download_dataset
 from robustag.errors import RobustagError
 from robustag.evaluation import CUTOFFS, evaluate, scores_of
-from robustag.models import MODEL_NAMES
+from robustag.models import LEARNED_MODELS, MODEL_NAMES
 from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.report import summary_table, write_report
@@ -67,7 +67,7 @@ def _load_plugins(files: Optional[list[Path]]) -> None:
 def _defense(spec: str, model: str):
     """Built before any training, so that a bad configuration stops at once."""
     defense = DEFENSES.create(spec)
-    if defense.name != "plain" and model not in ("metric", "pitf"):
+    if defense.name != "plain" and model not in LEARNED_MODELS:
         raise RobustagError(f"--defense {defense.name}: {model} is not a learned model; only plain applies")
     return defense
 
@@ -230,7 +230,7 @@ def attack_command(
     _load_plugins(plugin)
     attack_list = _build_attacks(attacks, eps, seed)
     evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
-    if evasions and model not in ("metric", "pitf") and not load:
+    if evasions and model not in LEARNED_MODELS and not load:
         raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
     regime = _defense(defense, model)
     torch_device = resolve_device(device)
@@ -336,7 +336,7 @@ def _plugin_table(title: str, registry, extra) -> Table:
 
 
 def _train_with_progress(split: TagSplit, config, device: torch.device, regime=None):
-    if config.model not in ("metric", "pitf"):
+    if config.model not in LEARNED_MODELS:
         with console.status(f"fitting {config.model}"):
             return train(split, config, device)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),

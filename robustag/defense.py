@@ -82,22 +82,23 @@ class AdversarialDefense(Defense):
     def eps(self) -> float:
         return self.adversary.eps
 
+    def field_budgets(self, model: EmbeddingModel, eps: float) -> dict[str, torch.Tensor]:
+        """The absolute per-row radius of each perturbed field of a batch (`BatchEmbeddings`
+        names): tag rows, positive and negative, share the tag table's budget."""
+        tables, norm = model.tables(), self.adversary.norm
+        fields = {"user": ("user",), "item": ("item",), "tag": ("positive", "negative")}
+        return {f: row_budget(tables[t].weight, eps, norm) for t in self.adversary.target_tables for f in fields[t]}
+
     def perturbation(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> BatchEmbeddings:
         """Δ* for a batch: the adversary maximises the per-triple training losses within budget."""
-        eps = self.adversary.eps if eps is None else eps
-        norm = self.adversary.norm
-        tables = model.tables()
-        budget = {name: row_budget(tables[name].weight, eps, norm) for name in ("user", "item", "tag")}
+        radius = self.field_budgets(model, self.adversary.eps if eps is None else eps)
         base = {k: v.detach() for k, v in vars(embeddings).items()}
-        fields = {"user": ("user",), "item": ("item",), "tag": ("positive", "negative")}
-        targets = [f for t in self.adversary.target_tables for f in fields[t]]
-        radius = {f: budget[t] for t in self.adversary.target_tables for f in fields[t]}
 
         def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
             moved = BatchEmbeddings(**{k: v + deltas[k] if k in deltas else v for k, v in base.items()})
             return model.pair_losses(moved)
 
-        deltas = self.adversary.perturb(objective, {f: torch.zeros_like(base[f]) for f in targets}, radius)
+        deltas = self.adversary.perturb(objective, {f: torch.zeros_like(base[f]) for f in radius}, radius)
         return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
 
     def adversarial_losses(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> torch.Tensor:

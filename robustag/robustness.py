@@ -100,6 +100,15 @@ def promotion_rate(evaluation: Evaluation, posts: Posts, target: int, n: int) ->
     return float(promoted[~has_target].mean()) if (~has_target).any() else 0.0
 
 
+def promotion_figures(attack, split: TagSplit, evaluation: Evaluation, prefix: str = "") -> dict[str, float]:
+    """For an attack that promotes a target tag: the target and its promotion@3 and @10."""
+    if not hasattr(attack, "target_tag"):
+        return {}
+    target = attack.target_tag(split)
+    return {"target_tag": int(target),
+            **{f"{prefix}promotion@{n}": promotion_rate(evaluation, split.test, target, n) for n in (3, 10)}}
+
+
 def overlap(clean: Evaluation, attacked: Evaluation, n: int) -> float:
     """Mean share of the clean top-n that stays in the attacked top-n."""
     a, b = clean.top_tags[:, :n], attacked.top_tags[:, :n]
@@ -150,11 +159,5 @@ def run_attack(
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started)
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
     evaluation = evaluate(scores_of(retrained), split.test, split.n_tags, device)
-    extra = {}
-    if hasattr(attack, "target_tag"):
-        target = attack.target_tag(split)
-        extra["target_tag"] = int(target)
-        for n in (3, 10):
-            extra[f"clean_promotion@{n}"] = promotion_rate(clean, split.test, target, n)
-            extra[f"attacked_promotion@{n}"] = promotion_rate(evaluation, split.test, target, n)
+    extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation, "attacked_")}
     return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started, extra)

@@ -61,10 +61,10 @@ def main() -> None:
     device = resolve_device(args.device)
     split = load_split(args.dataset, paths.data_dir())
     config = default_config(args.model, epochs=args.epochs)
-    model = train(split, config, device).model
+    model = train(split, config, device, compile=args.compile).model
     rows = attack_rows(split, model, config, device, args.eps)
     write(args.out, {"dataset": args.dataset, "model": args.model, "test_posts": len(split.test),
-                     **environment(device), "rows": rows})
+                     **environment(device, args.compile), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     made = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     made.add_argument("--device", default="auto")
     made.add_argument("--out", type=Path)
+    made.add_argument("--compile", action="store_true", help="train with torch.compile (robustag train --compile)")
     return made
 
 
@@ -25,8 +26,8 @@ def record(rows: list[dict], row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def environment(device) -> dict:
-    return {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+def environment(device, compile: bool = False) -> dict:
+    return {"device": str(device), "compile": compile, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
 
 

@@ -22,11 +22,11 @@ from robustag.training import default_config, resolve_device, train
 DEFENSE_SPECS = ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb")
 
 
-def defense_rows(split, dataset: str, config, device, attack: str) -> list[dict]:
+def defense_rows(split, dataset: str, config, device, attack: str, compile: bool = False) -> list[dict]:
     """Median epoch time of each defense (and its ratio to plain), clean and attacked metrics."""
     rows, plain_epoch = [], None
     for spec in DEFENSE_SPECS:
-        result = train(split, config, device, regime=DEFENSES.create(spec))
+        result = train(split, config, device, regime=DEFENSES.create(spec), compile=compile)
         epoch_seconds = statistics.median(r["seconds"] for r in result.history)
         plain_epoch = plain_epoch or epoch_seconds
         clean = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
@@ -52,8 +52,8 @@ def main() -> None:
     rows = []
     for dataset in args.datasets.split(","):
         split = load_split(dataset, paths.data_dir())
-        rows += defense_rows(split, dataset, default_config(args.model, epochs=args.epochs), device, args.attack)
-    write(args.out, {"model": args.model, "attack": args.attack, **environment(device), "rows": rows})
+        rows += defense_rows(split, dataset, default_config(args.model, epochs=args.epochs), device, args.attack, args.compile)
+    write(args.out, {"model": args.model, "attack": args.attack, **environment(device, args.compile), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -142,21 +142,31 @@ def _cell(unit: UnitTask, attack) -> dict:
 EventFn = Callable[[str, dict], None]
 
 
-def execute_unit(task: UnitTask, data_dir: str, model_dir: str, device: str, plugins: tuple[str, ...] = (),
-                 threads: int | None = None, on_event: EventFn | None = None) -> dict:
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker needs besides its unit and device (picklable: sent to processes)."""
+
+    data_dir: str
+    model_dir: str
+    plugins: tuple[str, ...] = ()
+    threads: int | None = None
+    compile: bool = False
+
+
+def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> dict:
     """Train (or load) one unit's model and evaluate its cells; a failure is recorded, not raised."""
-    if threads:
-        torch.set_num_threads(threads)
-    for path in plugins:
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    for path in setup.plugins:
         ATTACKS.load_file(path)
         DEFENSES.load_file(path)
     emit = on_event or (lambda kind, data: None)
     torch_device = torch.device(device)
     started = time.perf_counter()
     try:
-        split = load_split(task.dataset, Path(data_dir), task.options)
+        split = load_split(task.dataset, Path(setup.data_dir), task.options)
         train_split = ATTACKS.create(task.poison).poison(split, seed=task.config.seed) if task.poison else split
-        model, history, train_seconds = _trained_model(task, train_split, model_dir, torch_device, emit)
+        model, history, train_seconds = _trained_model(task, train_split, setup, torch_device, emit)
     except Exception:  # the whole unit failed: every cell carries the traceback
         error = traceback.format_exc()
         return {"unit": task.key, "history": [], "results": [
@@ -165,13 +175,13 @@ def execute_unit(task: UnitTask, data_dir: str, model_dir: str, device: str, plu
     return {"unit": task.key, "history": history, "results": results}
 
 
-def _trained_model(task: UnitTask, split, model_dir: str, device: torch.device, emit: EventFn):
-    path = Path(model_dir) / f"{task.key}.pt"
+def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, emit: EventFn):
+    path = Path(setup.model_dir) / f"{task.key}.pt"
     if task.config.model in LEARNED_MODELS and path.is_file():
         model, _, extra = load_model(path, split, device, with_extra=True)
         return model, extra.get("history", []), extra.get("train_seconds", 0.0)
     emit("train", {"unit": task.label, "epochs": task.config.epochs})
-    result = train(split, task.config, device, regime=DEFENSES.create(task.defense),
+    result = train(split, task.config, device, regime=DEFENSES.create(task.defense), compile=setup.compile,
                    on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
     if task.config.model in LEARNED_MODELS:
         save_model(path, result.model, result.config, split,
@@ -208,6 +218,10 @@ class RunSettings:
     address: str | None = None
     plugins: tuple[str, ...] = ()
     retry_failed: bool = False
+    compile: bool = False
+
+    def worker_setup(self, threads: int | None = None) -> WorkerSetup:
+        return WorkerSetup(str(self.data_dir), str(self.out / "models"), self.plugins, threads, self.compile)
 
 
 def devices_for(settings: RunSettings) -> list[str]:
@@ -233,8 +247,9 @@ def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[U
     return todo
 
 
-def run_info(device: str) -> dict:
-    return {"device": device, "versions": versions(), "git": git_revision()}
+def run_info(device: str, compile: bool = False) -> dict:
+    """How a unit ran, stored with its cells; compiled runs match eager ones only to rounding."""
+    return {"device": f"{device}+compile" if compile else device, "versions": versions(), "git": git_revision()}
 
 
 def versions() -> dict[str, str]:
@@ -256,24 +271,23 @@ def git_revision() -> str:
 def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, on_event: EventFn) -> None:
     """Execute units with the chosen executor, writing each unit's results as it completes."""
     devices = devices_for(settings)
-    model_dir = str(settings.out / "models")
-    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    (settings.out / "models").mkdir(parents=True, exist_ok=True)
     if settings.executor == "ray":
         from robustag.executors import run_ray
 
-        return run_ray(units, settings, store, devices, model_dir, on_event)
+        return run_ray(units, settings, store, devices, on_event)
     if settings.executor != "local":
         raise RobustagError(f"--executor {settings.executor!r}: expected local or ray")
     workers = settings.workers if devices == ["cpu"] else len(devices) * settings.per_gpu
     if workers <= 1:
         for unit in units:
-            result = execute_unit(unit, str(settings.data_dir), model_dir, devices[0], settings.plugins, on_event=on_event)
-            store.write_unit(unit.key, result["results"], result["history"], run_info(devices[0]))
+            result = execute_unit(unit, settings.worker_setup(), devices[0], on_event=on_event)
+            store.write_unit(unit.key, result["results"], result["history"], run_info(devices[0], settings.compile))
             on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
         return
     from robustag.executors import run_pool
 
-    run_pool(units, settings, store, devices, model_dir, workers, on_event)
+    run_pool(units, settings, store, devices, workers, on_event)
 
 
 def _failed(result: dict) -> int:

@@ -14,19 +14,18 @@ from robustag.bench import _failed, execute_unit, run_info, threads_per_worker
 from robustag.errors import RobustagError
 
 
-def run_pool(units, settings, store, devices, model_dir, workers, on_event) -> None:
+def run_pool(units, settings, store, devices, workers, on_event) -> None:
     """`workers` processes; unit i runs on devices[i % len(devices)] (several per GPU when
     --per-gpu > 1). Events (epochs, cells) come back through a queue for the live view."""
     context = multiprocessing.get_context("spawn")  # safe with CUDA, same on every platform
     manager = context.Manager()
     events = manager.Queue()
-    threads = threads_per_worker(workers) if devices == ["cpu"] else None
+    setup = settings.worker_setup(threads_per_worker(workers) if devices == ["cpu"] else None)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {}
         for index, unit in enumerate(units):
             device = devices[index % len(devices)]
-            future = pool.submit(_execute_with_events, unit, str(settings.data_dir), model_dir, device,
-                                 settings.plugins, threads, events)
+            future = pool.submit(_execute_with_events, unit, setup, device, events)
             futures[future] = (unit, device)
         pending = set(futures)
         while pending:
@@ -35,15 +34,14 @@ def run_pool(units, settings, store, devices, model_dir, workers, on_event) -> N
             for future in done:
                 unit, device = futures[future]
                 result = future.result()
-                store.write_unit(unit.key, result["results"], result["history"], run_info(device))
+                store.write_unit(unit.key, result["results"], result["history"], run_info(device, setup.compile))
                 on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
         _drain(events, on_event)
     manager.shutdown()
 
 
-def _execute_with_events(unit, data_dir, model_dir, device, plugins, threads, events):
-    return execute_unit(unit, data_dir, model_dir, device, plugins, threads,
-                        on_event=lambda kind, data: events.put((kind, data)))
+def _execute_with_events(unit, setup, device, events):
+    return execute_unit(unit, setup, device, on_event=lambda kind, data: events.put((kind, data)))
 
 
 def _drain(events, on_event) -> None:
@@ -55,7 +53,7 @@ def _drain(events, on_event) -> None:
         on_event(kind, data)
 
 
-def run_ray(units, settings, store, devices, model_dir, on_event) -> None:
+def run_ray(units, settings, store, devices, on_event) -> None:
     """One Ray task per unit, asking Ray for a GPU when there is one; results are written as
     tasks finish. `--address` joins a cluster; without it Ray starts a local instance."""
     try:
@@ -69,15 +67,14 @@ def run_ray(units, settings, store, devices, model_dir, on_event) -> None:
     gpu = 1.0 / settings.per_gpu if devices != ["cpu"] else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpu)(execute_unit)
     device = "cuda" if gpu else "cpu"
-    refs = {
-        remote.remote(unit, str(settings.data_dir), model_dir, device, settings.plugins, 1): unit for unit in units
-    }
+    setup = settings.worker_setup(threads=1)
+    refs = {remote.remote(unit, setup, device): unit for unit in units}
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         unit = refs[done[0]]
         result = ray.get(done[0])
-        store.write_unit(unit.key, result["results"], result["history"], run_info(device))
+        store.write_unit(unit.key, result["results"], result["history"], run_info(device, setup.compile))
         on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
     if started_here:
         ray.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -148,14 +149,42 @@ def train(
     device: torch.device,
     regime: TrainingRegime | None = None,
     on_epoch: EpochCallback | None = None,
+    compile: bool = False,
 ) -> TrainResult:
-    """Train the configured model on `split.train`; popularity baselines are fitted instead."""
+    """Train the configured model on `split.train`; popularity baselines are fitted instead.
+
+    `compile=True` runs the model's per-pair losses through `torch.compile` (fused kernels for
+    the (B, K, d) products that dominate an epoch); results then match the eager ones to
+    floating-point rounding, not bit for bit.
+    """
     config.validate()
     if config.model in POPULARITY_MODELS:
         return fit_popularity(split, config, device)
-    regime = regime or TrainingRegime()
     torch.manual_seed(config.seed)
     model = build_learned(split, config).to(device)
+    with compiled_losses(model, compile):
+        return _fit(model, split, config, device, regime or TrainingRegime(), on_epoch)
+
+
+@contextmanager
+def compiled_losses(model: EmbeddingModel, enabled: bool):
+    """Every regime scores pairs through `model.pair_losses`, so compiling it speeds all of
+    them; the compiled function is removed afterwards so the model stays plain to save/pickle."""
+    if not enabled:
+        yield
+        return
+    model.pair_losses = torch.compile(model.pair_losses)
+    try:
+        # FreeLB back-propagates each ascent step's loss twice (retain_graph), which buffers
+        # donated to the compiled backward would forbid.
+        with torch._functorch.config.patch(donated_buffer=False):
+            yield
+    finally:
+        del model.pair_losses
+
+
+def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
+    """Epochs of shuffled batches with fresh negatives until early stopping; best epoch kept."""
     generator = torch.Generator(device=device).manual_seed(config.seed)
     sampler = NegativeSampler(split.train, split.n_tags, generator, device)
     users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())

@@ -1,6 +1,8 @@
 """Training: determinism, early stopping, negative sampling, and that learning beats popularity
 on data with planted structure."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,19 @@ def test_pop_mix_tunes_its_weight_on_validation(planted):
     assert 0.0 <= result.config.mix <= 1.0 and len(result.history) == 21
     best = max(r["valid_ndcg@3"] for r in result.history)
     assert result.best_valid["valid_ndcg@3"] == best
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(planted):
+    # AML exercises the adversary's gradient through the compiled loss as well.
+    from robustag.defense import DEFENSES
+
+    config = default_config("metric", epochs=2, dim=16, seed=3)
+    eager = train(planted, config, CPU, regime=DEFENSES.create("aml"))
+    compiled = train(planted, config, CPU, regime=DEFENSES.create("aml"), compile=True)
+    for key in ("loss", "adv_loss"):
+        assert np.allclose([r[key] for r in compiled.history], [r[key] for r in eager.history], rtol=1e-4)
+    for table in ("user", "item", "tag"):
+        assert torch.allclose(compiled.model.tables()[table].weight, eager.model.tables()[table].weight, atol=1e-4)
+    assert "pair_losses" not in vars(compiled.model)  # the compiled wrapper is gone after training

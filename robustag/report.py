@@ -61,6 +61,7 @@ def write_report(run: Path) -> Path:
     stored = store.specs()
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in published]
     sections = [spec_section(store, spec, reference, figures, published.get(spec, {})) for spec in order]
+    sections.append(runtime_section(store, reference))
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
     (folder / "report.html").write_text(render_html(run, sections, environment, figures))
@@ -105,6 +106,35 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, p
     failed = store.cells(spec=spec, status="failed")
     if len(failed):
         section.text.append(f"{len(failed)} cells failed and are left out; `robustag results RUN --status failed` lists them.")
+    return section
+
+
+def runtime_section(store: ResultStore, reference: str) -> Section:
+    """What training cost, per configuration and device: the cost side of every defense."""
+    section = Section(title="Run time")
+    cells = store.cells(status="done")
+    histories = store.histories()
+    trained = cells[(cells["surface"] == "none") & cells["model"].isin(list(LEARNED_MODELS))].drop_duplicates("unit")
+    if trained.empty or histories.empty or "seconds" not in histories:
+        section.text.append("No trained models with a recorded history.")
+        return section
+    per_unit = histories.groupby("unit").agg(epochs=("epoch", "max"), epoch_seconds=("seconds", "median"))
+    units = trained.join(per_unit, on="unit").dropna(subset=["epoch_seconds"])
+    units = units.assign(defense_label=units["defense"].map(short_labels(units["defense"].unique())))
+    keys = ["dataset", "model", "params", "device"]
+    table = units.groupby([*keys, "defense", "defense_label"], sort=False).agg(
+        n=("unit", "size"), epochs=("epochs", "mean"), epoch_seconds=("epoch_seconds", "mean"),
+        train_seconds=("train_seconds", "mean")).reset_index()
+    base = table[table["defense"] == reference].set_index(keys)["epoch_seconds"]
+    table["ratio"] = table["epoch_seconds"] / [base.get(tuple(row[k] for k in keys), np.nan) for _, row in table.iterrows()]
+    rows = [[*_label(row), row["device"], str(row["n"]), f"{row['epochs']:.1f}", f"{row['epoch_seconds']:.2f}",
+             "" if np.isnan(row["ratio"]) else f"{row['ratio']:.2f}×", f"{row['train_seconds']:.0f}"]
+            for _, row in table.iterrows()]
+    header = ["dataset", "model", "defense", "device", "models", "epochs", "s / epoch", f"× {reference}", "train s"]
+    note = ("Per trained model: epochs run (early stopping), median seconds per epoch (training steps only), total "
+            "training seconds with validation; means over models. Times depend on the machine and on how many "
+            "workers shared it; the ratio to the reference defense on the same device is the portable figure.")
+    section.tables.append(ReportTable("runtime", "Training cost", header, rows, note))
     return section
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -291,3 +292,15 @@ def test_a_spec_file_leaves_unnamed_axes_minimal(tmp_path):
     path.write_text('datasets = ["lastfm"]\n')
     (spec,) = load_specs(path)
     assert spec.attacks == [] and spec.defenses == ["plain"] and spec.seeds == [0] and spec.params == {}
+
+
+def test_report_states_the_training_cost_of_each_defense(finished):
+    folder = write_report(finished.folder)
+    cost = pd.read_csv(folder / "runtime.csv")
+    assert set(cost["defense"]) == {"plain", "aml", "spaml-s", "spaml-h"}
+    assert (cost["models"] == 2).all()  # two seeds, clean models only (the poisoned retrainings are not counted)
+    assert cost.loc[cost["defense"] == "plain", "× plain"].item() == "1.00×"
+    history = finished.histories()
+    plain_units = done_cells(finished).query("defense == 'plain' and surface == 'none'")["unit"].unique()
+    expected = history[history["unit"].isin(plain_units)].groupby("unit")["seconds"].median().mean()
+    assert cost.loc[cost["defense"] == "plain", "s / epoch"].item() == pytest.approx(expected, abs=0.005)

@@ -1,7 +1,9 @@
 """robustag bench: planning, resuming after a kill, failure isolation, statistics, reports,
 and executors that agree."""
 
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -304,3 +306,16 @@ def test_report_states_the_training_cost_of_each_defense(finished):
     plain_units = done_cells(finished).query("defense == 'plain' and surface == 'none'")["unit"].unique()
     expected = history[history["unit"].isin(plain_units)].groupby("unit")["seconds"].median().mean()
     assert cost.loc[cost["defense"] == "plain", "s / epoch"].item() == pytest.approx(expected, abs=0.005)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_bench_says_so_and_matches_eager(planted_path, tmp_path):
+    spec = small_spec(planted_path, defenses=["plain", "aml"], attacks=["fgsm"], seeds=[0])
+    eager, compiled = run(spec, tmp_path / "eager"), run(spec, tmp_path / "compiled", compile=True)
+    assert set(eager.cells()["device"]) == {"cpu"} and set(compiled.cells()["device"]) == {"cpu+compile"}
+    by_cell = lambda store: {k: json.loads(m) for k, m in zip(store.cells()["key"], store.cells()["metrics"])}
+    eager_metrics, compiled_metrics = by_cell(eager), by_cell(compiled)
+    assert eager_metrics.keys() == compiled_metrics.keys()  # the same cells: compiling is not part of a cell's identity
+    for key, metrics in eager_metrics.items():
+        assert compiled_metrics[key] == pytest.approx(metrics, abs=1e-3)

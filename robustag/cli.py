@@ -32,7 +32,7 @@ from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.report import summary_table, write_report
 from robustag.robustness import run_attack, summarise, worst_case
-from robustag.spec import BenchSpec, default_spec, load_specs, parse_seeds
+from robustag.spec import BenchSpec, default_spec, load_specs, merge_described, parse_seeds
 from robustag.stats import flat_cells
 from robustag.store import DB_NAME, ResultStore
 from robustag.training import default_config, resolve_device, train
@@ -419,8 +419,7 @@ def bench_command(
         dropped = store.prune(the_plan.rows)
         console.print(f"pruned {dropped} stale cells")
     store.set_meta("reference", reference or specs[0].reference)
-    known = {spec["name"]: spec for spec in store.meta("specs", [])}  # a run folder can hold several invocations
-    store.set_meta("specs", list({**known, **{spec.name: asdict(spec) for spec in specs}}.values()))
+    store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(spec) for spec in specs]))
     todo = pending_units(the_plan, store, retry_failed)
     console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
                   f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")

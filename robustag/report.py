@@ -57,10 +57,10 @@ def write_report(run: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     reference = store.meta("reference", "plain")
     described = store.meta("specs", [])
-    published = {spec["name"]: spec.get("published", {}) for spec in described}
+    known = {spec["name"]: spec for spec in described}
     stored = store.specs()
-    order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in published]
-    sections = [spec_section(store, spec, reference, figures, published.get(spec, {})) for spec in order]
+    order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
+    sections = [spec_section(store, spec, reference, figures, known.get(spec, {})) for spec in order]
     sections.append(runtime_section(store, reference))
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
@@ -73,9 +73,10 @@ def write_report(run: Path) -> Path:
     return folder
 
 
-def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, published: dict) -> Section:
+def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, described: dict) -> Section:
     section = Section(title=spec)
-    cells = done_cells(store, spec)
+    published = described.get("published", {})
+    cells = in_spec_order(done_cells(store, spec), described)
     if cells.empty:
         section.text.append("No finished cells yet.")
         return section
@@ -107,6 +108,20 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, p
     if len(failed):
         section.text.append(f"{len(failed)} cells failed and are left out; `robustag results RUN --status failed` lists them.")
     return section
+
+
+def in_spec_order(cells: pd.DataFrame, described: dict) -> pd.DataFrame:
+    """Rows in the order the spec lists datasets, models and defenses (a run folder filled by
+    several invocations stores them in the order they finished); sweeps keep their order."""
+    def rank(column: str, listed: list[str]):
+        position = {name: k for k, name in enumerate(listed)}
+        return cells[column].map(lambda value: position.get(value, len(position)))
+
+    defenses = [spec.partition(":")[0] for spec in described.get("defenses", [])]
+    keys = pd.DataFrame({"dataset": rank("dataset", described.get("datasets", [])),
+                         "model": rank("model", described.get("models", [])),
+                         "defense": rank("defense_name", list(dict.fromkeys(defenses)))})
+    return cells.loc[keys.sort_values(list(keys), kind="stable").index]
 
 
 def runtime_section(store: ResultStore, reference: str) -> Section:

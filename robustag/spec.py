@@ -133,3 +133,18 @@ def parse_seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
         return value
     raise RobustagError(f"{where}: seeds must be a count ≥ 1 or a list of integers, got {value!r}")
+
+
+def merge_described(known: list[dict], new: list[dict]) -> list[dict]:
+    """The spec descriptions a run folder keeps when several invocations fill it (say one
+    `--datasets movielens`, then one `--datasets lastfm`): list fields are unions in first-seen
+    order, everything else comes from the latest invocation."""
+    merged = {spec["name"]: spec for spec in known}
+    for spec in new:
+        old = merged.get(spec["name"], {})
+        merged[spec["name"]] = {
+            key: list(dict.fromkeys([*old[key], *value]))
+            if isinstance(value, list) and isinstance(old.get(key), list) else value
+            for key, value in spec.items()
+        }
+    return list(merged.values())

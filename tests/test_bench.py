@@ -20,7 +20,7 @@ from scipy import stats
 import robustag.bench as bench
 from robustag.bench import RunSettings, pending_units, plan, run_units
 from robustag.report import write_report
-from robustag.spec import BenchSpec, expand_sweep, load_specs
+from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
 from robustag.store import ResultStore
 
@@ -319,3 +319,13 @@ def test_compiled_bench_says_so_and_matches_eager(planted_path, tmp_path):
     assert eager_metrics.keys() == compiled_metrics.keys()  # the same cells: compiling is not part of a cell's identity
     for key, metrics in eager_metrics.items():
         assert compiled_metrics[key] == pytest.approx(metrics, abs=1e-3)
+
+
+def test_a_run_filled_by_several_invocations_describes_all_of_them():
+    first = {"name": "main", "datasets": ["movielens"], "seeds": [0, 1], "params": {"epochs": 5}}
+    second = {"name": "main", "datasets": ["lastfm"], "seeds": [1, 2], "params": {"epochs": 9}}
+    other = {"name": "other", "datasets": ["lastfm"]}
+    merged = {spec["name"]: spec for spec in merge_described([first], [second, other])}
+    assert merged["main"] == {"name": "main", "datasets": ["movielens", "lastfm"], "seeds": [0, 1, 2],
+                              "params": {"epochs": 9}}
+    assert merged["other"] == other

@@ -104,10 +104,20 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
         section.text.append(f"Friedman test over {ranking['blocks']} blocks (dataset × model × attack × budget): "
                             f"χ² = {ranking['statistic']:.2f}, p = {ranking['p_value']:.3g}. Mean ranks (NDCG@3): "
                             + ", ".join(f"{d} {r:.2f}" for d, r in ranking["ranks"].items()) + ".")
+    section.text += mixed_device_warnings(cells)
     failed = store.cells(spec=spec, status="failed")
     if len(failed):
         section.text.append(f"{len(failed)} cells failed and are left out; `robustag results RUN --status failed` lists them.")
     return section
+
+
+def mixed_device_warnings(cells: pd.DataFrame) -> list[str]:
+    """Eager, compiled and GPU training differ by rounding, which grows over epochs into
+    differences the size of a seed's: a comparison should not mix them."""
+    devices = cells.groupby(["dataset", "model"])["device"].unique()
+    return [f"Note: {dataset} / {model} cells ran on {', '.join(sorted(map(str, ran)))}; training on different devices "
+            "or with and without --compile drifts apart by rounding, so their differences are not only the defenses'."
+            for (dataset, model), ran in devices.items() if len(ran) > 1]
 
 
 def in_spec_order(cells: pd.DataFrame, described: dict) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from scipy import stats
 
 import robustag.bench as bench
 from robustag.bench import RunSettings, pending_units, plan, run_units
-from robustag.report import write_report
+from robustag.report import mixed_device_warnings, write_report
 from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
 from robustag.store import ResultStore
@@ -329,3 +329,10 @@ def test_a_run_filled_by_several_invocations_describes_all_of_them():
     assert merged["main"] == {"name": "main", "datasets": ["movielens", "lastfm"], "seeds": [0, 1, 2],
                               "params": {"epochs": 9}}
     assert merged["other"] == other
+
+
+def test_report_warns_when_one_comparison_mixes_devices():
+    cells = pd.DataFrame({"dataset": ["lastfm", "lastfm", "movielens", "movielens"], "model": ["metric"] * 4,
+                          "device": ["cpu", "cpu+compile", "cpu", "cpu"]})
+    warnings = mixed_device_warnings(cells)
+    assert len(warnings) == 1 and "lastfm / metric" in warnings[0] and "cpu, cpu+compile" in warnings[0]

@@ -92,3 +92,6 @@ def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(plant
     for table in ("user", "item", "tag"):
         assert torch.allclose(compiled.model.tables()[table].weight, eager.model.tables()[table].weight, atol=1e-4)
     assert "pair_losses" not in vars(compiled.model)  # the compiled wrapper is gone after training
+    again = train(planted, config, CPU, regime=DEFENSES.create("aml"), compile=True)
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in compiled.history]  # reproducible within a mode
+    assert torch.equal(again.model.tag.weight, compiled.model.tag.weight)

@@ -7,7 +7,10 @@ alone writes the results database. Ray schedules with its own resources (CPUs, G
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from robustag.bench import _failed, execute_unit, run_info, threads_per_worker
@@ -18,14 +21,14 @@ def run_pool(units, settings, store, devices, workers, on_event) -> None:
     """`workers` processes; unit i runs on devices[i % len(devices)] (several per GPU when
     --per-gpu > 1). Events (epochs, cells) come back through a queue for the live view."""
     context = multiprocessing.get_context("spawn")  # safe with CUDA, same on every platform
-    manager = context.Manager()
-    events = manager.Queue()
+    events = context.Queue()  # handed to workers at start-up: no manager process to outlive us
     setup = settings.worker_setup(threads_per_worker(workers) if devices == ["cpu"] else None)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                             initargs=(os.getpid(), events)) as pool:
         futures = {}
         for index, unit in enumerate(units):
             device = devices[index % len(devices)]
-            future = pool.submit(_execute_with_events, unit, setup, device, events)
+            future = pool.submit(_execute_with_events, unit, setup, device)
             futures[future] = (unit, device)
         pending = set(futures)
         while pending:
@@ -37,11 +40,28 @@ def run_pool(units, settings, store, devices, workers, on_event) -> None:
                 store.write_unit(unit.key, result["results"], result["history"], run_info(device, setup.compile))
                 on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
         _drain(events, on_event)
-    manager.shutdown()
+    events.close()
 
 
-def _execute_with_events(unit, setup, device, events):
-    return execute_unit(unit, setup, device, on_event=lambda kind, data: events.put((kind, data)))
+_worker_events = None  # the event queue of this worker process
+
+
+def _start_worker(parent: int, events) -> None:
+    """Keep the event queue, and end when the bench process dies (killed, out of memory):
+    nobody would store this worker's results, and the resumed run redoes its unit anyway."""
+    global _worker_events
+    _worker_events = events
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _execute_with_events(unit, setup, device):
+    return execute_unit(unit, setup, device, on_event=lambda kind, data: _worker_events.put((kind, data)))
 
 
 def _drain(events, on_event) -> None:

@@ -336,3 +336,41 @@ def test_report_warns_when_one_comparison_mixes_devices():
                           "device": ["cpu", "cpu+compile", "cpu", "cpu"]})
     warnings = mixed_device_warnings(cells)
     assert len(warnings) == 1 and "lastfm / metric" in warnings[0] and "cpu, cpu+compile" in warnings[0]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from /proc")
+def test_workers_end_when_the_bench_process_is_killed(planted_path, tmp_path):
+    spec_path = _write_spec(tmp_path / "orphans.toml", planted_path)
+    process = subprocess.Popen([*_bench_command(spec_path, tmp_path / "run"), "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _done(tmp_path / "run" / "results.sqlite") < 1 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    workers = _children(process.pid)
+    assert len(workers) >= 2  # the two pool workers (and multiprocessing's resource tracker)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 20
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in workers if _alive(pid)]
+    assert not survivors, [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for pid in survivors]

@@ -147,11 +147,12 @@ def runtime_section(store: ResultStore, reference: str) -> Section:
     units = trained.join(per_unit, on="unit").dropna(subset=["epoch_seconds"])
     units = units.assign(defense_label=units["defense"].map(short_labels(units["defense"].unique())))
     keys = ["dataset", "model", "params", "device"]
-    table = units.groupby([*keys, "defense", "defense_label"], sort=False).agg(
+    table = units.groupby([*keys, "defense", "defense_name", "defense_label"], sort=False).agg(
         n=("unit", "size"), epochs=("epochs", "mean"), epoch_seconds=("epoch_seconds", "mean"),
         train_seconds=("train_seconds", "mean")).reset_index()
-    base = table[table["defense"] == reference].set_index(keys)["epoch_seconds"]
-    table["ratio"] = table["epoch_seconds"] / [base.get(tuple(row[k] for k in keys), np.nan) for _, row in table.iterrows()]
+    # the reference defense by name, as the paired tests take it (its first configuration if swept)
+    base = table[table["defense_name"] == reference].drop_duplicates(keys).set_index(keys)["epoch_seconds"]
+    table["ratio"] = table["epoch_seconds"] / table.join(base.rename("base"), on=keys)["base"]
     rows = [[*_label(row), row["device"], str(row["n"]), f"{row['epochs']:.1f}", f"{row['epoch_seconds']:.2f}",
              "" if np.isnan(row["ratio"]) else f"{row['ratio']:.2f}×", f"{row['train_seconds']:.0f}"]
             for _, row in table.iterrows()]

@@ -10,6 +10,7 @@ run of the same command skips what is done, and trained models are cached under
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -247,11 +248,20 @@ def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[U
     return todo
 
 
-def run_info(device: str, compile: bool = False) -> dict:
-    """How a unit ran, stored with its cells; compiled runs match eager ones only to rounding."""
-    return {"device": f"{device}+compile" if compile else device, "versions": versions(), "git": git_revision()}
+def store_unit(store: ResultStore, unit: UnitTask, result: dict, device: str, compile: bool, on_event: EventFn) -> None:
+    """Write one finished unit's cells with how it ran, and tell the progress display."""
+    store.write_unit(unit.key, result["results"], result["history"], run_info(unit, device, compile))
+    on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
 
 
+def run_info(unit: UnitTask, device: str, compile: bool = False) -> dict:
+    """How a unit ran, stored with its cells; compiled training matches eager only to rounding
+    (popularity models train nothing, so nothing of theirs is compiled)."""
+    compiled = compile and unit.config.model in LEARNED_MODELS
+    return {"device": f"{device}+compile" if compiled else device, "versions": versions(), "git": git_revision()}
+
+
+@functools.cache
 def versions() -> dict[str, str]:
     import numpy
     import platform
@@ -260,7 +270,9 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+@functools.cache
 def git_revision() -> str:
+    """The commit of the code this process loaded (asked once: a run outlives later commits)."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
@@ -282,8 +294,7 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
     if workers <= 1:
         for unit in units:
             result = execute_unit(unit, settings.worker_setup(), devices[0], on_event=on_event)
-            store.write_unit(unit.key, result["results"], result["history"], run_info(devices[0], settings.compile))
-            on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
+            store_unit(store, unit, result, devices[0], settings.compile, on_event)
         return
     from robustag.executors import run_pool
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -18,10 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-import robustag
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
-from robustag.bench import RunSettings, pending_units, plan, run_units
+from robustag.bench import RunSettings, pending_units, plan, run_units, versions
 from robustag.checkpoint import load_model, save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
@@ -208,7 +206,7 @@ def _run_header(dataset: str, split: TagSplit, split_seed: int, config, device: 
         "config": asdict(config),
         "seed": config.seed,
         "device": str(device),
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 
@@ -367,15 +365,6 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
     for n in CUTOFFS:
         table.add_row(str(n), *(f"{metrics[f'{m}@{n}']:.4f}" for m in ("p", "r", "f1", "ndcg")))
     return table
-
-
-def _versions() -> dict[str, str]:
-    return {
-        "robustag": robustag.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @app.command("bench")

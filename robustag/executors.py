@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from robustag.bench import _failed, execute_unit, run_info, threads_per_worker
+from robustag.bench import execute_unit, store_unit, threads_per_worker
 from robustag.errors import RobustagError
 
 
@@ -36,9 +36,7 @@ def run_pool(units, settings, store, devices, workers, on_event) -> None:
             _drain(events, on_event)
             for future in done:
                 unit, device = futures[future]
-                result = future.result()
-                store.write_unit(unit.key, result["results"], result["history"], run_info(device, setup.compile))
-                on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
+                store_unit(store, unit, future.result(), device, setup.compile, on_event)
         _drain(events, on_event)
     events.close()
 
@@ -93,8 +91,6 @@ def run_ray(units, settings, store, devices, on_event) -> None:
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         unit = refs[done[0]]
-        result = ray.get(done[0])
-        store.write_unit(unit.key, result["results"], result["history"], run_info(device, setup.compile))
-        on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
+        store_unit(store, unit, ray.get(done[0]), device, setup.compile, on_event)
     if started_here:
         ray.shutdown()

@@ -185,16 +185,22 @@ def _param_note(params: dict, model: str) -> str:
 
 def short_labels(specs) -> dict[str, str]:
     """A readable label per defense spec: its name, plus the parameters that tell apart
-    several configurations of the same defense (a sweep)."""
+    several configurations of the same defense (a sweep). The attack's own parameters follow
+    from its name, so they count only between configurations with the same attack
+    (`attack=pgd,steps=3` beside `attack=pgd,steps=10`)."""
     parsed = {spec: (spec.partition(":")[0], _spec_params(spec)) for spec in specs}
     labels = {}
     for spec, (name, params) in parsed.items():
         siblings = [p for n, p in parsed.values() if n == name]
-        declared = _declared_params(name)  # the attack's own parameters follow from its name
-        varying = sorted(k for k in params if len({str(p.get(k)) for p in siblings}) > 1
-                         and (declared is None or k in declared))
+        same_attack = [p for p in siblings if p.get("attack") == params.get("attack")]
+        declared = _declared_params(name)
+        varying = sorted(k for k in params if _varies(k, siblings if declared is None or k in declared else same_attack))
         labels[spec] = name + (" " + ",".join(f"{k}={params[k]}" for k in varying) if varying else "")
     return labels
+
+
+def _varies(key: str, configurations: list[dict]) -> bool:
+    return len({str(p.get(key)) for p in configurations}) > 1
 
 
 def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: str, published: dict) -> ReportTable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Tests and CI read the real data sets from ../shared/data unless told otherwise.
 os.environ.setdefault("ROBUSTAG_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(items):
+    if shutil.which("c++") or shutil.which("g++"):
+        return
+    skip = pytest.mark.skip(reason="torch.compile on CPU needs a C++ compiler")
+    for item in items:
+        if item.get_closest_marker("needs_compiler"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

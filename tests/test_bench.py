@@ -3,7 +3,6 @@ and executors that agree."""
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +18,7 @@ from scipy import stats
 
 import robustag.bench as bench
 from robustag.bench import RunSettings, pending_units, plan, run_units
-from robustag.report import mixed_device_warnings, write_report
+from robustag.report import mixed_device_warnings, short_labels, write_report
 from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
 from robustag.store import ResultStore
@@ -308,12 +307,13 @@ def test_report_states_the_training_cost_of_each_defense(finished):
     assert cost.loc[cost["defense"] == "plain", "s / epoch"].item() == pytest.approx(expected, abs=0.005)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.needs_compiler
 def test_compiled_bench_says_so_and_matches_eager(planted_path, tmp_path):
-    spec = small_spec(planted_path, defenses=["plain", "aml"], attacks=["fgsm"], seeds=[0])
+    spec = small_spec(planted_path, models=["metric", "pop"], defenses=["plain", "aml"], attacks=["fgsm"], seeds=[0])
     eager, compiled = run(spec, tmp_path / "eager"), run(spec, tmp_path / "compiled", compile=True)
-    assert set(eager.cells()["device"]) == {"cpu"} and set(compiled.cells()["device"]) == {"cpu+compile"}
+    assert set(eager.cells()["device"]) == {"cpu"}
+    devices = compiled.cells().groupby("model")["device"].unique()
+    assert list(devices["metric"]) == ["cpu+compile"] and list(devices["pop"]) == ["cpu"]  # pop has nothing to compile
     by_cell = lambda store: {k: json.loads(m) for k, m in zip(store.cells()["key"], store.cells()["metrics"])}
     eager_metrics, compiled_metrics = by_cell(eager), by_cell(compiled)
     assert eager_metrics.keys() == compiled_metrics.keys()  # the same cells: compiling is not part of a cell's identity
@@ -374,3 +374,15 @@ def test_workers_end_when_the_bench_process_is_killed(planted_path, tmp_path):
         time.sleep(0.2)
     survivors = [pid for pid in workers if _alive(pid)]
     assert not survivors, [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for pid in survivors]
+
+
+def test_defense_labels_tell_apart_every_configuration_and_nothing_more():
+    pgd = "attack=pgd,eps=0.1,steps={},step_size=0.25"
+    specs = [f"spaml-h:{pgd.format(3)},lambda=1.0", f"spaml-h:{pgd.format(10)},lambda=1.0",
+             "spaml-h:attack=fgsm,eps=0.1,lambda=1.0", f"spaml-s:{pgd.format(3)},lambda=0.5",
+             f"spaml-s:{pgd.format(3)},lambda=2.0", "plain"]
+    labels = short_labels(specs)
+    assert len(set(labels.values())) == len(specs)
+    assert labels[specs[0]] == "spaml-h attack=pgd,steps=3"
+    assert labels[specs[2]] == "spaml-h attack=fgsm"  # fgsm has no steps: the attack's name says enough
+    assert labels[specs[3]] == "spaml-s lambda=0.5" and labels["plain"] == "plain"

@@ -1,7 +1,6 @@
 """Training: determinism, early stopping, negative sampling, and that learning beats popularity
 on data with planted structure."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -78,8 +77,7 @@ def test_pop_mix_tunes_its_weight_on_validation(planted):
     assert result.best_valid["valid_ndcg@3"] == best
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.needs_compiler
 def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(planted):
     # AML exercises the adversary's gradient through the compiled loss as well.
     from robustag.defense import DEFENSES

@@ -1,6 +1,6 @@
 """Robustness evaluation: a trained model, clean and under each attack, on the same test posts.
 
-Evasion attacks perturb the embeddings of all test posts at once, pushing each post's true
+Evasion attacks perturb the embeddings of the test posts (in memory-bounded groups), pushing each post's true
 tags down the ranking (the objective is a smooth NDCG of the true tags, see
 `true_tag_objective`), then rank with the perturbed embeddings. Poisoning attacks retrain on the poisoned training
 data with the same configuration and seed, and are evaluated on the clean test posts.
@@ -63,15 +63,41 @@ def true_tag_objective(model: EmbeddingModel, posts: Posts, base: dict[str, torc
     return objective
 
 
-def attacked_embeddings(model: EmbeddingModel, posts: Posts, attack: EmbeddingAttack, device) -> dict[str, torch.Tensor]:
-    """The test posts' user and item rows and the tag table, after the attack."""
+# Posts attacked together: their soft-rank tensors (true tags × all tags) stay near this many elements.
+ATTACK_ELEMENTS = 2 ** 25
+
+
+def attacked_embeddings(model: EmbeddingModel, posts: Posts, attack: EmbeddingAttack, device,
+                        max_elements: int = ATTACK_ELEMENTS) -> dict[str, torch.Tensor]:
+    """The test posts' user and item rows and the tag table, after the attack.
+
+    Each post's loss depends on its own rows only, so posts are attacked in groups that bound
+    memory; a perturbed tag table is shared by every post, so that attack takes them all at once."""
     users, items = post_tensors(posts, device)
     with torch.no_grad():
         base = {"user": model.user(users), "item": model.item(items), "tag": model.tag.weight.detach()}
-    targets = attack.target_tables
-    radius = {t: row_budget(model.tables()[t].weight, attack.eps, attack.norm) for t in targets}
-    deltas = attack.perturb(true_tag_objective(model, posts, base), {t: torch.zeros_like(base[t]) for t in targets}, radius)
-    return {k: v + deltas[k] if k in deltas else v for k, v in base.items()}
+    radius = {t: row_budget(model.tables()[t].weight, attack.eps, attack.norm) for t in attack.target_tables}
+    ranges = [(0, len(posts))] if "tag" in radius else post_ranges(posts, len(base["tag"]), max_elements)
+    moved = [_attack_range(model, posts, base, attack, radius, start, stop) for start, stop in ranges]
+    return {k: torch.cat([m[k] for m in moved]) if k != "tag" else moved[0][k] for k in base}
+
+
+def post_ranges(posts: Posts, n_tags: int, max_elements: int) -> list[tuple[int, int]]:
+    """Consecutive posts whose true tags × all tags fit in max_elements (at least one post each)."""
+    rows = max(1, max_elements // n_tags)
+    ranges, start = [], 0
+    while start < len(posts):
+        stop = int(np.searchsorted(posts.tag_indptr, posts.tag_indptr[start] + rows, side="right")) - 1
+        ranges.append((start, max(stop, start + 1)))
+        start = ranges[-1][1]
+    return ranges
+
+
+def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, start: int, stop: int):
+    part = {"user": base["user"][start:stop], "item": base["item"][start:stop], "tag": base["tag"]}
+    objective = true_tag_objective(model, posts.subset(np.arange(start, stop)), part)
+    deltas = attack.perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius)
+    return {k: v + deltas[k] if k in deltas else v for k, v in part.items()}
 
 
 def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation:

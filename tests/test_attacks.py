@@ -14,7 +14,7 @@ from robustag.attack import ATTACKS, Attack, project, random_start, row_budget
 from robustag.evaluation import evaluate, scores_of
 from robustag.plugins import PluginError, Registry, split_specs
 from robustag.preprocess import load_split
-from robustag.robustness import evade, promotion_rate, run_attack, worst_case
+from robustag.robustness import attacked_embeddings, evade, post_ranges, promotion_rate, run_attack, worst_case
 from robustag.training import default_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +61,28 @@ def test_eps_zero_leaves_metrics_exactly_unchanged(movielens, name):
     attacked = evade(model, split, ATTACKS.create(f"{name}:eps=0,targets=user+item+tag"), CPU)
     for key, values in clean.per_post.items():
         np.testing.assert_array_equal(attacked.per_post[key], values, err_msg=key)
+
+
+@pytest.mark.parametrize("spec", ["fgsm", "pgd:steps=3,random_start=False", "mim:steps=3"])
+def test_attacking_posts_in_groups_gives_what_one_batch_gives(movielens, spec):
+    # each post's loss depends on its own user and item rows only: grouping is for memory
+    split, model = movielens
+    attack = ATTACKS.create(spec + (",eps=0.2" if ":" in spec else ":eps=0.2"))
+    whole = attacked_embeddings(model, split.test, attack, CPU)
+    grouped = attacked_embeddings(model, split.test, attack, CPU, max_elements=split.n_tags * 50)
+    assert len(post_ranges(split.test, split.n_tags, split.n_tags * 50)) > 2
+    for key in ("user", "item"):
+        torch.testing.assert_close(grouped[key], whole[key], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(whole["user"], model.user(torch.as_tensor(split.test.users)))  # the attack moved them
+
+
+def test_post_ranges_cover_every_post_once_within_the_budget(movielens):
+    split, _ = movielens
+    ranges = post_ranges(split.test, split.n_tags, split.n_tags * 20)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(split.test)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
+    rows = [split.test.tag_indptr[stop] - split.test.tag_indptr[start] for start, stop in ranges]
+    assert all(r <= 20 or stop - start == 1 for r, (start, stop) in zip(rows, ranges))
 
 
 @settings(max_examples=25, deadline=None)

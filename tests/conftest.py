@@ -61,3 +61,11 @@ def planted_tsv(path: Path, n_users=60, n_items=80, n_tags=40, n_groups=8, posts
 @pytest.fixture(scope="session")
 def planted_path(tmp_path_factory) -> Path:
     return planted_tsv(tmp_path_factory.mktemp("planted") / "planted.tsv")
+
+
+@pytest.fixture(scope="session")
+def planted(planted_path, tmp_path_factory):
+    """The planted data set, processed (3-core)."""
+    from robustag.preprocess import SplitOptions, load_split
+
+    return load_split(f"tsv:{planted_path}", tmp_path_factory.mktemp("planted-split"), SplitOptions(p_core=3))

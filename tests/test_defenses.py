@@ -13,18 +13,12 @@ from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES, Defense
 from robustag.evaluation import evaluate, scores_of
 from robustag.plugins import PluginError, Registry
-from robustag.preprocess import SplitOptions, load_split
 from robustag.robustness import evade
 from robustag.selfpaced import quantile_pace, quantile_threshold, self_paced_weights
 from robustag.training import default_config, train
 
 CPU = torch.device("cpu")
 SOFT = ("linear", "log", "mixture")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_path, tmp_path_factory):
-    return load_split(f"tsv:{planted_path}", tmp_path_factory.mktemp("d"), SplitOptions(p_core=3))
 
 
 def test_hard_weights_are_exactly_zero_or_one_at_the_threshold():

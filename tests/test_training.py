@@ -7,15 +7,9 @@ import pytest
 import torch
 
 from robustag.evaluation import evaluate, scores_of
-from robustag.preprocess import SplitOptions, load_split
 from robustag.training import NegativeSampler, default_config, train
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_path, tmp_path_factory):
-    return load_split(f"tsv:{planted_path}", tmp_path_factory.mktemp("d"), SplitOptions(p_core=3))
 
 
 def _test_metrics(split, model):

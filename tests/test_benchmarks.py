@@ -1,0 +1,36 @@
+"""The diagnostic benchmark scripts run on planted data (their figures are in the reports)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from selfpaced_noise import replaced_keys, tracing  # noqa: E402
+
+from robustag.attack import ATTACKS  # noqa: E402
+from robustag.training import default_config, train  # noqa: E402
+
+
+def test_self_paced_admission_is_split_between_replaced_and_intact_triples(planted):
+    poisoned = ATTACKS.create("tag-replace:rate=0.3").poison(planted, seed=0)
+    replaced = replaced_keys(planted, poisoned)
+    # every replacement is a new triple, unless it lands on a tag its post already has
+    assert 0.9 * 0.3 * planted.train.n_assignments <= len(replaced) <= round(0.3 * planted.train.n_assignments)
+    regime = tracing("spaml-h", torch.as_tensor(replaced), planted.n_items, planted.n_tags)
+    result = train(poisoned, default_config("metric", epochs=3, dim=16, seed=0), torch.device("cpu"), regime=regime)
+    share = len(replaced) / poisoned.train.n_assignments
+    for epoch in result.history:
+        split_mean = share * epoch["admitted_replaced"] + (1 - share) * epoch["admitted_intact"]
+        assert epoch["admitted"] == pytest.approx(split_mean, abs=0.05)  # batches vary in their share of replaced
+        assert 0 <= epoch["admitted_replaced"] <= 1 and 0 <= epoch["admitted_intact"] <= 1
+    assert np.mean([e["adv_loss_replaced"] for e in result.history]) > np.mean([e["adv_loss_intact"] for e in result.history])
+
+
+def test_tracing_refuses_a_defense_without_self_paced_weights():
+    with pytest.raises(SystemExit, match="aml: not a self-paced defense"):
+        tracing("aml", torch.zeros(0, dtype=torch.long), 1, 1)

@@ -161,7 +161,25 @@ def runtime_section(store: ResultStore, reference: str) -> Section:
             "training seconds with validation; means over models. Times depend on the machine and on how many "
             "workers shared it; the ratio to the reference defense on the same device is the portable figure.")
     section.tables.append(ReportTable("runtime", "Training cost", header, rows, note))
+    section.tables.append(compute_table(store))
     return section
+
+
+def compute_table(store: ResultStore) -> ReportTable:
+    """What each spec costs on its own, per dataset: a model shared by several specs counts in each."""
+    rows = []
+    for spec in store.specs():
+        cells = store.cells(spec=spec, status="done")
+        for dataset, group in cells.groupby("dataset", sort=False):
+            units = group.drop_duplicates("unit")
+            trained = units["model"].isin(list(LEARNED_MODELS)).sum()
+            rows.append([spec, dataset, ", ".join(sorted(group["device"].unique())), str(len(group)), str(trained),
+                         f"{units['train_seconds'].sum() / 3600:.2f}", f"{group['seconds'].sum() / 60:.1f}"])
+    header = ["spec", "dataset", "device", "cells", "trained models", "training h", "evaluation min"]
+    note = ("Summed over models and cells as each ran in its worker (one worker's time, not the wall clock: "
+            "workers run side by side). A model that several specs share counts in each, so a row is that "
+            "spec's cost run alone.")
+    return ReportTable("compute", "Compute per spec", header, rows, note)
 
 
 def _mark(tests: pd.DataFrame, row, metric: str) -> str:

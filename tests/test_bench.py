@@ -305,6 +305,12 @@ def test_report_states_the_training_cost_of_each_defense(finished):
     plain_units = done_cells(finished).query("defense == 'plain' and surface == 'none'")["unit"].unique()
     expected = history[history["unit"].isin(plain_units)].groupby("unit")["seconds"].median().mean()
     assert cost.loc[cost["defense"] == "plain", "s / epoch"].item() == pytest.approx(expected, abs=0.005)
+    compute = pd.read_csv(folder / "compute.csv")
+    cells = done_cells(finished)
+    # 4 defenses × 2 seeds clean models, and as many retrained on poisoned data
+    assert compute[["spec", "cells", "trained models"]].values.tolist() == [["small", len(cells), 16]]
+    train_hours = cells.drop_duplicates("unit")["train_seconds"].sum() / 3600
+    assert compute["training h"].item() == pytest.approx(train_hours, abs=0.005)
 
 
 @pytest.mark.needs_compiler

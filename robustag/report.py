@@ -61,7 +61,7 @@ def write_report(run: Path) -> Path:
     stored = store.specs()
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
     sections = [spec_section(store, spec, reference, figures, known.get(spec, {})) for spec in order]
-    sections.append(runtime_section(store, reference))
+    sections.append(runtime_section(store, reference, order))
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
     (folder / "report.html").write_text(render_html(run, sections, environment, figures))
@@ -134,7 +134,7 @@ def in_spec_order(cells: pd.DataFrame, described: dict) -> pd.DataFrame:
     return cells.loc[keys.sort_values(list(keys), kind="stable").index]
 
 
-def runtime_section(store: ResultStore, reference: str) -> Section:
+def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Section:
     """What training cost, per configuration and device: the cost side of every defense."""
     section = Section(title="Run time")
     cells = store.cells(status="done")
@@ -161,14 +161,14 @@ def runtime_section(store: ResultStore, reference: str) -> Section:
             "training seconds with validation; means over models. Times depend on the machine and on how many "
             "workers shared it; the ratio to the reference defense on the same device is the portable figure.")
     section.tables.append(ReportTable("runtime", "Training cost", header, rows, note))
-    section.tables.append(compute_table(store))
+    section.tables.append(compute_table(store, specs))
     return section
 
 
-def compute_table(store: ResultStore) -> ReportTable:
+def compute_table(store: ResultStore, specs: list[str]) -> ReportTable:
     """What each spec costs on its own, per dataset: a model shared by several specs counts in each."""
     rows = []
-    for spec in store.specs():
+    for spec in specs:
         cells = store.cells(spec=spec, status="done")
         for dataset, group in cells.groupby("dataset", sort=False):
             units = group.drop_duplicates("unit")

@@ -131,7 +131,14 @@ def in_spec_order(cells: pd.DataFrame, described: dict) -> pd.DataFrame:
     keys = pd.DataFrame({"dataset": rank("dataset", described.get("datasets", [])),
                          "model": rank("model", described.get("models", [])),
                          "defense": rank("defense_name", list(dict.fromkeys(defenses)))})
+    for name, values in described.get("params", {}).items():  # a swept parameter in the order listed
+        if isinstance(values, list):
+            keys[name] = cells["params"].map(lambda params: _position(json.loads(params).get(name), values))
     return cells.loc[keys.sort_values(list(keys), kind="stable").index]
+
+
+def _position(value, listed: list) -> int:
+    return listed.index(value) if value in listed else len(listed)
 
 
 def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Section:

@@ -18,7 +18,7 @@ from scipy import stats
 
 import robustag.bench as bench
 from robustag.bench import RunSettings, pending_units, plan, run_units
-from robustag.report import mixed_device_warnings, short_labels, write_report
+from robustag.report import in_spec_order, mixed_device_warnings, short_labels, write_report
 from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
 from robustag.store import ResultStore
@@ -392,3 +392,14 @@ def test_defense_labels_tell_apart_every_configuration_and_nothing_more():
     assert labels[specs[0]] == "spaml-h attack=pgd,steps=3"
     assert labels[specs[2]] == "spaml-h attack=fgsm"  # fgsm has no steps: the attack's name says enough
     assert labels[specs[3]] == "spaml-s lambda=0.5" and labels["plain"] == "plain"
+
+
+def test_rows_follow_the_spec_including_the_order_of_a_sweep():
+    # a run folder stores cells in the order they finished: d=128 came first from another spec
+    cells = pd.DataFrame({"dataset": ["lastfm"] * 4 + ["movielens"], "model": ["metric"] * 5,
+                          "defense_name": ["spaml-h", "plain", "plain", "plain", "plain"],
+                          "params": [json.dumps({"dim": d, "epochs": 100}) for d in (16, 128, 16, 256, 16)]})
+    described = {"datasets": ["movielens", "lastfm"], "models": ["metric"], "defenses": ["plain", "spaml-h:mu=1"],
+                 "params": {"dim": [16, 128, 256], "epochs": 100}}
+    ordered = in_spec_order(cells, described)
+    assert list(ordered.index) == [4, 2, 1, 3, 0]

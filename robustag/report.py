@@ -121,24 +121,21 @@ def mixed_device_warnings(cells: pd.DataFrame) -> list[str]:
 
 
 def in_spec_order(cells: pd.DataFrame, described: dict) -> pd.DataFrame:
-    """Rows in the order the spec lists datasets, models and defenses (a run folder filled by
-    several invocations stores them in the order they finished); sweeps keep their order."""
-    def rank(column: str, listed: list[str]):
-        position = {name: k for k, name in enumerate(listed)}
-        return cells[column].map(lambda value: position.get(value, len(position)))
+    """Rows in the order the spec lists datasets, models, defenses and the values of each swept
+    parameter (a run folder filled by several invocations stores them in the order they finished)."""
+    def rank(values: pd.Series, listed: list):
+        position = {value: k for k, value in enumerate(listed)}
+        return values.map(lambda value: position.get(value, len(position)))
 
     defenses = [spec.partition(":")[0] for spec in described.get("defenses", [])]
-    keys = pd.DataFrame({"dataset": rank("dataset", described.get("datasets", [])),
-                         "model": rank("model", described.get("models", [])),
-                         "defense": rank("defense_name", list(dict.fromkeys(defenses)))})
-    for name, values in described.get("params", {}).items():  # a swept parameter in the order listed
-        if isinstance(values, list):
-            keys[name] = cells["params"].map(lambda params: _position(json.loads(params).get(name), values))
+    keys = pd.DataFrame({"dataset": rank(cells["dataset"], described.get("datasets", [])),
+                         "model": rank(cells["model"], described.get("models", [])),
+                         "defense": rank(cells["defense_name"], list(dict.fromkeys(defenses)))})
+    params = cells["params"].map(json.loads)
+    for name, values in described.get("params", {}).items():
+        if isinstance(values, list):  # a sweep
+            keys[name] = rank(params.map(lambda p: p.get(name)), values)
     return cells.loc[keys.sort_values(list(keys), kind="stable").index]
-
-
-def _position(value, listed: list) -> int:
-    return listed.index(value) if value in listed else len(listed)
 
 
 def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Section:

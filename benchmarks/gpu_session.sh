@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every GPU measurement of robustag in one short script, for a lent GPU machine (device time is
+# scarce). Run from anywhere with the data sets under $ROBUSTAG_DATA_DIR and robustag
+# installed; every figure goes to $OUT (default: reports/benchmarks/gpu).
+set -uo pipefail
+OUT="$(realpath -m "${OUT:-reports/benchmarks/gpu}")"
+mkdir -p "$OUT"
+cd "$(dirname "$0")"
+step() { echo "== $*"; local t=$SECONDS; "$@"; echo "== exit $? after $((SECONDS - t)) s"; }
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch, pandas; print('torch', torch.__version__, 'pandas', pandas.__version__)"
+  step python3 sync_check.py --dataset lastfm --out "$OUT/sync-lastfm-gpu.json"
+  step python3 perf.py --dataset lastfm --out "$OUT/perf-lastfm-gpu.json"
+  step python3 -m robustag bench default.toml --device cuda --per-gpu 4 --out /tmp/gpu-default --no-report
+  step python3 -m robustag results /tmp/gpu-default --csv "$OUT/default-gpu-cells.csv"
+  step python3 perf.py --dataset lastfm --compile --out "$OUT/perf-lastfm-gpu-compile.json"
+} 2>&1 | tee "$OUT/log.txt"

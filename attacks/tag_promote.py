@@ -8,7 +8,7 @@ target tag enters the top-N of test posts that do not carry it (`promotion@N`).
 
 import numpy as np
 
-from robustag.attack import DataAttack, Param, fraction, positive
+from robustag.attack import DataAttack, Param, PluginError, fraction, positive
 from robustag.preprocess import Posts, replace_train
 
 
@@ -22,10 +22,14 @@ class TagPromote(DataAttack):
         "filler": Param(2, "filler tags per fake post: the item's most frequent ones"),
     }
 
+    def check(self, split) -> None:
+        if not -1 <= self.target < split.n_tags:
+            raise PluginError(f"tag-promote: target={self.target} is not a tag id of {split.name} "
+                              f"(0 to {split.n_tags - 1}, or -1)")
+
     def target_tag(self, split) -> int:
+        self.check(split)
         if self.target >= 0:
-            if self.target >= split.n_tags:
-                raise ValueError(f"tag-promote: target={self.target} is not a tag id (< {split.n_tags})")
             return self.target
         counts = np.bincount(split.train.tag_indices, minlength=split.n_tags)
         order = np.argsort(counts, kind="stable")

@@ -37,6 +37,7 @@ __all__ = [
 
 Objective = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 TARGETS = ("user", "item", "tag")
+BUDGET_TOLERANCE = 1e-3  # relative slack of the budget check: projections round
 
 
 class Attack(Plugin):
@@ -69,11 +70,37 @@ class EmbeddingAttack(Attack):
         """Perturbations (same keys and shapes as `deltas`, each row within `radius`) that raise `objective`."""
         raise NotImplementedError
 
+    def checked_perturb(self, objective: Objective, deltas: dict[str, torch.Tensor],
+                        radius: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`perturb`, with its output checked: a plugin's perturbation is never trusted blindly
+        (one over budget, NaN or missing a table would be reported as robustness lost)."""
+        moved = self.perturb(objective, deltas, radius)
+        if not isinstance(moved, dict) or set(moved) != set(deltas):
+            got = sorted(moved) if isinstance(moved, dict) else type(moved).__name__
+            raise PluginError(f"attack {self.name}: perturb returned {got}, expected the keys {sorted(deltas)}")
+        for key, delta in moved.items():
+            if not isinstance(delta, torch.Tensor) or delta.shape != deltas[key].shape:
+                shape = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
+                raise PluginError(f"attack {self.name}: perturbation {key!r} has shape {shape}, "
+                                  f"expected {tuple(deltas[key].shape)}")
+            if not torch.isfinite(delta).all():
+                raise PluginError(f"attack {self.name}: perturbation {key!r} holds NaN or infinite values")
+            size = delta.abs().amax() if self.norm == "linf" else delta.norm(dim=-1).amax()
+            limit = radius[key].max()
+            if size > limit * (1 + BUDGET_TOLERANCE) + 1e-6:
+                raise PluginError(f"attack {self.name}: perturbation {key!r} reaches {float(size):.4g}, over its "
+                                  f"{self.norm} budget {float(limit):.4g} (eps={self.eps})")
+        return moved
+
 
 class DataAttack(Attack):
     """Poisoning: change the training data; the model is retrained on it."""
 
     surface = "data"
+
+    def check(self, split: TagSplit) -> None:
+        """Parameters that only make sense for a given data set (a tag id, say) are checked
+        here, before any training; raise PluginError naming the plugin."""
 
     def poison(self, split: TagSplit, seed: int) -> TagSplit:
         raise NotImplementedError

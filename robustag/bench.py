@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,7 @@ import torch
 import robustag
 from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checkpoint import load_model, save_model
+from robustag.datasets import resolve_source
 from robustag.defense import DEFENSES
 from robustag.errors import RobustagError
 from robustag.evaluation import evaluate, scores_of
@@ -34,7 +36,7 @@ from robustag.preprocess import SplitOptions, load_split
 from robustag.robustness import evade, promotion_figures
 from robustag.spec import BenchSpec
 from robustag.store import ResultStore
-from robustag.training import TrainConfig, default_config, train
+from robustag.training import TrainConfig, default_config, resolve_device, train
 
 
 def digest(payload: dict) -> str:
@@ -76,12 +78,17 @@ class Plan:
     def n_cells(self) -> int:
         return sum(len(u.cells) for u in self.units.values())
 
+    def defense_names(self) -> list[str]:
+        return list(dict.fromkeys(unit.defense.split(":")[0] for unit in self.units.values()))
+
 
 def plan(specs: list[BenchSpec]) -> Plan:
     """Expand the specs into units and cells; every plugin and option is checked here, before
     anything runs. Specs that share a unit (say, the same plain model) share its training."""
     result = Plan()
     for spec in specs:
+        for dataset in spec.datasets:
+            resolve_source(dataset)  # an unknown data set stops here, before any work
         rows = result.rows.setdefault(spec.name, [])
         defenses = [DEFENSES.create(s) for s in spec.expanded_defenses()]
         attacks = [ATTACKS.create(s) for s in spec.expanded_attacks()]
@@ -164,23 +171,30 @@ def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: Even
     emit = on_event or (lambda kind, data: None)
     torch_device = torch.device(device)
     started = time.perf_counter()
+    warnings: list[str] = []
     try:
         split = load_split(task.dataset, Path(setup.data_dir), task.options)
         train_split = ATTACKS.create(task.poison).poison(split, seed=task.config.seed) if task.poison else split
-        model, history, train_seconds = _trained_model(task, train_split, setup, torch_device, emit)
+        model, history, train_seconds = _trained_model(task, train_split, setup, torch_device, emit, warnings)
     except Exception:  # the whole unit failed: every cell carries the traceback
         error = traceback.format_exc()
-        return {"unit": task.key, "history": [], "results": [
+        return {"unit": task.key, "history": [], "warnings": warnings, "results": [
             {"key": c.key, "status": "failed", "error": error, "seconds": time.perf_counter() - started} for c in task.cells]}
     results = [_evaluate_cell(cell, task, model, split, torch_device, train_seconds, emit) for cell in task.cells]
-    return {"unit": task.key, "history": history, "results": results}
+    return {"unit": task.key, "history": history, "warnings": warnings, "results": results}
 
 
-def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, emit: EventFn):
+def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, emit: EventFn, warnings: list[str]):
+    """The unit's cached model, or a newly trained one; a cache file that does not load (cut
+    short, damaged, of another split) is discarded with a warning and the model retrained."""
     path = Path(setup.model_dir) / f"{task.key}.pt"
     if task.config.model in LEARNED_MODELS and path.is_file():
-        model, _, extra = load_model(path, split, device, with_extra=True)
-        return model, extra.get("history", []), extra.get("train_seconds", 0.0)
+        try:
+            model, _, extra = load_model(path, split, device, with_extra=True)
+            return model, extra.get("history", []), extra.get("train_seconds", 0.0)
+        except Exception as error:
+            warnings.append(f"{task.label}: cached model {path} does not load ({error}); discarded, retraining")
+            path.unlink(missing_ok=True)
     emit("train", {"unit": task.label, "epochs": task.config.epochs})
     result = train(split, task.config, device, regime=DEFENSES.create(task.defense), compile=setup.compile,
                    on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
@@ -226,31 +240,58 @@ class RunSettings:
 
 
 def devices_for(settings: RunSettings) -> list[str]:
-    if settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()):
-        return ["cpu"]
-    if settings.device.startswith("cuda:"):
-        return [settings.device]
-    if not torch.cuda.is_available():
-        raise RobustagError(f"--device {settings.device}: CUDA is not available on this machine")
-    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    """The devices the units run on: one named device, or every GPU for `cuda` (and `auto` on a GPU machine)."""
+    device = resolve_device(settings.device)
+    if device.type == "cuda" and device.index is None:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [str(device)]
+
+
+EXECUTORS = ("local", "ray")
+
+
+def check_settings(settings: RunSettings) -> None:
+    """Executor, worker counts and device, refused before a run folder is touched."""
+    if settings.executor not in EXECUTORS:
+        raise RobustagError(f"--executor {settings.executor!r}: expected {' or '.join(EXECUTORS)}")
+    for option, value in (("--workers", settings.workers), ("--per-gpu", settings.per_gpu)):
+        if value < 1:
+            raise RobustagError(f"{option} {value}: expected a count ≥ 1")
+    if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise RobustagError("--executor ray needs Ray: pip install 'robustag[ray]'")
+    devices_for(settings)
+
+
+def check_data(units: list[UnitTask], data_dir: Path) -> None:
+    """Every data set with work left loads (warming the split cache for the workers), and
+    every poisoning attack accepts it, before anything trains: bad data fails the command,
+    not every cell."""
+    for dataset, options in dict.fromkeys((u.dataset, u.options) for u in units):
+        split = load_split(dataset, data_dir, options)
+        for poison in dict.fromkeys(u.poison for u in units if u.dataset == dataset and u.poison):
+            ATTACKS.create(poison).check(split)
 
 
 def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[UnitTask]:
-    """Units with a cell still to do: pending, or failed when --retry-failed."""
+    """Units with a cell still to do (pending, or failed when --retry-failed), each with only
+    those cells: adding an attack evaluates the new cells alone, and done cells are left alone."""
     if retry_failed:
         store.mark_failed_pending()
     keys = [c.key for u in plan_.units.values() for c in u.cells]
     status = store.statuses(keys)
     todo = []
     for unit in plan_.units.values():
-        if any(status.get(c.key) == "pending" for c in unit.cells):
-            todo.append(unit)
+        cells = [c for c in unit.cells if status.get(c.key) == "pending"]
+        if cells:
+            todo.append(replace(unit, cells=cells))
     return todo
 
 
 def store_unit(store: ResultStore, unit: UnitTask, result: dict, device: str, compile: bool, on_event: EventFn) -> None:
     """Write one finished unit's cells with how it ran, and tell the progress display."""
     store.write_unit(unit.key, result["results"], result["history"], run_info(unit, device, compile))
+    for message in result.get("warnings", []):
+        on_event("warning", {"unit": unit.label, "message": message})
     on_event("unit_done", {"unit": unit.label, "failed": _failed(result), "cells": len(unit.cells)})
 
 
@@ -288,8 +329,6 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
         from robustag.executors import run_ray
 
         return run_ray(units, settings, store, devices, on_event)
-    if settings.executor != "local":
-        raise RobustagError(f"--executor {settings.executor!r}: expected local or ray")
     workers = settings.workers if devices == ["cpu"] else len(devices) * settings.per_gpu
     if workers <= 1:
         for unit in units:

@@ -24,20 +24,24 @@ def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: Ta
     """Save atomically (a killed run never leaves half a checkpoint); `extra` holds plain
     values such as the training history."""
     path = Path(path)
+    if path.is_dir():
+        raise RobustagError(f"{path}: is a folder; a model is saved to a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": FORMAT,
-            "config": asdict(config),
-            "dataset": split.name,
-            "split": asdict(split.options),
-            "sizes": [split.n_users, split.n_items, split.n_tags],
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "extra": extra or {},
-        },
-        tmp := path.with_suffix(f".{os.getpid()}.tmp"),
-    )
-    os.replace(tmp, path)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    payload = {
+        "format": FORMAT,
+        "config": asdict(config),
+        "dataset": split.name,
+        "split": asdict(split.options),
+        "sizes": [split.n_users, split.n_items, split.n_tags],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save leaves nothing behind
 
 
 def load_model(path: Path, split: TagSplit, device: torch.device, with_extra: bool = False):

@@ -14,12 +14,13 @@ import pandas as pd
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from robustag import paths
-from robustag.attack import ATTACKS, EmbeddingAttack
-from robustag.bench import RunSettings, pending_units, plan, run_units, versions
+from robustag.attack import ATTACKS, DataAttack, EmbeddingAttack
+from robustag.bench import RunSettings, check_data, check_settings, pending_units, plan, run_units, versions
 from robustag.checkpoint import load_model, save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
@@ -29,10 +30,10 @@ from robustag.models import LEARNED_MODELS, MODEL_NAMES
 from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.report import summary_table, write_report
-from robustag.robustness import run_attack, summarise, worst_case
-from robustag.spec import BenchSpec, default_spec, load_specs, merge_described, parse_seeds
+from robustag.robustness import run_attack, summarise, worst_cases
+from robustag.spec import BenchSpec, check_name, default_spec, load_specs, merge_described, parse_budgets, parse_seeds
 from robustag.stats import flat_cells
-from robustag.store import DB_NAME, ResultStore
+from robustag.store import STATUSES, ResultStore
 from robustag.training import default_config, resolve_device, train
 from robustag.trec import write_qrels, write_run
 
@@ -62,8 +63,31 @@ DefenseOption = typer.Option("plain", "--defense", help="Training regime spec, e
 
 def _load_plugins(files: Optional[list[Path]]) -> None:
     for file in files or []:
-        ATTACKS.load_file(file)
-        DEFENSES.load_file(file)
+        if not ATTACKS.load_file(file) + DEFENSES.load_file(file):
+            raise RobustagError(f"--plugin {file}: defines no attack or defense (a named subclass of "
+                                "robustag.attack.Attack or robustag.defense.Defense)")
+
+
+def _names(value: Optional[str], option: str) -> Optional[list[str]]:
+    """A comma-separated option: None when not given; given but empty is an error, not the default."""
+    if value is None:
+        return None
+    names = split_specs(value)
+    if not names:
+        raise RobustagError(f"{option} {value!r}: empty; name at least one, or leave the option out")
+    return names
+
+
+def _budgets(value: Optional[str]) -> Optional[list[float]]:
+    if value is None:
+        return None
+    return parse_budgets([v for v in value.split(",") if v.strip()], f"--eps {value!r}")
+
+
+def _output_file(path: Optional[Path], option: str) -> None:
+    """Checked before any work: a result is never computed only to fail at its write."""
+    if path is not None and path.is_dir():
+        raise RobustagError(f"{option} {path}: is a folder; expected a file path")
 
 
 def _defense(spec: str, model: str):
@@ -85,8 +109,16 @@ def _stdout() -> Console:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+    _writing(path, "--json", lambda: path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"))
+
+
+def _writing(path: Path, option: str, write) -> None:
+    """Create the parent folders and write; an unwritable place is a one-line error naming the option."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write()
+    except OSError as error:
+        raise RobustagError(f"{option} {path}: cannot be written ({error.strerror or error})") from error
 
 
 def _json_default(value):
@@ -159,6 +191,8 @@ def train_command(
 ):
     """Train a model, evaluate it on the test posts, and print the metrics."""
     _load_plugins(plugin)
+    for path, option in ((json_out, "--json"), (save_run, "--save-run"), (save, "--save")):
+        _output_file(path, option)
     config = default_config(
         model, seed=seed, dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives,
         margin=margin, norm=norm, reg=reg, patience=patience, mix=mix,
@@ -183,9 +217,9 @@ def train_command(
             "eval_seconds": eval_seconds,
         })
     if save_run:
-        save_run.parent.mkdir(parents=True, exist_ok=True)
-        write_run(save_run, split, split.test, evaluation.top_tags, f"robustag-{model}")
-        write_qrels(Path(f"{save_run}.qrels"), split, split.test)
+        _writing(save_run, "--save-run", lambda: (
+            write_run(save_run, split, split.test, evaluation.top_tags, f"robustag-{model}"),
+            write_qrels(Path(f"{save_run}.qrels"), split, split.test)))
     if save:
         _save(save, result, split)
 
@@ -193,7 +227,7 @@ def train_command(
 def _save(path: Path, result, split: TagSplit) -> None:
     if not getattr(result.model, "learned", False):
         raise RobustagError(f"--save {path}: {result.config.model} is not a learned model; there is nothing to save")
-    save_model(path, result.model, result.config, split)
+    _writing(path, "--save", lambda: save_model(path, result.model, result.config, split))
     console.print(f"saved model to {path}")
 
 
@@ -231,6 +265,8 @@ def attack_command(
 ):
     """Train (or load) a model and measure what each attack does to it."""
     _load_plugins(plugin)
+    for path, option in ((json_out, "--json"), (save, "--save")):
+        _output_file(path, option)
     attack_list = _build_attacks(attacks, eps, seed)
     evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
     if evasions and model not in LEARNED_MODELS and not load:
@@ -238,6 +274,9 @@ def attack_command(
     regime = _defense(defense, model)
     torch_device = resolve_device(device)
     split = _load(dataset, data_dir, p_core, split_seed)
+    for attack in attack_list:
+        if isinstance(attack, DataAttack):
+            attack.check(split)
     if load:
         trained, config = load_model(load, split, torch_device)
     else:
@@ -256,7 +295,7 @@ def attack_command(
             outcomes.append(run_attack(attack, trained, split, config, torch_device, clean, lambda: DEFENSES.create(defense)))
             progress.advance(task)
     rows = [summarise(clean, outcome) for outcome in outcomes]
-    worst = worst_case(clean, outcomes)
+    worst = worst_cases(clean, outcomes)
     _stdout().print(_attack_table(f"{config.model} on {dataset}: clean and attacked", rows, worst))
     if json_out:
         _write_json(json_out, {
@@ -269,15 +308,8 @@ def attack_command(
 
 
 def _build_attacks(attacks: str, eps: Optional[str], seed: int) -> list:
-    specs = split_specs(attacks)
-    if not specs:
-        raise RobustagError("--attacks: no attack given")
-    budgets = [None]
-    if eps:
-        try:
-            budgets = [float(v) for v in eps.split(",") if v.strip()]
-        except ValueError:
-            raise RobustagError(f"--eps {eps!r}: expected comma-separated numbers") from None
+    specs = _names(attacks, "--attacks")
+    budgets = _budgets(eps) or [None]
     built = []
     for spec in specs:
         probe = ATTACKS.create(spec)
@@ -289,7 +321,7 @@ def _build_attacks(attacks: str, eps: Optional[str], seed: int) -> list:
     return built
 
 
-def _attack_table(title: str, rows: list[dict], worst: dict) -> Table:
+def _attack_table(title: str, rows: list[dict], worst: list[dict]) -> Table:
     table = Table(title=title, caption="ε relative to the mean row norm of each perturbed table")
     for column in ("attack", "ε", "F1@3 clean", "F1@3 attacked", "rel. drop", "NDCG@3 clean", "NDCG@3 attacked",
                    "rel. drop", "overlap@3", "seconds"):
@@ -301,9 +333,9 @@ def _attack_table(title: str, rows: list[dict], worst: dict) -> Table:
             f"{row['clean_ndcg@3']:.4f}", f"{row['attacked_ndcg@3']:.4f}", f"{row['rel_drop_ndcg@3']:.1%}",
             f"{row['overlap@3']:.3f}", f"{row['seconds']:.1f}",
         )
-    if worst:
-        table.add_row("worst case (per post)", "", "", f"{worst['worst_f1@3']:.4f}", "", "",
-                      f"{worst['worst_ndcg@3']:.4f}", "", f"broken@3 {worst['broken@3']:.1%}", "")
+    for budget in worst:  # one per threat: a worst case over several budgets would mix threats
+        table.add_row(f"worst case ε={budget['eps']:g}, {budget['norm']} on {budget['targets']} (per post)", f"{budget['eps']:g}", "", f"{budget['worst_f1@3']:.4f}",
+                      "", "", f"{budget['worst_ndcg@3']:.4f}", "", f"broken@3 {budget['broken@3']:.1%}", "")
     return table
 
 
@@ -381,8 +413,8 @@ def bench_command(
     data_dir: Optional[Path] = DataDirOption,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     executor: str = typer.Option("local", help="local (process pool) or ray."),
-    workers: int = typer.Option(1, help="Worker processes (local executor, CPU)."),
-    per_gpu: int = typer.Option(1, "--per-gpu", help="Units packed on each GPU at once."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (local executor, CPU)."),
+    per_gpu: int = typer.Option(1, "--per-gpu", min=1, help="Units packed on each GPU at once."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (executor ray)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the cells that failed."),
     prune: bool = typer.Option(False, "--prune", help="Drop stored cells of these specs that the plan no longer has."),
@@ -397,49 +429,48 @@ def bench_command(
     for spec in specs:
         _override_spec(spec, datasets, models, defenses, attacks, seeds, eps, epochs)
     the_plan = plan(specs)
-    name = specs[0].name if len(specs) == 1 else (spec_file.stem if spec_file else "bench")
+    if reference is not None and reference not in the_plan.defense_names():
+        raise RobustagError(f"--reference {reference!r}: not a defense of this run ({', '.join(the_plan.defense_names())})")
+    name = specs[0].name if len(specs) == 1 else check_name(spec_file.stem, f"spec {spec_file}")
     settings = RunSettings(out=out or Path("runs") / name, data_dir=paths.data_dir(data_dir), device=device,
                            workers=workers, per_gpu=per_gpu, executor=executor, address=address,
                            plugins=tuple(str(p) for p in plugin or ()), retry_failed=retry_failed, compile=compile)
+    check_settings(settings)
     store = ResultStore(settings.out)
-    for spec_name, rows in the_plan.rows.items():
-        store.add_cells(rows, spec_name)
-    if prune:
-        dropped = store.prune(the_plan.rows)
-        console.print(f"pruned {dropped} stale cells")
-    store.set_meta("reference", reference or specs[0].reference)
-    store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(spec) for spec in specs]))
-    todo = pending_units(the_plan, store, retry_failed)
-    console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
-                  f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")
-    with BenchProgress(the_plan.n_cells, the_plan.n_cells - sum(len(u.cells) for u in todo)) as live:
-        run_units(todo, settings, store, live.on_event)
+    with store.bench_lock():
+        for spec_name, rows in the_plan.rows.items():
+            store.add_cells(rows, spec_name)
+        if prune:
+            dropped = store.prune(the_plan.rows)
+            console.print(f"pruned {dropped} stale cells")
+        store.set_meta("reference", reference or specs[0].reference)
+        store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(spec) for spec in specs]))
+        todo = pending_units(the_plan, store, retry_failed)
+        check_data(todo, settings.data_dir)
+        console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
+                      f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")
+        with BenchProgress(the_plan.n_cells, the_plan.n_cells - sum(len(u.cells) for u in todo)) as live:
+            run_units(todo, settings, store, live.on_event)
+    _stdout().print(summary_table(store))
+    if report:
+        console.print(f"report: {write_report(settings.out)}")
     failed = store.cells(status="failed")
     if len(failed):
         console.print(f"[yellow]{len(failed)} cells failed[/yellow]; see `robustag results {settings.out} --status failed`, "
                       "rerun with --retry-failed")
-    _stdout().print(summary_table(store))
-    if report:
-        written = write_report(settings.out)
-        console.print(f"report: {written}")
+        raise typer.Exit(1)
 
 
 def _override_spec(spec: BenchSpec, datasets, models, defenses, attacks, seeds, eps, epochs) -> None:
-    if datasets:
-        spec.datasets = [d for d in datasets.split(",") if d]
-    if models:
-        spec.models = [m for m in models.split(",") if m]
-    if defenses:
-        spec.defenses = split_specs(defenses)
-    if attacks:
-        spec.attacks = split_specs(attacks)
+    """Options given on the command line replace the spec's axes (an empty one is an error)."""
+    for key, value in (("datasets", datasets), ("models", models), ("defenses", defenses), ("attacks", attacks)):
+        names = _names(value, f"--{key}")
+        if names is not None:
+            setattr(spec, key, names)
     if seeds is not None:
         spec.seeds = parse_seeds(seeds, "--seeds")
-    if eps:
-        try:
-            spec.eps = [float(v) for v in eps.split(",") if v]
-        except ValueError:
-            raise RobustagError(f"--eps {eps!r}: expected comma-separated numbers") from None
+    if eps is not None:
+        spec.eps = _budgets(eps)
     if epochs is not None:
         spec.params = {**spec.params, "epochs": epochs}
 
@@ -471,6 +502,8 @@ class BenchProgress:
             self.progress.update(self.current, description=f"evaluating {data['unit']}", info=data["attack"].split(",")[0])
         elif kind == "unit_done":
             self.progress.advance(self.overall, data.get("cells", 1))
+        elif kind == "warning":
+            self.progress.console.print(f"[yellow]warning:[/yellow] {escape(data['message'])}")
 
 
 @app.command("results")
@@ -485,27 +518,31 @@ def results_command(
     parquet: Optional[Path] = typer.Option(None, "--parquet", help="Export as Parquet (needs pyarrow)."),
 ):
     """List and filter the cells of a run; export them."""
-    if not (run / DB_NAME).is_file():
-        raise RobustagError(f"{run}: no {DB_NAME} here; is it a folder written by robustag bench?")
-    frame = flat_cells(ResultStore(run).cells(spec=spec, status=status))
-    for column, value in (("dataset", dataset), ("defense_name", defense)):
+    if status is not None and status not in STATUSES:
+        raise RobustagError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+    for path, option in ((csv, "--csv"), (parquet, "--parquet")):
+        _output_file(path, option)
+    store = ResultStore.existing(run)
+    frame = flat_cells(store.cells(spec=spec, status=status))
+    store.close()
+    # flat_cells marks "no budget" as ε = -1 for grouping; a listing shows it empty
+    frame = frame.assign(attack_name=frame["attack_name"].fillna("clean"), eps=frame["eps"].where(frame["eps"] >= 0))
+    for column, value in (("dataset", dataset), ("defense_name", defense), ("attack_name", attack)):
         if value:
             frame = frame[frame[column] == value]
-    if attack:
-        frame = frame[frame["attack_name"].fillna("clean") == attack]
     table = Table(title=f"{run}: {len(frame)} cells")
     for column in ("dataset", "model", "seed", "defense", "attack", "eps", "status", "f1@3", "ndcg@3", "seconds"):
         table.add_column(column)
     for _, row in frame.iterrows():
-        table.add_row(row["dataset"], row["model"], str(row["seed"]), row["defense_name"], row["attack_name"] or "clean",
-                      "" if pd.isna(row["eps"]) else f"{row['eps']:g}", row["status"],
+        table.add_row(row["dataset"], row["model"], str(row["seed"]), row["defense_name"], row["attack_name"],
+                      _fmt(row["eps"], "{:g}"), row["status"],
                       _fmt(row.get("f1@3")), _fmt(row.get("ndcg@3")), _fmt(row.get("seconds"), "{:.1f}"))
     _stdout().print(table)
     if csv:
-        frame.to_csv(csv, index=False)
+        _writing(csv, "--csv", lambda: frame.to_csv(csv, index=False))
     if parquet:
         try:
-            frame.to_parquet(parquet, index=False)
+            _writing(parquet, "--parquet", lambda: frame.to_parquet(parquet, index=False))
         except ImportError as error:
             raise RobustagError("--parquet needs pyarrow: pip install pyarrow") from error
 
@@ -517,19 +554,16 @@ def _fmt(value, pattern: str = "{:.4f}") -> str:
 @app.command("report")
 def report_command(
     run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
-    reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against (default: the run's)."),
+    reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against, in this report "
+                                            "(default: the run's)."),
 ):
     """Write RUN/report/: Markdown, HTML, LaTeX, CSV and plots, with significance tests."""
-    if not (run / DB_NAME).is_file():
-        raise RobustagError(f"{run}: no {DB_NAME} here; is it a folder written by robustag bench?")
-    if reference:
-        ResultStore(run).set_meta("reference", reference)
-    console.print(f"report: {write_report(run)}")
+    console.print(f"report: {write_report(run, reference)}")
 
 
 def main() -> None:
     try:
         app()
     except RobustagError as error:
-        console.print(f"[bold red]error:[/bold red] {error}")
+        console.print(f"[bold red]error:[/bold red] {escape(str(error))}")
         sys.exit(2)

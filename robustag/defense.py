@@ -98,7 +98,7 @@ class AdversarialDefense(Defense):
             moved = BatchEmbeddings(**{k: v + deltas[k] if k in deltas else v for k, v in base.items()})
             return model.pair_losses(moved)
 
-        deltas = self.adversary.perturb(objective, {f: torch.zeros_like(base[f]) for f in radius}, radius)
+        deltas = self.adversary.checked_perturb(objective, {f: torch.zeros_like(base[f]) for f in radius}, radius)
         return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
 
     def adversarial_losses(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> torch.Tensor:

@@ -29,16 +29,6 @@ def save(fig, folder: Path, name: str) -> str:
     return f"{safe}.png"
 
 
-def attack_label(row) -> str:
-    """clean, `pgd ε=0.1`, or a poisoning attack with its first parameter (`tag-replace rate=0.2`)."""
-    if not isinstance(row["attack_name"], str):
-        return "clean"
-    if row["eps"] >= 0:
-        return f"{row['attack_name']} ε={row['eps']:g}"
-    first = row["attack"].partition(":")[2].split(",")[0]
-    return f"{row['attack_name']} {first}".strip()
-
-
 def heatmap(drops: pd.DataFrame, title: str, folder: Path, name: str) -> str:
     """drops: defenses × attacks, relative drop of the metric (0.25 = −25%)."""
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * drops.shape[1], 0.8 + 0.45 * drops.shape[0]))

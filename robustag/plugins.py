@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import pkgutil
 import re
 import sys
@@ -60,6 +61,8 @@ class Param:
                 raise ValueError(value)
         except ValueError:
             raise PluginError(f"{plugin}: parameter {key}={value!r} is not a valid {kind.__name__}") from None
+        if kind is float and not math.isfinite(value):
+            raise PluginError(f"{plugin}: parameter {key}={value!r} must be a finite number")
         if self.choices is not None and value not in self.choices:
             raise PluginError(f"{plugin}: parameter {key}={value!r} must be one of {', '.join(map(str, self.choices))}")
         if self.check is not None and not self.check(value):
@@ -113,7 +116,8 @@ class Plugin:
         return f"<{type(self).__name__} {self.spec}>"
 
 
-_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?::(?P<params>.*))?$")
+NAME_PATTERN = r"[A-Za-z0-9_.\-]+"  # what a spec can name: no ':', ',', '=', brackets or spaces
+_SPEC = re.compile(rf"^(?P<name>{NAME_PATTERN})(?::(?P<params>.*))?$")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -174,6 +178,9 @@ class Registry:
         if not (inspect.isclass(cls) and issubclass(cls, self.base)) or not cls.name:
             raise PluginError(f"{origin}: {cls!r} is not a named {self.base.__name__} subclass")
         name = cls.name
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise PluginError(f"{origin}: {self.kind} name {name!r} cannot be written in a spec; "
+                              "use letters, digits, '_', '.' and '-' only")
         if name in self._aliases or (name in self._classes and self._classes[name] is not cls):
             first = self._origins.get(name, "a built-in alias")
             raise PluginError(f"{self.kind} name clash: {name!r} from {origin} is already provided by {first}")
@@ -269,6 +276,8 @@ def import_plugin_file(path: Path):
     resolved = path.resolve()
     if resolved in _IMPORTED_FILES:
         return _IMPORTED_FILES[resolved]
+    if path.is_dir():
+        raise PluginError(f"--plugin {path}: is a folder; expected a Python file defining plugins")
     if not path.is_file():
         raise PluginError(f"--plugin {path}: file not found")
     stem = re.sub(r"\W", "_", path.stem)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,7 +215,12 @@ def load_split(
         load_assignments(source, data_dir)  # raises the clear "file not found" error
     cache_file = _cache_path(name, path, source.normalise_tags, options)
     if use_cache and cache_file.is_file():
-        return _read_cache(cache_file, name, options)
+        try:
+            return _read_cache(cache_file, name, options)
+        except Exception as error:  # cut short, damaged, an older layout: a cache is rebuilt, never trusted
+            warnings.warn(f"split cache {cache_file} does not load ({type(error).__name__}: {error}); rebuilding it",
+                          RuntimeWarning, stacklevel=2)
+            cache_file.unlink(missing_ok=True)
     split = build_split(load_assignments(source, data_dir), name, options)
     if use_cache:
         _write_cache(cache_file, split)

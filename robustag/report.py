@@ -23,6 +23,7 @@ from rich.table import Table
 
 from robustag import plots
 from robustag.defense import DEFENSES
+from robustag.errors import RobustagError
 from robustag.models import LEARNED_MODELS
 from robustag.plugins import PluginError
 from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
@@ -49,13 +50,20 @@ class Section:
     text: list[str] = field(default_factory=list)
 
 
-def write_report(run: Path) -> Path:
-    store = ResultStore(run)
+def write_report(run: Path, reference: str | None = None) -> Path:
+    """Write RUN/report/; `reference` (default: the run's own, plain) is the defense every
+    comparison is against, for this report only."""
+    store = ResultStore.existing(run)
+    if reference is not None:
+        known = sorted(store.cells()["defense_name"].unique())
+        if reference not in known:
+            store.close()
+            raise RobustagError(f"reference {reference!r}: no defense of that name in {run} (it has {', '.join(known)})")
+    reference = reference or store.meta("reference", "plain")
     folder = Path(run) / "report"
     figures = folder / "plots"
     shutil.rmtree(figures, ignore_errors=True)  # no stale plots from an earlier report
     folder.mkdir(parents=True, exist_ok=True)
-    reference = store.meta("reference", "plain")
     described = store.meta("specs", [])
     known = {spec["name"]: spec for spec in described}
     stored = store.specs()
@@ -84,6 +92,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     cells = cells.assign(defense_label=cells["defense"].map(labels))
     table = aggregate(store, cells, HEADLINE, ci_metrics=TESTED)
     table["defense_label"] = table["defense"].map(labels)
+    table["attack_label"] = attack_labels(table)
     tests = pd.concat([compare_to_reference(store, table, metric, reference) for metric in TESTED], ignore_index=True)
     clean = table[table["surface"] == "none"]
     attacked = table[table["surface"] != "none"]
@@ -221,6 +230,26 @@ def short_labels(specs) -> dict[str, str]:
     return labels
 
 
+def attack_labels(cells: pd.DataFrame) -> pd.Series:
+    """clean, `pgd ε=0.1`, or a poisoning attack with its first parameter (`tag-replace rate=0.2`);
+    plus every parameter (ε aside) that differs between configurations of the same attack
+    among these cells, so that no two configurations share a label (`pgd steps=1 ε=0.1`)."""
+    parsed = {spec: (spec.partition(":")[0], _spec_params(spec)) for spec in cells["attack"].unique() if spec}
+
+    def label(spec: str, eps: float) -> str:
+        if not spec:
+            return "clean"
+        name, params = parsed[spec]
+        siblings = [p for n, p in parsed.values() if n == name]
+        shown = [k for k in params if k != "eps" and _varies(k, siblings)]
+        if eps < 0 and params and not shown:
+            shown = [next(iter(params))]
+        text = f"{name} " + ",".join(f"{k}={params[k]}" for k in shown)
+        return text.strip() + (f" ε={eps:g}" if eps >= 0 else "")
+
+    return pd.Series([label(spec, eps) for spec, eps in zip(cells["attack"], cells["eps"])], index=cells.index, dtype=object)
+
+
 def _varies(key: str, configurations: list[dict]) -> bool:
     return len({str(p.get(key)) for p in configurations}) > 1
 
@@ -250,7 +279,7 @@ def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: 
 
 def robustness_table(name: str, clean: pd.DataFrame, attacked: pd.DataFrame, tests: pd.DataFrame, reference: str) -> ReportTable:
     columns = attacked.drop_duplicates(["attack", "eps"])
-    header = ["dataset", "model", "defense", "clean NDCG@3", *[plots.attack_label(c) for _, c in columns.iterrows()]]
+    header = ["dataset", "model", "defense", "clean NDCG@3", *columns["attack_label"]]
     rows = []
     for _, base in clean.iterrows():
         same = attacked[(attacked["dataset"] == base["dataset"]) & (attacked["model"] == base["model"])
@@ -276,7 +305,7 @@ def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path
     for (dataset, model), base in clean.groupby(["dataset", "model"]):
         rows = attacked[(attacked["dataset"] == dataset) & (attacked["model"] == model)]
         reference = base.set_index("defense")["ndcg@3_mean"]
-        frame = rows.assign(label=rows.apply(plots.attack_label, axis=1),
+        frame = rows.assign(label=rows["attack_label"],
                             drop=1 - rows["ndcg@3_mean"] / rows["defense"].map(reference))
         drops = frame.pivot_table(index="defense_label", columns="label", values="drop", aggfunc="mean")
         if drops.size:
@@ -399,19 +428,29 @@ def environment_info(store: ResultStore) -> dict:
 # -- rendering --------------------------------------------------------------------------------
 
 def render_markdown(run: Path, sections: list[Section], environment: dict) -> str:
-    lines = [f"# robustag report: {Path(run).name}", ""]
+    """Every name a user or plugin chose is escaped, as in the HTML: Markdown passes raw HTML through."""
+    e = _markdown_escape
+    lines = [f"# robustag report: {e(Path(run).name)}", ""]
     for section in sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {e(section.title)}", ""]
         for table in section.tables:
-            lines += [f"### {table.title}", "", "| " + " | ".join(table.header) + " |",
+            lines += [f"### {e(table.title)}", "", "| " + " | ".join(e(h, cell=True) for h in table.header) + " |",
                       "|" + "---|" * len(table.header)]
-            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
-            lines += ["", table.note, ""]
-        lines += [*section.text, ""] if section.text else []
+            lines += ["| " + " | ".join(e(cell, cell=True) for cell in row) + " |" for row in table.rows]
+            lines += ["", e(table.note), ""]
+        lines += [*map(e, section.text), ""] if section.text else []
         for caption, png in section.figures:
-            lines += [f"![{caption}](plots/{png})", "", f"*{caption}*", ""]
-    lines += ["## Configuration and environment", "", "```json", json.dumps(environment, indent=2), "```", ""]
+            lines += [f"![{e(caption)}](plots/{png})", "", f"*{e(caption)}*", ""]
+    settings = json.dumps(environment, indent=2)
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", settings)), default=0))
+    lines += ["## Configuration and environment", "", f"{fence}json", settings, fence, ""]
     return "\n".join(lines)
+
+
+def _markdown_escape(text: str, cell: bool = False) -> str:
+    """No HTML can open (<, >, & become entities); in a table cell a | cannot end the cell."""
+    escaped = html.escape(str(text), quote=False)
+    return escaped.replace("|", "\\|") if cell else escaped
 
 
 def render_html(run: Path, sections: list[Section], environment: dict, figures: Path) -> str:
@@ -467,9 +506,11 @@ def summary_table(store: ResultStore) -> Table:
         table.add_column(column)
     if cells.empty:
         return table
+    cells = cells.assign(defense_label=cells["defense"].map(short_labels(cells["defense"].unique())),
+                         attack_label=attack_labels(cells))
     for key, group in cells.groupby(["dataset", "model", "params", "defense", "attack", "eps"], sort=False):
         first = group.iloc[0]
-        table.add_row(first["dataset"], first["model"], first["defense_name"], plots.attack_label(first), str(len(group)),
+        table.add_row(first["dataset"], first["model"], first["defense_label"], first["attack_label"], str(len(group)),
                       f"{group['ndcg@3'].mean():.4f} ± {group['ndcg@3'].std(ddof=1) if len(group) > 1 else 0:.4f}",
                       f"{group['f1@3'].mean():.4f}")
     return table

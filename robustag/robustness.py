@@ -29,6 +29,7 @@ class AttackOutcome:
     evaluation: Evaluation
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
+    threat: tuple | None = None  # evasion: (eps, norm, targets), what a worst case groups by
 
 
 # The soft rank's temperature, as a share of each post's score standard deviation.
@@ -96,7 +97,7 @@ def post_ranges(posts: Posts, n_tags: int, max_elements: int) -> list[tuple[int,
 def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, start: int, stop: int):
     part = {"user": base["user"][start:stop], "item": base["item"][start:stop], "tag": base["tag"]}
     objective = true_tag_objective(model, posts.subset(np.arange(start, stop)), part)
-    deltas = attack.perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius)
+    deltas = attack.checked_perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius)
     return {k: v + deltas[k] if k in deltas else v for k, v in part.items()}
 
 
@@ -158,13 +159,19 @@ def summarise(clean: Evaluation, outcome: AttackOutcome) -> dict:
     return row
 
 
-def worst_case(clean: Evaluation, outcomes: list[AttackOutcome]) -> dict[str, float]:
-    """Per post, the worst value over the evasion attacks (the AutoAttack rule), then averaged;
-    `broken@N`: share of posts with a clean hit in the top N that some attack leaves with none."""
+def worst_cases(clean: Evaluation, outcomes: list[AttackOutcome]) -> list[dict]:
+    """One worst case per threat (budget ε, norm and perturbed tables): per post, the worst value
+    over the evasion attacks under that threat (the AutoAttack rule), then averaged; `broken@N`:
+    share of posts with a clean hit in the top N that some of those attacks leave with none.
+    A larger budget is another threat, so a worst case never mixes budgets."""
     evasions = [o for o in outcomes if o.surface == "embedding"]
-    if not evasions:
-        return {}
-    out = {}
+    threats = list(dict.fromkeys(o.threat for o in evasions))
+    return [{"eps": threat[0], "norm": threat[1], "targets": threat[2],
+             **_worst_case(clean, [o for o in evasions if o.threat == threat])} for threat in threats]
+
+
+def _worst_case(clean: Evaluation, evasions: list[AttackOutcome]) -> dict[str, float]:
+    out = {"attacks": len(evasions)}
     for key in clean.per_post:
         out[f"worst_{key}"] = float(np.min([o.evaluation.per_post[key] for o in evasions], axis=0).mean())
     for n in CUTOFFS:
@@ -182,7 +189,8 @@ def run_attack(
     started = time.perf_counter()
     if isinstance(attack, EmbeddingAttack):
         evaluation = evade(model, split, attack, device)
-        return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started)
+        return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
+                             threat=(attack.eps, attack.norm, attack.targets))
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
     evaluation = evaluate(scores_of(retrained), split.test, split.n_tags, device)
     extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation, "attacked_")}

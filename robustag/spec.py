@@ -17,6 +17,8 @@ read from a TOML file and/or CLI flags, with parameter sweeps written as lists.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -92,7 +94,9 @@ def load_specs(path: Path) -> list[BenchSpec]:
     if not path.is_file():
         raise RobustagError(f"spec {path}: file not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RobustagError(f"spec {path}: not a text file (expected TOML in UTF-8)") from None
     except tomllib.TOMLDecodeError as error:
         raise RobustagError(f"spec {path}: {error}") from error
     unknown = sorted(set(raw) - set(SPEC_KEYS))
@@ -103,18 +107,31 @@ def load_specs(path: Path) -> list[BenchSpec]:
     return [spec_from_mapping(raw, str(path), default_name=path.stem)]
 
 
+# A spec's name becomes a folder (runs/NAME) and file names: one plain path component.
+SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not SPEC_NAME.fullmatch(name):
+        raise RobustagError(f"{where}: name {name!r} must start with a letter or digit and hold only letters, "
+                            "digits, '_', '.' and '-' (it names the run folder)")
+    return name
+
+
 def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "default") -> BenchSpec:
-    spec = BenchSpec(name=raw.get("name", default_name))
+    spec = BenchSpec(name=check_name(raw.get("name", default_name), f"spec {where}"))
     for key in ("datasets", "models", "defenses", "attacks"):
         if key in raw:
             value = raw[key]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise RobustagError(f"spec {where}: {key} must be a list of strings")
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise RobustagError(f"spec {where}: {key} must be a list of non-empty strings")
+            if not value and key != "attacks":  # no attack is a clean-only run; no dataset runs nothing
+                raise RobustagError(f"spec {where}: {key} is empty; name at least one")
             setattr(spec, key, value)
     if "seeds" in raw:
         spec.seeds = parse_seeds(raw["seeds"], where)
     if "eps" in raw:
-        spec.eps = [float(v) for v in (raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]])]
+        spec.eps = parse_budgets(raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]], f"spec {where}: eps")
     if "params" in raw:
         allowed = {f.name for f in fields(TrainConfig)} - {"model", "seed"}
         bad = sorted(set(raw["params"]) - allowed)
@@ -125,6 +142,17 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
         if key in raw:
             setattr(spec, key, raw[key])
     return spec
+
+
+def parse_budgets(values: list, where: str) -> list[float]:
+    """Budgets for every evasion attack: finite numbers ≥ 0, at least one."""
+    try:
+        budgets = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise RobustagError(f"{where}: expected numbers, got {values!r}") from None
+    if not budgets or not all(math.isfinite(b) and b >= 0 for b in budgets):
+        raise RobustagError(f"{where}: expected one or more finite budgets ≥ 0, got {values!r}")
+    return budgets
 
 
 def parse_seeds(value: Any, where: str) -> list[int]:

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,13 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
+from robustag.errors import RobustagError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second bench on one folder is not stopped
+    fcntl = None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -35,16 +44,77 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 DB_NAME = "results.sqlite"
+STATUSES = ("pending", "done", "failed")
+LOCK_NAME = ".bench.lock"
+
+
+def _named_errors(method):
+    """A database that cannot be read is named, and left as it is (never rebuilt over)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as error:
+            raise RobustagError(f"{self.path}: not a readable results database ({error}); "
+                                "it was left untouched: restore it or choose another run folder") from error
+    return wrapper
 
 
 class ResultStore:
-    def __init__(self, folder: Path):
+    """`ResultStore(folder)` opens or creates a run's database; `ResultStore.existing(folder)`
+    opens one that a bench wrote, for reading (reports, listings)."""
+
+    def __init__(self, folder: Path, create: bool = True):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / DB_NAME
-        self.connection = sqlite3.connect(self.path, timeout=60)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RobustagError(f"run folder {self.folder}: exists and is not a folder")
+        if not create and not self.path.is_file():
+            raise RobustagError(f"{self.folder}: no {DB_NAME} here; is it a folder written by robustag bench?")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(self.path, timeout=60)
+        except (OSError, sqlite3.OperationalError) as error:
+            raise RobustagError(f"run folder {self.folder}: cannot be written ({error})") from error
+        self._open(create)
+
+    @classmethod
+    def existing(cls, folder: Path) -> "ResultStore":
+        return cls(folder, create=False)
+
+    @_named_errors
+    def _open(self, create: bool) -> None:
+        tables = {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not create and "cells" not in tables:
+            self.connection.close()
+            raise RobustagError(f"{self.path}: holds no robustag results (empty or another kind of database)")
         self.connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         self.connection.executescript(SCHEMA)
+        self.connection.execute("PRAGMA quick_check").fetchall()  # a damaged file fails here, before any work
+
+    @contextmanager
+    def bench_lock(self):
+        """Held while a bench runs in this folder: a second bench on it stops at once with a
+        clear message (two would run every cell twice). The OS drops the lock if the holder dies."""
+        if fcntl is None:
+            yield
+            return
+        with open(self.folder / LOCK_NAME, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RobustagError(f"run folder {self.folder}: another robustag bench ({holder}) is running in it; "
+                                    "wait for it to finish, or choose another --out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.connection.close()
@@ -55,6 +125,7 @@ class ResultStore:
             yield self.connection
 
     # -- planning -----------------------------------------------------------------------------
+    @_named_errors
     def add_cells(self, rows: Iterable[dict], spec_name: str) -> None:
         """Register planned cells; cells already known keep their status and results."""
         with self.transaction() as db:
@@ -67,14 +138,17 @@ class ResultStore:
                 )
                 db.execute("INSERT OR IGNORE INTO cell_specs VALUES (?, ?)", (row["key"], spec_name))
 
+    @_named_errors
     def set_meta(self, key: str, value) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    @_named_errors
     def meta(self, key: str, default=None):
         row = self.connection.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
+    @_named_errors
     def statuses(self, keys: list[str]) -> dict[str, str]:
         found = {}
         for start in range(0, len(keys), 500):
@@ -84,19 +158,24 @@ class ResultStore:
         return found
 
     # -- results ------------------------------------------------------------------------------
+    @_named_errors
     def write_unit(self, unit_key: str, results: list[dict], history: list[dict], run_info: dict) -> None:
-        """All of one trained model's cells, their per-post values and its history, atomically."""
+        """All of one trained model's cells, their per-post values and its history, atomically.
+        A cell already done is never rewritten (a failed retry must not erase a result), and a
+        unit whose attempt produced no history keeps the one it has."""
         with self.transaction() as db:
             for result in results:
-                db.execute(
+                updated = db.execute(
                     "UPDATE cells SET status=?, error=?, metrics=?, extra=?, seconds=?, train_seconds=?, device=?,"
-                    " versions=?, git=?, finished=datetime('now') WHERE key=?",
+                    " versions=?, git=?, finished=datetime('now') WHERE key=? AND status != 'done'",
                     (
                         result["status"], result.get("error"), json.dumps(result.get("metrics")),
                         json.dumps(result.get("extra", {})), result.get("seconds"), result.get("train_seconds"),
                         run_info["device"], json.dumps(run_info["versions"]), run_info["git"], result["key"],
                     ),
-                )
+                ).rowcount
+                if not updated:
+                    continue
                 db.execute("DELETE FROM post_metrics WHERE cell=?", (result["key"],))
                 per_post = result.get("per_post") or {}
                 db.executemany(
@@ -104,12 +183,15 @@ class ResultStore:
                     ((result["key"], metric, post, float(value))
                      for metric, values in per_post.items() for post, value in enumerate(values)),
                 )
+            if not history:
+                return
             db.execute("DELETE FROM histories WHERE unit=?", (unit_key,))
             db.executemany(
                 "INSERT INTO histories VALUES (?, ?, ?)",
                 ((unit_key, record.get("epoch", k + 1), json.dumps(record)) for k, record in enumerate(history)),
             )
 
+    @_named_errors
     def cells(self, spec: str | None = None, status: str | None = None) -> pd.DataFrame:
         query = "SELECT c.* FROM cells c"
         args: list = []
@@ -122,9 +204,11 @@ class ResultStore:
         frame = pd.read_sql_query(query + " ORDER BY c.rowid", self.connection, params=args)
         return frame
 
+    @_named_errors
     def specs(self) -> list[str]:
         return [r[0] for r in self.connection.execute("SELECT DISTINCT spec FROM cell_specs ORDER BY rowid")]
 
+    @_named_errors
     def per_post(self, cell_keys: list[str], metric: str) -> dict[str, np.ndarray]:
         """Per-post values of one metric for each cell, posts in order."""
         out = {}
@@ -135,10 +219,12 @@ class ResultStore:
             out[key] = np.array([r[0] for r in rows])
         return out
 
+    @_named_errors
     def histories(self) -> pd.DataFrame:
         rows = self.connection.execute("SELECT unit, epoch, record FROM histories ORDER BY unit, epoch").fetchall()
         return pd.DataFrame([{"unit": u, **json.loads(r)} for u, _, r in rows])
 
+    @_named_errors
     def prune(self, planned: dict[str, list[dict]]) -> int:
         """Forget the cells of these specs that the current plan no longer has (a spec changed),
         with their per-post values; cells still planned by another spec are kept."""
@@ -156,6 +242,7 @@ class ResultStore:
             db.execute("DELETE FROM histories WHERE unit NOT IN (SELECT unit FROM cells)")
             return len(stale)
 
+    @_named_errors
     def mark_failed_pending(self) -> int:
         """`--retry-failed`: failed cells become pending again."""
         with self.transaction() as db:

@@ -8,6 +8,7 @@ gives the same numbers on CPU.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -83,13 +84,19 @@ def default_config(model: str, **overrides) -> TrainConfig:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` (CUDA when there is a GPU), `cpu`, `cuda` or `cuda:N`; anything else, or a GPU
+    this machine lacks, is refused here, before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise RobustagError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RobustagError(f"--device {device}: CUDA is not available on this machine; use auto or cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise RobustagError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise RobustagError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return chosen
 
 
 class NegativeSampler:

@@ -14,7 +14,7 @@ from robustag.attack import ATTACKS, Attack, project, random_start, row_budget
 from robustag.evaluation import evaluate, scores_of
 from robustag.plugins import PluginError, Registry, split_specs
 from robustag.preprocess import load_split
-from robustag.robustness import attacked_embeddings, evade, post_ranges, promotion_rate, run_attack, worst_case
+from robustag.robustness import attacked_embeddings, evade, post_ranges, promotion_rate, run_attack, worst_cases
 from robustag.training import default_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,15 +173,20 @@ def test_tag_promote_pushes_its_target_into_the_top_n(movielens):
     assert promotion_rate(clean, split.test, target, 10) == outcome.extra["clean_promotion@10"]
 
 
-def test_worst_case_is_the_per_post_minimum(movielens):
+def test_worst_case_is_the_per_post_minimum_within_each_budget(movielens):
     split, model = movielens
     clean = evaluate(scores_of(model), split.test, split.n_tags)
-    outcomes = [run_attack(ATTACKS.create(f"{a}:eps=0.1"), model, split, None, CPU, clean) for a in ("fgsm", "pgd")]
-    worst = worst_case(clean, outcomes)
-    per_post = np.minimum(outcomes[0].evaluation.per_post["ndcg@3"], outcomes[1].evaluation.per_post["ndcg@3"])
-    assert worst["worst_ndcg@3"] == pytest.approx(per_post.mean())
-    assert worst["worst_ndcg@3"] <= min(o.evaluation.summary()["ndcg@3"] for o in outcomes)
-    assert 0 < worst["broken@3"] <= 1
+    outcomes = [run_attack(ATTACKS.create(f"{a}:eps={eps}"), model, split, None, CPU, clean)
+                for eps in (0.05, 0.1) for a in ("fgsm", "pgd")]
+    worst = worst_cases(clean, outcomes)
+    assert [(w["eps"], w["attacks"]) for w in worst] == [(0.05, 2), (0.1, 2)]
+    for budget, pair in zip(worst, (outcomes[:2], outcomes[2:])):
+        per_post = np.minimum(pair[0].evaluation.per_post["ndcg@3"], pair[1].evaluation.per_post["ndcg@3"])
+        assert budget["worst_ndcg@3"] == pytest.approx(per_post.mean())
+        assert budget["worst_ndcg@3"] <= min(o.evaluation.summary()["ndcg@3"] for o in pair)
+        assert 0 < budget["broken@3"] <= 1
+    # the small budget's worst case is not dragged down by the large budget's attacks
+    assert worst[0]["worst_ndcg@3"] > worst[1]["worst_ndcg@3"]
 
 
 # -- the plugin API --------------------------------------------------------------------------

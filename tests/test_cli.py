@@ -101,8 +101,14 @@ def test_attack_command_reports_every_attack_and_the_worst_case(tmp_path, real_d
     for row in payload["attacks"]:
         assert row["clean_f1@3"] == payload["clean"]["f1@3"]
         assert row["drop_ndcg@3"] == pytest.approx(row["clean_ndcg@3"] - row["attacked_ndcg@3"])
-    assert payload["worst_case"]["worst_ndcg@3"] <= min(r["attacked_ndcg@3"] for r in payload["attacks"][:6]) + 1e-12
-    assert "worst case" in result.output
+    worst = {w["eps"]: w for w in payload["worst_case"]}
+    assert sorted(worst) == [0.05, 0.2]
+    for eps, budget in worst.items():  # per budget: at most the weakest figure of its own attacks
+        rows = [r for r in payload["attacks"] if r["eps"] == eps]
+        assert len(rows) == 3 and budget["attacks"] == 3
+        assert budget["worst_ndcg@3"] <= min(r["attacked_ndcg@3"] for r in rows) + 1e-12
+    assert worst[0.05]["worst_ndcg@3"] > worst[0.2]["worst_ndcg@3"]
+    assert "worst case ε=0.05" in result.output and "worst case ε=0.2" in result.output
     # The saved model loads back to the same clean metrics, without retraining.
     again = tmp_path / "again.json"
     _invoke("attack", "-d", "movielens", "--data-dir", real_data_dir, "--device", "cpu",

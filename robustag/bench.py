@@ -263,8 +263,8 @@ def check_settings(settings: RunSettings) -> None:
 
 
 def check_data(units: list[UnitTask], data_dir: Path) -> None:
-    """Every data set with work left loads (warming the split cache for the workers), and
-    every poisoning attack accepts it, before anything trains: bad data fails the command,
+    """Every data set of these units loads (warming the split cache for the workers), and every
+    poisoning attack accepts it, before a run folder is touched: bad data fails the command,
     not every cell."""
     for dataset, options in dict.fromkeys((u.dataset, u.options) for u in units):
         split = load_split(dataset, data_dir, options)

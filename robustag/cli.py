@@ -31,7 +31,7 @@ from robustag.plugins import split_specs
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.report import summary_table, write_report
 from robustag.robustness import run_attack, summarise, worst_cases
-from robustag.spec import BenchSpec, check_name, default_spec, load_specs, merge_described, parse_budgets, parse_seeds
+from robustag.spec import BenchSpec, default_spec, folder_name, load_specs, merge_described, parse_budgets, parse_seeds
 from robustag.stats import flat_cells
 from robustag.store import STATUSES, ResultStore
 from robustag.training import default_config, resolve_device, train
@@ -431,11 +431,12 @@ def bench_command(
     the_plan = plan(specs)
     if reference is not None and reference not in the_plan.defense_names():
         raise RobustagError(f"--reference {reference!r}: not a defense of this run ({', '.join(the_plan.defense_names())})")
-    name = specs[0].name if len(specs) == 1 else check_name(spec_file.stem, f"spec {spec_file}")
-    settings = RunSettings(out=out or Path("runs") / name, data_dir=paths.data_dir(data_dir), device=device,
+    name = specs[0].name if len(specs) == 1 else spec_file.stem
+    settings = RunSettings(out=out or Path("runs") / folder_name(name), data_dir=paths.data_dir(data_dir), device=device,
                            workers=workers, per_gpu=per_gpu, executor=executor, address=address,
                            plugins=tuple(str(p) for p in plugin or ()), retry_failed=retry_failed, compile=compile)
     check_settings(settings)
+    check_data(list(the_plan.units.values()), settings.data_dir)
     store = ResultStore(settings.out)
     with store.bench_lock():
         for spec_name, rows in the_plan.rows.items():
@@ -446,15 +447,15 @@ def bench_command(
         store.set_meta("reference", reference or specs[0].reference)
         store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(spec) for spec in specs]))
         todo = pending_units(the_plan, store, retry_failed)
-        check_data(todo, settings.data_dir)
         console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
                       f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")
         with BenchProgress(the_plan.n_cells, the_plan.n_cells - sum(len(u.cells) for u in todo)) as live:
             run_units(todo, settings, store, live.on_event)
     _stdout().print(summary_table(store))
+    failed = store.cells(status="failed")
+    store.close()
     if report:
         console.print(f"report: {write_report(settings.out)}")
-    failed = store.cells(status="failed")
     if len(failed):
         console.print(f"[yellow]{len(failed)} cells failed[/yellow]; see `robustag results {settings.out} --status failed`, "
                       "rerun with --retry-failed")
@@ -565,5 +566,5 @@ def main() -> None:
     try:
         app()
     except RobustagError as error:
-        console.print(f"[bold red]error:[/bold red] {escape(str(error))}")
+        console.print(f"[bold red]error:[/bold red] {escape(str(error))}", soft_wrap=True)  # one line, never wrapped
         sys.exit(2)

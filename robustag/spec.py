@@ -107,19 +107,18 @@ def load_specs(path: Path) -> list[BenchSpec]:
     return [spec_from_mapping(raw, str(path), default_name=path.stem)]
 
 
-# A spec's name becomes a folder (runs/NAME) and file names: one plain path component.
-SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
-def check_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not SPEC_NAME.fullmatch(name):
-        raise RobustagError(f"{where}: name {name!r} must start with a letter or digit and hold only letters, "
-                            "digits, '_', '.' and '-' (it names the run folder)")
-    return name
+def folder_name(name: str) -> str:
+    """The one path component a spec's name becomes (runs/NAME): anything but letters, digits,
+    '_', '.' and '-' becomes '-', and no leading dot, so a name never climbs out of runs/."""
+    slug = re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).lstrip(".-").rstrip("-")
+    return slug or "bench"
 
 
 def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "default") -> BenchSpec:
-    spec = BenchSpec(name=check_name(raw.get("name", default_name), f"spec {where}"))
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise RobustagError(f"spec {where}: name must be a non-empty string, got {name!r}")
+    spec = BenchSpec(name=name)
     for key in ("datasets", "models", "defenses", "attacks"):
         if key in raw:
             value = raw[key]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,41 @@ def planted(planted_path, tmp_path_factory):
     from robustag.preprocess import SplitOptions, load_split
 
     return load_split(f"tsv:{planted_path}", tmp_path_factory.mktemp("planted-split"), SplitOptions(p_core=3))
+
+
+def run_main(*args) -> None:
+    """`robustag ARGS` through the real entry point, for fixtures wider than one test."""
+    from robustag import cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["robustag", *map(str, args)])
+        try:
+            cli.main()
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), f"robustag {' '.join(map(str, args))} exited with {exit_.code}"
+
+
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="session")
+def hostile_run(tmp_path_factory) -> Path:
+    """A finished run with report whose spec name and data set path carry HTML that would run
+    script if a report let it through."""
+    folder = tmp_path_factory.mktemp("hostile")
+    data = folder / HOSTILE / "tags.tsv"  # the '/' of </script> makes a folder too: still one path
+    data.parent.mkdir(parents=True)
+    planted_tsv(data)
+    spec = folder / "hostile.toml"
+    spec.write_text(f"""name = {json.dumps(HOSTILE)}
+datasets = [{json.dumps(f"tsv:{data}")}]
+defenses = ["plain", "aml"]
+attacks = ["fgsm"]
+seeds = 1
+p_core = 3
+[params]
+epochs = 2
+dim = 8
+""")
+    run_main("bench", spec, "--out", folder / "run", "--device", "cpu")
+    return folder / "run"

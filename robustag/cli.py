@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -523,6 +524,8 @@ def results_command(
         raise RobustagError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
     for path, option in ((csv, "--csv"), (parquet, "--parquet")):
         _output_file(path, option)
+    if parquet and importlib.util.find_spec("pyarrow") is None:
+        raise RobustagError("--parquet needs pyarrow: pip install pyarrow")
     store = ResultStore.existing(run)
     frame = flat_cells(store.cells(spec=spec, status=status))
     store.close()
@@ -542,10 +545,7 @@ def results_command(
     if csv:
         _writing(csv, "--csv", lambda: frame.to_csv(csv, index=False))
     if parquet:
-        try:
-            _writing(parquet, "--parquet", lambda: frame.to_parquet(parquet, index=False))
-        except ImportError as error:
-            raise RobustagError("--parquet needs pyarrow: pip install pyarrow") from error
+        _writing(parquet, "--parquet", lambda: frame.to_parquet(parquet, index=False))
 
 
 def _fmt(value, pattern: str = "{:.4f}") -> str:

@@ -11,7 +11,7 @@ import copy
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -43,6 +43,12 @@ class TrainConfig:
     mix: float | None = None  # pop-mix weight on the user's tags; None: tuned on validation
 
     def validate(self) -> "TrainConfig":
+        for option in fields(self):
+            value, kind = getattr(self, option.name), float if option.name == "mix" else type(option.default)
+            numeric = kind is float and isinstance(value, int)
+            if (option.name == "mix" and value is None) or (isinstance(value, kind) or numeric) and not isinstance(value, bool):
+                continue
+            raise RobustagError(f"--{option.name.replace('_', '-')}: invalid value {value!r}; expected {kind.__name__}")
         checks = {
             "model": self.model in (*LEARNED_MODELS, *POPULARITY_MODELS),
             "dim": self.dim >= 1,

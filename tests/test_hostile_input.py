@@ -243,6 +243,23 @@ def test_a_spec_with_an_empty_axis_is_refused(axis, fragment, tmp_path, robustag
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("params, fragment", [('epochs = "x"', "--epochs: invalid value 'x'"),
+                                             ('dim = [16, "a"]', "--dim: invalid value 'a'"),
+                                             ("lr = true", "--lr: invalid value True")])
+def test_a_spec_parameter_of_the_wrong_type_is_refused(params, fragment, tmp_path, robustag):
+    spec = write_spec(tmp_path, f'name = "typed"\n[params]\n{params}\n')
+    refused(robustag("bench", spec, "--out", tmp_path / "run"), fragment)
+
+
+def test_results_refuses_parquet_without_pyarrow_before_printing(finished, robustag, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    output = refused(robustag("results", finished[1], "--parquet", tmp_path / "x.parquet"), "pip install pyarrow")
+    assert "cells" not in output
+
+
 def test_bench_exits_non_zero_when_a_cell_failed_and_still_summarises(tmp_path, robustag, real_data_dir, plugins):
     spec = write_spec(tmp_path, SMALL.replace('"fgsm"', '"exploding-cell"'))
     code, output = robustag("bench", spec, "--out", tmp_path / "run", "--device", "cpu", "--data-dir", real_data_dir,

@@ -21,7 +21,9 @@ from rich.table import Table
 
 from robustag import paths
 from robustag.attack import ATTACKS, DataAttack, EmbeddingAttack
-from robustag.bench import RunSettings, check_data, check_settings, pending_units, plan, run_units, versions
+from robustag.bench import RunSettings, check_settings, run_units
+from robustag.planning import check_data, pending_units, plan
+from robustag.provenance import versions
 from robustag.checkpoint import load_model, save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset

@@ -1,7 +1,9 @@
-"""Parallel executors for the benchmark: a local process pool, and Ray for a cluster.
+"""Executors: how units run — one after another, in a local process pool, or on Ray.
 
-Both run `bench.execute_unit` on units and hand each finished unit to the parent, which
-alone writes the results database. Ray schedules with its own resources (CPUs, GPUs).
+Each is a small class with one method, `run(units, setup, devices, on_result, on_event)`: it
+runs `worker.execute_unit` on every unit and hands each finished unit to `on_result(unit,
+result, device)` in the parent, which alone writes the results database. Executors know
+nothing of the bench that calls them (no import back), so a new one is one class here.
 """
 
 from __future__ import annotations
@@ -12,33 +14,57 @@ import queue
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
 
-from robustag.bench import execute_unit, store_unit, threads_per_worker
 from robustag.errors import RobustagError
+from robustag.planning import UnitTask
+from robustag.worker import EventFn, WorkerSetup, execute_unit, threads_per_worker
+
+ResultFn = Callable[[UnitTask, dict, str], None]
 
 
-def run_pool(units, settings, store, devices, workers, on_event) -> None:
+class Executor(Protocol):
+    def run(self, units: list[UnitTask], setup: WorkerSetup, devices: list[str], on_result: ResultFn,
+            on_event: EventFn) -> None:
+        """Run every unit on one of `devices`; `on_result` each as it finishes."""
+
+
+class SerialExecutor:
+    """In this process, one unit after another, on the first device."""
+
+    def run(self, units, setup, devices, on_result, on_event) -> None:
+        for unit in units:
+            on_result(unit, execute_unit(unit, setup, devices[0], on_event=on_event), devices[0])
+
+
+@dataclass
+class PoolExecutor:
     """`workers` processes; unit i runs on devices[i % len(devices)] (several per GPU when
-    --per-gpu > 1). Events (epochs, cells) come back through a queue for the live view."""
-    context = multiprocessing.get_context("spawn")  # safe with CUDA, same on every platform
-    events = context.Queue()  # handed to workers at start-up: no manager process to outlive us
-    setup = settings.worker_setup(threads_per_worker(workers) if devices == ["cpu"] else None)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                             initargs=(os.getpid(), events)) as pool:
-        futures = {}
-        for index, unit in enumerate(units):
-            device = devices[index % len(devices)]
-            future = pool.submit(_execute_with_events, unit, setup, device)
-            futures[future] = (unit, device)
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+    there are more workers than GPUs). Events (epochs, cells) come back through a queue."""
+
+    workers: int
+
+    def run(self, units, setup, devices, on_result, on_event) -> None:
+        context = multiprocessing.get_context("spawn")  # safe with CUDA, same on every platform
+        events = context.Queue()  # handed to workers at start-up: no manager process to outlive us
+        if devices == ["cpu"]:
+            setup = replace(setup, threads=threads_per_worker(self.workers))
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(os.getpid(), events)) as pool:
+            futures = {}
+            for index, unit in enumerate(units):
+                device = devices[index % len(devices)]
+                futures[pool.submit(_execute_with_events, unit, setup, device)] = (unit, device)
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, on_event)
+                for future in done:
+                    unit, device = futures[future]
+                    on_result(unit, future.result(), device)
             _drain(events, on_event)
-            for future in done:
-                unit, device = futures[future]
-                store_unit(store, unit, future.result(), device, setup.compile, on_event)
-        _drain(events, on_event)
-    events.close()
+        events.close()
 
 
 _worker_events = None  # the event queue of this worker process
@@ -71,26 +97,32 @@ def _drain(events, on_event) -> None:
         on_event(kind, data)
 
 
-def run_ray(units, settings, store, devices, on_event) -> None:
-    """One Ray task per unit, asking Ray for a GPU when there is one; results are written as
-    tasks finish. `--address` joins a cluster; without it Ray starts a local instance."""
-    try:
-        import ray
-    except ImportError as error:
-        raise RobustagError("--executor ray needs Ray: pip install 'robustag[ray]'") from error
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
-                 num_cpus=None if settings.address else max(settings.workers, 1))
-    gpu = 1.0 / settings.per_gpu if devices != ["cpu"] else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpu)(execute_unit)
-    device = "cuda" if gpu else "cpu"
-    setup = settings.worker_setup(threads=1)
-    refs = {remote.remote(unit, setup, device): unit for unit in units}
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        unit = refs[done[0]]
-        store_unit(store, unit, ray.get(done[0]), device, setup.compile, on_event)
-    if started_here:
-        ray.shutdown()
+@dataclass
+class RayExecutor:
+    """One Ray task per unit, asking Ray for a share of a GPU when there is one; `address`
+    joins a cluster, without it Ray starts a local instance with `workers` CPUs."""
+
+    address: str | None = None
+    workers: int = 1
+    per_gpu: int = 1
+
+    def run(self, units, setup, devices, on_result, on_event) -> None:
+        try:
+            import ray
+        except ImportError as error:
+            raise RobustagError("executor ray needs Ray: pip install 'robustag[ray]'") from error
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     num_cpus=None if self.address else self.workers)
+        gpu = 1.0 / self.per_gpu if devices != ["cpu"] else 0
+        remote = ray.remote(num_cpus=1, num_gpus=gpu)(execute_unit)
+        device = "cuda" if gpu else "cpu"
+        setup = replace(setup, threads=1)
+        refs = {remote.remote(unit, setup, device): unit for unit in units}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            on_result(refs[done[0]], ray.get(done[0]), device)
+        if started_here:
+            ray.shutdown()

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import robustag.bench as bench
-from robustag.bench import RunSettings, pending_units, plan, run_units
+import robustag.worker as worker
+from robustag.bench import RunSettings, run_units
+from robustag.planning import pending_units, plan
 from robustag.report import in_spec_order, mixed_device_warnings, short_labels, write_report
 from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
@@ -59,8 +60,8 @@ def test_sweeps_expand_in_order():
 
 def test_planner_trains_each_model_once(planted_path, tmp_path, monkeypatch):
     trained = []
-    real_train = bench.train
-    monkeypatch.setattr(bench, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    real_train = worker.train
+    monkeypatch.setattr(worker, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
     spec = small_spec(planted_path)
     the_plan = plan([spec])
     # 2 defenses × 2 seeds × (clean + one poisoning attack) models; each clean model: clean + 2 evasion cells

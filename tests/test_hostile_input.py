@@ -4,7 +4,6 @@ computed is lost or rewritten. One test (at least) per item of the hostile-input
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import sys

@@ -1,0 +1,161 @@
+"""Planning a benchmark matrix: specs → units (one trained model each) and cells (one
+evaluation each), content-addressed, and what of them is left to do.
+
+A *unit* is one trained model: (dataset, split, model config with seed, defense, poisoning
+attack or none). It is trained once and evaluated in *cells*: clean, and under every evasion
+attack (at every ε); a poisoned unit has one cell, its clean-test evaluation. Units and cells
+are keyed by the hash of everything that determines them, so a second run of the same plan
+skips what is done, and trained models are cached under `RUN/models/<unit key>.pt`. Every
+plugin and option is built here, before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import robustag
+from robustag.attack import ATTACKS, EmbeddingAttack
+from robustag.datasets import resolve_source
+from robustag.defense import DEFENSES
+from robustag.models import LEARNED_MODELS
+from robustag.preprocess import SplitOptions, load_split
+from robustag.spec import BenchSpec
+from robustag.store import ResultStore
+from robustag.training import TrainConfig, default_config
+
+
+def digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class CellTask:
+    key: str
+    attack: str | None  # canonical spec; None: clean
+    surface: str  # "none", "embedding" or "data"
+    eps: float | None
+
+
+@dataclass
+class UnitTask:
+    """Everything a worker needs to train one model and evaluate its cells (picklable)."""
+
+    key: str
+    dataset: str
+    options: SplitOptions
+    config: TrainConfig
+    defense: str
+    poison: str | None
+    cells: list[CellTask] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        poison = f" ← {self.poison.split(':')[0]}" if self.poison else ""
+        return f"{self.dataset} {self.config.model} {self.defense.split(':')[0]}{poison} seed {self.config.seed}"
+
+
+@dataclass
+class Plan:
+    units: dict[str, UnitTask] = field(default_factory=dict)
+    rows: dict[str, list[dict]] = field(default_factory=dict)  # spec name -> cell rows
+
+    @property
+    def n_cells(self) -> int:
+        return sum(len(u.cells) for u in self.units.values())
+
+    def defense_names(self) -> list[str]:
+        return list(dict.fromkeys(unit.defense.split(":")[0] for unit in self.units.values()))
+
+
+def plan(specs: list[BenchSpec]) -> Plan:
+    """Expand the specs into units and cells; every plugin and option is checked here, before
+    anything runs. Specs that share a unit (say, the same plain model) share its training."""
+    result = Plan()
+    for spec in specs:
+        for dataset in spec.datasets:
+            resolve_source(dataset)  # an unknown data set stops here, before any work
+        rows = result.rows.setdefault(spec.name, [])
+        defenses = [DEFENSES.create(s) for s in spec.expanded_defenses()]
+        attacks = [ATTACKS.create(s) for s in spec.expanded_attacks()]
+        evasions = _with_budgets([a for a in attacks if isinstance(a, EmbeddingAttack)], spec.eps)
+        poisons = [a for a in attacks if not isinstance(a, EmbeddingAttack)]
+        options = SplitOptions(spec.p_core, spec.split_seed, True)
+        for dataset in spec.datasets:
+            for model in spec.models:
+                for params in spec.param_grid():
+                    for seed in spec.seeds:
+                        config = default_config(model, seed=seed, **params)
+                        for defense in defenses:
+                            if defense.name != "plain" and model not in LEARNED_MODELS:
+                                continue  # a defense is a training regime: popularity has none
+                            clean_unit = _unit(result, dataset, options, config, defense.spec, None)
+                            rows.append(_cell(clean_unit, None))
+                            if model in LEARNED_MODELS:
+                                rows += [_cell(clean_unit, attack) for attack in evasions]
+                            for poison in poisons:
+                                rows.append(_cell(_unit(result, dataset, options, config, defense.spec, poison.spec), poison))
+    return result
+
+
+def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) -> list[EmbeddingAttack]:
+    if not budgets:
+        return evasions
+    return [ATTACKS.create(a.spec, eps=eps) for a in evasions for eps in budgets]
+
+
+def _unit(plan_: Plan, dataset, options, config, defense, poison) -> UnitTask:
+    key = digest({"dataset": dataset, "split": asdict(options), "config": asdict(config), "defense": defense,
+                  "poison": poison, "version": robustag.__version__})
+    if key not in plan_.units:
+        plan_.units[key] = UnitTask(key, dataset, options, config, defense, poison)
+    return plan_.units[key]
+
+
+def _cell(unit: UnitTask, attack) -> dict:
+    spec = attack.spec if attack is not None else None
+    surface = attack.surface if attack is not None else "none"
+    eps = attack.eps if isinstance(attack, EmbeddingAttack) else None
+    key = digest({"unit": unit.key, "attack": spec})
+    if all(c.key != key for c in unit.cells):
+        unit.cells.append(CellTask(key, spec if surface == "embedding" else None, surface, eps))
+    params = {k: v for k, v in asdict(unit.config).items() if k not in ("seed", "model")}
+    return {
+        "key": key, "unit": unit.key, "dataset": unit.dataset, "model": unit.config.model,
+        "params": json.dumps(params, sort_keys=True), "seed": unit.config.seed, "defense": unit.defense,
+        "defense_name": unit.defense.split(":")[0], "attack": spec, "attack_name": spec.split(":")[0] if spec else None,
+        "surface": surface, "eps": eps,
+        "config": json.dumps({"unit": asdict(unit.config) | {"dataset": unit.dataset, "split": asdict(unit.options),
+                                                              "defense": unit.defense, "poison": unit.poison},
+                              "attack": spec}, sort_keys=True),
+    }
+
+
+
+def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[UnitTask]:
+    """Units with a cell still to do (pending, or failed when --retry-failed), each with only
+    those cells: adding an attack evaluates the new cells alone, and done cells are left alone."""
+    if retry_failed:
+        store.mark_failed_pending()
+    keys = [c.key for u in plan_.units.values() for c in u.cells]
+    status = store.statuses(keys)
+    todo = []
+    for unit in plan_.units.values():
+        cells = [c for c in unit.cells if status.get(c.key) == "pending"]
+        if cells:
+            todo.append(replace(unit, cells=cells))
+    return todo
+
+
+
+def check_data(units: list[UnitTask], data_dir: Path) -> None:
+    """Every data set of these units loads (warming the split cache for the workers), and every
+    poisoning attack accepts it, before a run folder is touched: bad data fails the command,
+    not every cell."""
+    for dataset, options in dict.fromkeys((u.dataset, u.options) for u in units):
+        split = load_split(dataset, data_dir, options)
+        for poison in dict.fromkeys(u.poison for u in units if u.dataset == dataset and u.poison):
+            ATTACKS.create(poison).check(split)
+

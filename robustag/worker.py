@@ -1,0 +1,100 @@
+"""Running one unit in a worker: train (or load the cached model), evaluate its cells, and
+return plain values for the parent to store. A failure is recorded, never raised."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from robustag.attack import ATTACKS
+from robustag.checkpoint import load_model, save_model
+from robustag.defense import DEFENSES
+from robustag.evaluation import evaluate, scores_of
+from robustag.models import LEARNED_MODELS
+from robustag.planning import CellTask, UnitTask
+from robustag.preprocess import load_split
+from robustag.robustness import evade, promotion_figures
+from robustag.training import train
+
+EventFn = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker needs besides its unit and device (picklable: sent to processes)."""
+
+    data_dir: str
+    model_dir: str
+    plugins: tuple[str, ...] = ()
+    threads: int | None = None
+    compile: bool = False
+
+
+def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> dict:
+    """Train (or load) one unit's model and evaluate its cells; a failure is recorded, not raised."""
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    for path in setup.plugins:
+        ATTACKS.load_file(path)
+        DEFENSES.load_file(path)
+    emit = on_event or (lambda kind, data: None)
+    torch_device = torch.device(device)
+    started = time.perf_counter()
+    warnings: list[str] = []
+    try:
+        split = load_split(task.dataset, Path(setup.data_dir), task.options)
+        train_split = ATTACKS.create(task.poison).poison(split, seed=task.config.seed) if task.poison else split
+        model, history, train_seconds = _trained_model(task, train_split, setup, torch_device, emit, warnings)
+    except Exception:  # the whole unit failed: every cell carries the traceback
+        error = traceback.format_exc()
+        return {"unit": task.key, "history": [], "warnings": warnings, "results": [
+            {"key": c.key, "status": "failed", "error": error, "seconds": time.perf_counter() - started} for c in task.cells]}
+    results = [_evaluate_cell(cell, task, model, split, torch_device, train_seconds, emit) for cell in task.cells]
+    return {"unit": task.key, "history": history, "warnings": warnings, "results": results}
+
+
+def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, emit: EventFn, warnings: list[str]):
+    """The unit's cached model, or a newly trained one; a cache file that does not load (cut
+    short, damaged, of another split) is discarded with a warning and the model retrained."""
+    path = Path(setup.model_dir) / f"{task.key}.pt"
+    if task.config.model in LEARNED_MODELS and path.is_file():
+        try:
+            model, _, extra = load_model(path, split, device, with_extra=True)
+            return model, extra.get("history", []), extra.get("train_seconds", 0.0)
+        except Exception as error:
+            warnings.append(f"{task.label}: cached model {path} does not load ({error}); discarded, retraining")
+            path.unlink(missing_ok=True)
+    emit("train", {"unit": task.label, "epochs": task.config.epochs})
+    result = train(split, task.config, device, regime=DEFENSES.create(task.defense), compile=setup.compile,
+                   on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
+    if task.config.model in LEARNED_MODELS:
+        save_model(path, result.model, result.config, split,
+                   extra={"history": result.history, "train_seconds": result.train_seconds})
+    return result.model, result.history, result.train_seconds
+
+
+def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_seconds: float, emit: EventFn) -> dict:
+    started = time.perf_counter()
+    emit("cell", {"unit": task.label, "attack": cell.attack or task.poison or "clean"})
+    try:
+        if cell.surface == "embedding":
+            evaluation = evade(model, split, ATTACKS.create(cell.attack), device)
+        else:
+            evaluation = evaluate(scores_of(model), split.test, split.n_tags, device)
+        extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
+        return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
+                "extra": extra, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+    except Exception:
+        return {"key": cell.key, "status": "failed", "error": traceback.format_exc(),
+                "seconds": time.perf_counter() - started}
+
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)

@@ -5,40 +5,36 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+import robustag as rt
 from robustag import paths
 from robustag.attack import ATTACKS, DataAttack, EmbeddingAttack
-from robustag.bench import RunSettings, check_settings, run_units
-from robustag.planning import check_data, pending_units, plan
-from robustag.provenance import versions
-from robustag.checkpoint import load_model, save_model
+from robustag.checkpoint import save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
 from robustag.errors import RobustagError
-from robustag.evaluation import CUTOFFS, evaluate, scores_of
+from robustag.evaluation import CUTOFFS
 from robustag.models import LEARNED_MODELS, MODEL_NAMES
 from robustag.plugins import split_specs
-from robustag.preprocess import SplitOptions, TagSplit, load_split
-from robustag.report import summary_table, write_report
-from robustag.robustness import run_attack, summarise, worst_cases
-from robustag.spec import BenchSpec, default_spec, folder_name, load_specs, merge_described, parse_budgets, parse_seeds
-from robustag.stats import flat_cells
-from robustag.store import STATUSES, ResultStore
-from robustag.training import default_config, resolve_device, train
+from robustag.preprocess import TagSplit
+from robustag.provenance import versions
+from robustag.report import summary_table
+from robustag.spec import parse_budgets
+from robustag.store import STATUSES
+from robustag.training import default_config, resolve_device
 from robustag.trec import write_qrels, write_run
+from robustag.api import make_defense
 
 app = typer.Typer(help="Robustness benchmarking for personalized tag recommendation.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: statistics and downloads.", no_args_is_help=True)
@@ -65,10 +61,7 @@ DefenseOption = typer.Option("plain", "--defense", help="Training regime spec, e
 
 
 def _load_plugins(files: Optional[list[Path]]) -> None:
-    for file in files or []:
-        if not ATTACKS.load_file(file) + DEFENSES.load_file(file):
-            raise RobustagError(f"--plugin {file}: defines no attack or defense (a named subclass of "
-                                "robustag.attack.Attack or robustag.defense.Defense)")
+    rt.load_plugins(files or [])
 
 
 def _names(value: Optional[str], option: str) -> Optional[list[str]]:
@@ -93,17 +86,9 @@ def _output_file(path: Optional[Path], option: str) -> None:
         raise RobustagError(f"{option} {path}: is a folder; expected a file path")
 
 
-def _defense(spec: str, model: str):
-    """Built before any training, so that a bad configuration stops at once."""
-    defense = DEFENSES.create(spec)
-    if defense.name != "plain" and model not in LEARNED_MODELS:
-        raise RobustagError(f"--defense {defense.name}: {model} is not a learned model; only plain applies")
-    return defense
-
-
-def _load(dataset: str, data_dir: Optional[Path], p_core: int, split_seed: int, validation: bool = True) -> TagSplit:
+def _load(dataset: str, data_dir: Optional[Path], p_core: int, split_seed: int) -> TagSplit:
     with console.status(f"loading {dataset} ({p_core}-core)"):
-        return load_split(dataset, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation))
+        return rt.load_dataset(dataset, data_dir, p_core, split_seed)
 
 
 def _stdout() -> Console:
@@ -196,53 +181,54 @@ def train_command(
     _load_plugins(plugin)
     for path, option in ((json_out, "--json"), (save_run, "--save-run"), (save, "--save")):
         _output_file(path, option)
-    config = default_config(
-        model, seed=seed, dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives,
-        margin=margin, norm=norm, reg=reg, patience=patience, mix=mix,
-    )
-    regime = _defense(defense, model)
-    torch_device = resolve_device(device)
+    params = dict(dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives, margin=margin, norm=norm,
+                  reg=reg, patience=patience, mix=mix)
+    config = _checked_training(model, defense, device, seed, params)
     split = _load(dataset, data_dir, p_core, split_seed)
-    result = _train_with_progress(split, config, torch_device, regime, compile)
-    started = time.perf_counter()
-    evaluation = evaluate(scores_of(result.model), split.test, split.n_tags, torch_device)
-    eval_seconds = time.perf_counter() - started
-    metrics = evaluation.summary()
-    _stdout().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", metrics))
+    trained = _train_with_progress(split, config, defense, device, compile, params)
+    _stdout().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", trained.metrics))
     if json_out:
         _write_json(json_out, {
-            **_run_header(dataset, split, split_seed, result.config, torch_device, regime),
-            "metrics": metrics,
-            "best_epoch": result.best_epoch,
-            "best_valid": result.best_valid,
-            "history": result.history,
-            "train_seconds": result.train_seconds,
-            "eval_seconds": eval_seconds,
+            **_run_header(dataset, split, split_seed, trained),
+            "metrics": trained.metrics,
+            "best_epoch": trained.best_epoch,
+            "best_valid": trained.best_valid,
+            "history": trained.history,
+            "train_seconds": trained.train_seconds,
+            "eval_seconds": trained.eval_seconds,
         })
     if save_run:
         _writing(save_run, "--save-run", lambda: (
-            write_run(save_run, split, split.test, evaluation.top_tags, f"robustag-{model}"),
+            write_run(save_run, split, split.test, trained.evaluation.top_tags, f"robustag-{model}"),
             write_qrels(Path(f"{save_run}.qrels"), split, split.test)))
     if save:
-        _save(save, result, split)
+        _save(save, trained, split)
 
 
-def _save(path: Path, result, split: TagSplit) -> None:
-    if not getattr(result.model, "learned", False):
-        raise RobustagError(f"--save {path}: {result.config.model} is not a learned model; there is nothing to save")
-    _writing(path, "--save", lambda: save_model(path, result.model, result.config, split))
+def _checked_training(model: str, defense: str, device: str, seed: int, params: dict):
+    """Options, defense and device checked before any data is read; returns the configuration."""
+    config = default_config(model, seed=seed, **params)
+    make_defense(defense, model)
+    resolve_device(device)
+    return config
+
+
+def _save(path: Path, trained: rt.Trained, split: TagSplit) -> None:
+    if not getattr(trained.model, "learned", False):
+        raise RobustagError(f"--save {path}: {trained.config.model} is not a learned model; there is nothing to save")
+    _writing(path, "--save", lambda: save_model(path, trained.model, trained.config, split))
     console.print(f"saved model to {path}")
 
 
-def _run_header(dataset: str, split: TagSplit, split_seed: int, config, device: torch.device, defense) -> dict:
+def _run_header(dataset: str, split: TagSplit, split_seed: int, trained: rt.Trained) -> dict:
     return {
         "dataset": dataset,
-        "defense": defense.describe(),
+        "defense": DEFENSES.create(trained.defense).describe(),
         "split": {**split.stats(), "split_seed": split_seed},
-        "model": config.model,
-        "config": asdict(config),
-        "seed": config.seed,
-        "device": str(device),
+        "model": trained.config.model,
+        "config": asdict(trained.config),
+        "seed": trained.config.seed,
+        "device": str(trained.device),
         "versions": versions(),
     }
 
@@ -270,58 +256,44 @@ def attack_command(
     _load_plugins(plugin)
     for path, option in ((json_out, "--json"), (save, "--save")):
         _output_file(path, option)
-    attack_list = _build_attacks(attacks, eps, seed)
+    attack_list = rt.build_attacks(_names(attacks, "--attacks"), _budgets(eps), seed)
     evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
     if evasions and model not in LEARNED_MODELS and not load:
         raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
-    regime = _defense(defense, model)
-    torch_device = resolve_device(device)
+    params = dict(epochs=epochs, dim=dim)
+    config = _checked_training(model, defense, device, seed, params)
     split = _load(dataset, data_dir, p_core, split_seed)
-    for attack in attack_list:
-        if isinstance(attack, DataAttack):
-            attack.check(split)
+    for each in attack_list:
+        if isinstance(each, DataAttack):
+            each.check(split)  # before training: a bad target tag must not cost a training run
     if load:
-        trained, config = load_model(load, split, torch_device)
+        trained = rt.load(load, split, device, defense)
     else:
-        config = default_config(model, seed=seed, epochs=epochs, dim=dim)
-        result = _train_with_progress(split, config, torch_device, regime)
-        trained, config = result.model, result.config
+        trained = _train_with_progress(split, config, defense, device, False, params)
         if save:
-            _save(save, result, split)
-    clean = evaluate(scores_of(trained), split.test, split.n_tags, torch_device)
-    outcomes = []
+            _save(save, trained, split)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("attacking", total=len(attack_list))
-        for attack in attack_list:
-            progress.update(task, description=f"attack {attack.name}" + (f" ε={attack.eps}" if isinstance(attack, EmbeddingAttack) else ""))
-            outcomes.append(run_attack(attack, trained, split, config, torch_device, clean, lambda: DEFENSES.create(defense)))
-            progress.advance(task)
-    rows = [summarise(clean, outcome) for outcome in outcomes]
-    worst = worst_cases(clean, outcomes)
-    _stdout().print(_attack_table(f"{config.model} on {dataset}: clean and attacked", rows, worst))
+        started = []
+
+        def on_attack(each) -> None:
+            budget = f" ε={each.eps}" if isinstance(each, EmbeddingAttack) else ""
+            progress.update(task, description=f"attack {each.name}{budget}", completed=len(started))
+            started.append(each)
+
+        table = rt.attack(trained, split, attack_list, on_attack=on_attack)
+        progress.update(task, completed=len(attack_list))
+    rows, worst = table.to_dict("records"), table.attrs["worst_case"]
+    _stdout().print(_attack_table(f"{trained.config.model} on {dataset}: clean and attacked", rows, worst))
     if json_out:
         _write_json(json_out, {
-            **_run_header(dataset, split, split_seed, config, torch_device, regime),
+            **_run_header(dataset, split, split_seed, trained),
             "eps_semantics": "eps is relative to the mean L2 norm of the rows of each perturbed embedding table (÷√d per coordinate for linf)",
-            "clean": clean.summary(),
+            "clean": trained.metrics,
             "attacks": rows,
             "worst_case": worst,
         })
-
-
-def _build_attacks(attacks: str, eps: Optional[str], seed: int) -> list:
-    specs = _names(attacks, "--attacks")
-    budgets = _budgets(eps) or [None]
-    built = []
-    for spec in specs:
-        probe = ATTACKS.create(spec)
-        overrides = {"seed": seed} if "seed" in probe.params and "seed=" not in spec else {}
-        if isinstance(probe, EmbeddingAttack):
-            built += [ATTACKS.create(spec, **overrides, **({"eps": b} if b is not None else {})) for b in budgets]
-        else:
-            built.append(probe)
-    return built
 
 
 def _attack_table(title: str, rows: list[dict], worst: list[dict]) -> Table:
@@ -373,23 +345,24 @@ def _plugin_table(title: str, registry, extra) -> Table:
     return table
 
 
-def _train_with_progress(split: TagSplit, config, device: torch.device, regime=None, compile: bool = False):
+def _train_with_progress(split: TagSplit, config, defense: str, device: str, compile: bool, params: dict) -> rt.Trained:
+    train = lambda on_epoch=None: rt.train(split, config.model, defense, config.seed, device, compile, on_epoch, **params)
     if config.model not in LEARNED_MODELS:
         with console.status(f"fitting {config.model}"):
-            return train(split, config, device)
+            return train()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
-        name = f"{config.model}" + (f" + {regime.name}" if regime is not None and regime.name != "plain" else "")
-        task = progress.add_task(f"training {name} on {device}", total=config.epochs, info="")
+        name = config.model + (f" + {defense.split(':')[0]}" if defense.split(":")[0] != "plain" else "")
+        task = progress.add_task(f"training {name}", total=config.epochs, info="")
 
         def on_epoch(record: dict) -> None:
             info = f"loss {record.get('loss', float('nan')):.4f}  valid ndcg@3 {record.get('valid_ndcg@3', float('nan')):.4f}"
             progress.update(task, advance=1, info=info)
 
-        result = train(split, config, device, regime=regime, on_epoch=on_epoch, compile=compile)
-        progress.update(task, total=len(result.history))  # early stopping ends the bar where it stopped
-        return result
+        trained = train(on_epoch)
+        progress.update(task, total=len(trained.history))  # early stopping ends the bar where it stopped
+        return trained
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
@@ -427,69 +400,32 @@ def bench_command(
     plugin: Optional[list[Path]] = PluginOption,
 ):
     """Run a benchmark matrix (datasets × models × defenses × attacks × seeds), resumably."""
-    _load_plugins(plugin)
-    specs = load_specs(spec_file) if spec_file else [default_spec()]
-    for spec in specs:
-        _override_spec(spec, datasets, models, defenses, attacks, seeds, eps, epochs)
-    the_plan = plan(specs)
-    if reference is not None and reference not in the_plan.defense_names():
-        raise RobustagError(f"--reference {reference!r}: not a defense of this run ({', '.join(the_plan.defense_names())})")
-    name = specs[0].name if len(specs) == 1 else spec_file.stem
-    settings = RunSettings(out=out or Path("runs") / folder_name(name), data_dir=paths.data_dir(data_dir), device=device,
-                           workers=workers, per_gpu=per_gpu, executor=executor, address=address,
-                           plugins=tuple(str(p) for p in plugin or ()), retry_failed=retry_failed, compile=compile)
-    check_settings(settings)
-    check_data(list(the_plan.units.values()), settings.data_dir)
-    store = ResultStore(settings.out)
-    with store.bench_lock():
-        for spec_name, rows in the_plan.rows.items():
-            store.add_cells(rows, spec_name)
-        if prune:
-            dropped = store.prune(the_plan.rows)
-            console.print(f"pruned {dropped} stale cells")
-        store.set_meta("reference", reference or specs[0].reference)
-        store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(spec) for spec in specs]))
-        todo = pending_units(the_plan, store, retry_failed)
-        console.print(f"{name}: {len(the_plan.units)} models, {the_plan.n_cells} cells; "
-                      f"{sum(len(u.cells) for u in todo)} cells to run in {settings.out}")
-        with BenchProgress(the_plan.n_cells, the_plan.n_cells - sum(len(u.cells) for u in todo)) as live:
-            run_units(todo, settings, store, live.on_event)
-    _stdout().print(summary_table(store))
-    failed = store.cells(status="failed")
-    store.close()
-    if report:
-        console.print(f"report: {write_report(settings.out)}")
-    if len(failed):
-        console.print(f"[yellow]{len(failed)} cells failed[/yellow]; see `robustag results {settings.out} --status failed`, "
-                      "rerun with --retry-failed")
+    with BenchProgress() as live:
+        run = rt.bench(
+            spec_file, out, data_dir=data_dir, datasets=_names(datasets, "--datasets"), models=_names(models, "--models"),
+            defenses=_names(defenses, "--defenses"), attacks=_names(attacks, "--attacks"), seeds=seeds,
+            eps=_budgets(eps), epochs=epochs, device=device, workers=workers, per_gpu=per_gpu, executor=executor,
+            address=address, plugins=plugin or (), retry_failed=retry_failed, prune=prune, reference=reference,
+            compile=compile, report=report, on_event=live.on_event)
+    with run:
+        _stdout().print(summary_table(run.store))
+        failed = run.failed
+    if failed:
+        console.print(f"[yellow]{failed} cells failed[/yellow]; see `robustag results {escape(str(run.folder))} "
+                      "--status failed`, rerun with --retry-failed")
         raise typer.Exit(1)
-
-
-def _override_spec(spec: BenchSpec, datasets, models, defenses, attacks, seeds, eps, epochs) -> None:
-    """Options given on the command line replace the spec's axes (an empty one is an error)."""
-    for key, value in (("datasets", datasets), ("models", models), ("defenses", defenses), ("attacks", attacks)):
-        names = _names(value, f"--{key}")
-        if names is not None:
-            setattr(spec, key, names)
-    if seeds is not None:
-        spec.seeds = parse_seeds(seeds, "--seeds")
-    if eps is not None:
-        spec.eps = _budgets(eps)
-    if epochs is not None:
-        spec.params = {**spec.params, "epochs": epochs}
 
 
 class BenchProgress:
     """The live view: overall progress with ETA, the model in training and its epoch."""
 
-    def __init__(self, total: int, done: int):
+    def __init__(self):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.total, self.done = total, done
 
     def __enter__(self):
         self.progress.__enter__()
-        self.overall = self.progress.add_task("cells", total=self.total, completed=self.done, info="")
+        self.overall = self.progress.add_task("cells", total=None, info="")
         self.current = self.progress.add_task("", total=None, info="")
         return self
 
@@ -497,7 +433,13 @@ class BenchProgress:
         return self.progress.__exit__(*exc)
 
     def on_event(self, kind: str, data: dict) -> None:
-        if kind == "train":
+        if kind == "plan":
+            if data["pruned"]:
+                self.progress.console.print(f"pruned {data['pruned']} stale cells")
+            self.progress.console.print(f"{escape(data['name'])}: {data['units']} models, {data['cells']} cells; "
+                                        f"{data['todo']} cells to run in {escape(data['out'])}")
+            self.progress.update(self.overall, total=data["cells"], completed=data["cells"] - data["todo"])
+        elif kind == "train":
             self.progress.update(self.current, description=f"training {data['unit']}", total=data["epochs"], completed=0, info="")
         elif kind == "epoch":
             info = f"epoch {data['epoch']}  valid ndcg@3 {data.get('valid_ndcg@3', float('nan')):.4f}"
@@ -508,6 +450,8 @@ class BenchProgress:
             self.progress.advance(self.overall, data.get("cells", 1))
         elif kind == "warning":
             self.progress.console.print(f"[yellow]warning:[/yellow] {escape(data['message'])}")
+        elif kind == "report":
+            self.progress.console.print(f"report: {escape(data['folder'])}")
 
 
 @app.command("results")
@@ -528,11 +472,8 @@ def results_command(
         _output_file(path, option)
     if parquet and importlib.util.find_spec("pyarrow") is None:
         raise RobustagError("--parquet needs pyarrow: pip install pyarrow")
-    store = ResultStore.existing(run)
-    frame = flat_cells(store.cells(spec=spec, status=status))
-    store.close()
-    # flat_cells marks "no budget" as ε = -1 for grouping; a listing shows it empty
-    frame = frame.assign(attack_name=frame["attack_name"].fillna("clean"), eps=frame["eps"].where(frame["eps"] >= 0))
+    with rt.Run(run) as opened:
+        frame = opened.cells(spec=spec, status=status)
     for column, value in (("dataset", dataset), ("defense_name", defense), ("attack_name", attack)):
         if value:
             frame = frame[frame[column] == value]
@@ -561,7 +502,8 @@ def report_command(
                                             "(default: the run's)."),
 ):
     """Write RUN/report/: Markdown, HTML, LaTeX, CSV and plots, with significance tests."""
-    console.print(f"report: {write_report(run, reference)}")
+    with rt.Run(run) as opened:
+        console.print(f"report: {escape(str(opened.report(reference)))}")
 
 
 def main() -> None:

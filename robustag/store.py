@@ -209,15 +209,21 @@ class ResultStore:
         return [r[0] for r in self.connection.execute("SELECT DISTINCT spec FROM cell_specs ORDER BY rowid")]
 
     @_named_errors
+    def per_post_frame(self, cell_keys: list[str], metric: str) -> pd.DataFrame:
+        """Per-post values of one metric: a row per post, a column per cell, in one query per 500 cells."""
+        parts = []
+        for start in range(0, len(cell_keys), 500):
+            chunk = cell_keys[start : start + 500]
+            parts.append(pd.read_sql_query(
+                f"SELECT cell, post, value FROM post_metrics WHERE metric=? AND cell IN ({','.join('?' * len(chunk))})",
+                self.connection, params=[metric, *chunk]))
+        long = pd.concat(parts) if parts else pd.DataFrame(columns=["cell", "post", "value"])
+        return long.pivot(index="post", columns="cell", values="value").reindex(columns=cell_keys)
+
     def per_post(self, cell_keys: list[str], metric: str) -> dict[str, np.ndarray]:
         """Per-post values of one metric for each cell, posts in order."""
-        out = {}
-        for key in cell_keys:
-            rows = self.connection.execute(
-                "SELECT value FROM post_metrics WHERE cell=? AND metric=? ORDER BY post", (key, metric)
-            ).fetchall()
-            out[key] = np.array([r[0] for r in rows])
-        return out
+        frame = self.per_post_frame(cell_keys, metric)
+        return {key: frame[key].to_numpy() for key in cell_keys}
 
     @_named_errors
     def histories(self) -> pd.DataFrame:

@@ -1,0 +1,231 @@
+"""The Python API: every workflow of robustag is a function here that returns objects and
+never prints; the command line parses flags, calls these, and prints.
+
+    import robustag as rt
+
+    split = rt.load_dataset("movielens", data_dir="../shared/data")      # a TagSplit
+    trained = rt.train(split, model="metric", defense="spaml-s", seed=0, epochs=5)
+    trained.metrics["ndcg@3"]                                            # clean test metrics
+    table = rt.attack(trained, split, ["pgd:eps=0.1", "fgsm"])          # a row per attack
+    table.attrs["worst_case"]                                            # per threat, per post
+    run = rt.bench("benchmarks/default.toml", out="runs/x", seeds=1)     # a Run
+    run.cells(); run.per_post(); run.compare(reference="plain"); run.report()
+    rt.ATTACKS.names(), rt.DEFENSES.names()                              # the registries
+
+Errors are `RobustagError`s whose message names the parameter, file or plugin at fault.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from robustag import paths
+from robustag.attack import ATTACKS, Attack, DataAttack, EmbeddingAttack
+from robustag.bench import RunSettings, check_settings, run_units
+from robustag.checkpoint import load_model
+from robustag.defense import DEFENSES, Defense
+from robustag.errors import RobustagError
+from robustag.evaluation import Evaluation, evaluate, scores_of
+from robustag.models import LEARNED_MODELS
+from robustag.planning import check_data, pending_units, plan
+from robustag.preprocess import SplitOptions, TagSplit, load_split
+from robustag.robustness import run_attack, summarise, worst_cases
+from robustag.run import Run
+from robustag.spec import BenchSpec, default_spec, folder_name, load_specs, merge_described, parse_budgets, parse_seeds
+from robustag.store import ResultStore
+from robustag.training import TrainConfig, default_config, resolve_device
+from robustag.training import train as fit
+
+EventFn = Callable[[str, dict], None]
+
+
+def load_plugins(files: Sequence[str | Path]) -> list[str]:
+    """Register the attacks and defenses of local plugin files; returns their names. A file
+    that defines none is refused (a typo would otherwise pass silently)."""
+    names = []
+    for file in files:
+        found = ATTACKS.load_file(file) + DEFENSES.load_file(file)
+        if not found:
+            raise RobustagError(f"--plugin {file}: defines no attack or defense (a named subclass of "
+                                "robustag.attack.Attack or robustag.defense.Defense)")
+        names += found
+    return names
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, p_core: int = 10, split_seed: int = 0,
+                 validation: bool = True) -> TagSplit:
+    """A data set, p-core filtered and split leave-last-post-out (from the on-disk cache when unchanged)."""
+    return load_split(name, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation))
+
+
+@dataclass
+class Trained:
+    """A trained (or loaded) model with how it was made and its clean test metrics."""
+
+    model: object
+    config: TrainConfig
+    defense: str  # the canonical spec of the training regime
+    device: torch.device
+    evaluation: Evaluation  # clean, on the split's test posts
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_valid: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.summary()
+
+
+def make_defense(spec: str, model: str) -> Defense:
+    """A defense, built (and so checked) before any training; only learned models have one."""
+    defense = DEFENSES.create(spec)
+    if defense.name != "plain" and model not in LEARNED_MODELS:
+        raise RobustagError(f"--defense {defense.name}: {model} is not a learned model; only plain applies")
+    return defense
+
+
+def train(split: TagSplit, model: str = "metric", defense: str = "plain", seed: int = 0, device: str = "auto",
+          compile: bool = False, on_epoch: Callable[[dict], None] | None = None, **params) -> Trained:
+    """Train `model` under `defense` on the split's training posts (early stopping on its
+    validation posts) and evaluate it on its test posts. `params` are training options
+    (dim, lr, epochs, batch_size, negatives, margin, norm, reg, patience, mix); None keeps a default."""
+    config = default_config(model, seed=seed, **params)
+    regime = make_defense(defense, model)
+    torch_device = resolve_device(device)
+    result = fit(split, config, torch_device, regime=regime, on_epoch=on_epoch, compile=compile)
+    started = time.perf_counter()
+    evaluation = evaluate(scores_of(result.model), split.test, split.n_tags, torch_device)
+    return Trained(result.model, result.config, regime.spec, torch_device, evaluation, result.history,
+                   result.best_epoch, result.best_valid, result.train_seconds, time.perf_counter() - started)
+
+
+def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str = "plain") -> Trained:
+    """A model saved by `robustag train --save` (or `save_model`), checked against `split`;
+    `defense` is the regime a poisoning attack retrains it with."""
+    torch_device = resolve_device(device)
+    model, config = load_model(Path(path), split, torch_device)
+    started = time.perf_counter()
+    evaluation = evaluate(scores_of(model), split.test, split.n_tags, torch_device)
+    return Trained(model, config, make_defense(defense, config.model).spec, torch_device, evaluation,
+                   eval_seconds=time.perf_counter() - started)
+
+
+def build_attacks(specs: Sequence[str | Attack], eps: Sequence[float] | None = None, seed: int | None = None) -> list[Attack]:
+    """Attacks from specs; every evasion attack runs at each of `eps` when given, and takes
+    `seed` unless its spec sets one."""
+    if not specs:
+        raise RobustagError("--attacks: no attack given")
+    budgets = parse_budgets(list(eps), "--eps") if eps is not None else [None]
+    built = []
+    for spec in specs:
+        text = spec.spec if isinstance(spec, Attack) else spec
+        probe = ATTACKS.create(text)
+        overrides = {"seed": seed} if seed is not None and "seed" in probe.params and "seed=" not in text else {}
+        if isinstance(probe, EmbeddingAttack):
+            built += [ATTACKS.create(text, **overrides, **({"eps": b} if b is not None else {})) for b in budgets]
+        else:
+            built.append(ATTACKS.create(text, **overrides))
+    return built
+
+
+def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], eps: Sequence[float] | None = None,
+           seed: int | None = None, on_attack: Callable[[Attack], None] | None = None) -> pd.DataFrame:
+    """Each attack against the trained model: a row per attack (clean and attacked metrics,
+    drops, overlap, seconds); `attrs["worst_case"]` holds one per-post worst case per threat
+    (budget, norm, tables) and `attrs["clean"]` the clean metrics. Poisoning attacks retrain
+    with the same configuration and defense."""
+    built = build_attacks(attacks, eps, seed)
+    for each in built:
+        if isinstance(each, DataAttack):
+            each.check(split)
+    outcomes = []
+    for each in built:
+        if on_attack:
+            on_attack(each)
+        outcomes.append(run_attack(each, trained.model, split, trained.config, trained.device, trained.evaluation,
+                                   lambda: DEFENSES.create(trained.defense)))
+    table = pd.DataFrame([summarise(trained.evaluation, outcome) for outcome in outcomes])
+    table.attrs["worst_case"] = worst_cases(trained.evaluation, outcomes)
+    table.attrs["clean"] = trained.metrics
+    return table
+
+
+def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: str | Path | None = None, *,
+          data_dir: str | Path | None = None, datasets: list[str] | None = None, models: list[str] | None = None,
+          defenses: list[str] | None = None, attacks: list[str] | None = None, seeds: int | list[int] | None = None,
+          eps: list[float] | None = None, epochs: int | None = None, device: str = "auto", workers: int = 1,
+          per_gpu: int = 1, executor: str = "local", address: str | None = None, plugins: Sequence[str | Path] = (),
+          retry_failed: bool = False, prune: bool = False, reference: str | None = None, compile: bool = False,
+          report: bool = True, on_event: EventFn | None = None) -> Run:
+    """Run a benchmark matrix resumably and return its `Run` (open: close it, or use `with`).
+
+    `spec` is a TOML file, a `BenchSpec` (or several), or None for the small default; the axis
+    arguments replace the spec's. Everything (plugins, options, device, data sets) is checked
+    before the run folder is touched; a second bench on the same folder is refused while one
+    runs. `on_event(kind, data)` follows the work: "plan" (once), "train", "epoch", "cell",
+    "warning", "unit_done"."""
+    emit = on_event or (lambda kind, data: None)
+    load_plugins(plugins)
+    specs = _specs(spec)
+    for each in specs:
+        _override(each, datasets, models, defenses, attacks, seeds, eps, epochs)
+    the_plan = plan(specs)
+    if reference is not None and reference not in the_plan.defense_names():
+        raise RobustagError(f"--reference {reference!r}: not a defense of this run ({', '.join(the_plan.defense_names())})")
+    name = specs[0].name if len(specs) == 1 else Path(spec).stem if isinstance(spec, (str, Path)) else "bench"
+    settings = RunSettings(out=Path(out) if out else Path("runs") / folder_name(name), data_dir=paths.data_dir(data_dir),
+                           device=device, workers=workers, per_gpu=per_gpu, executor=executor, address=address,
+                           plugins=tuple(str(p) for p in plugins), retry_failed=retry_failed, compile=compile)
+    check_settings(settings)
+    check_data(list(the_plan.units.values()), settings.data_dir)
+    store = ResultStore(settings.out)
+    try:
+        with store.bench_lock():
+            for spec_name, rows in the_plan.rows.items():
+                store.add_cells(rows, spec_name)
+            dropped = store.prune(the_plan.rows) if prune else 0
+            store.set_meta("reference", reference or specs[0].reference)
+            store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(each) for each in specs]))
+            todo = pending_units(the_plan, store, retry_failed)
+            emit("plan", {"name": name, "out": str(settings.out), "units": len(the_plan.units), "cells": the_plan.n_cells,
+                          "todo": sum(len(u.cells) for u in todo), "pruned": dropped})
+            run_units(todo, settings, store, emit)
+    finally:
+        store.close()
+    run = Run(settings.out)
+    if report:
+        emit("report", {"folder": str(run.report())})
+    return run
+
+
+def _specs(spec) -> list[BenchSpec]:
+    if spec is None:
+        return [default_spec()]
+    if isinstance(spec, BenchSpec):
+        return [spec]
+    if isinstance(spec, (str, Path)):
+        return load_specs(Path(spec))
+    return list(spec)
+
+
+def _override(spec: BenchSpec, datasets, models, defenses, attacks, seeds, eps, epochs) -> None:
+    """Axes given as arguments replace the spec's; an empty one is an error, not the default."""
+    for key, value in (("datasets", datasets), ("models", models), ("defenses", defenses), ("attacks", attacks)):
+        if value is not None:
+            if not value:
+                raise RobustagError(f"--{key}: empty; name at least one, or leave the option out")
+            setattr(spec, key, list(value))
+    if seeds is not None:
+        spec.seeds = parse_seeds(seeds, "--seeds")
+    if eps is not None:
+        spec.eps = parse_budgets(list(eps), "--eps")
+    if epochs is not None:
+        spec.params = {**spec.params, "epochs": epochs}

@@ -1,0 +1,64 @@
+"""A finished (or running) bench, read back: the typed reader of a run folder.
+
+    with Run("runs/default") as run:
+        run.cells()                 # one row per cell, metrics as columns
+        run.per_post("ndcg@3")      # posts × cells
+        run.compare("plain")        # paired tests against a reference defense
+        run.report()                # RUN/report/
+
+Opening never writes: a folder that holds no results database, or a damaged one, is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robustag.report import HEADLINE, write_report
+from robustag.stats import aggregate, compare_to_reference, done_cells, flat_cells
+from robustag.store import ResultStore
+
+
+class Run:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.store = ResultStore.existing(self.folder)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"<Run {self.folder}>"
+
+    def cells(self, spec: str | None = None, status: str | None = None) -> pd.DataFrame:
+        """One row per cell with its configuration and metrics; `attack_name` "clean" and `eps`
+        empty (NaN) where a cell has no attack or no budget."""
+        frame = flat_cells(self.store.cells(spec=spec, status=status))
+        return frame.assign(attack_name=frame["attack_name"].fillna("clean"), eps=frame["eps"].where(frame["eps"] >= 0))
+
+    @property
+    def failed(self) -> int:
+        return len(self.store.cells(status="failed"))
+
+    def per_post(self, metric: str = "ndcg@3", spec: str | None = None) -> pd.DataFrame:
+        """Per-post values of one metric: a row per test post, a column per done cell (its key)."""
+        keys = list(self.store.cells(spec=spec, status="done")["key"])
+        return self.store.per_post_frame(keys, metric)
+
+    def compare(self, reference: str | None = None, metric: str = "ndcg@3", spec: str | None = None) -> pd.DataFrame:
+        """Every configuration against `reference` (default: the run's) under the same data set,
+        model, attack and budget: paired tests over test posts, Holm-corrected over the result."""
+        cells = done_cells(self.store, spec)
+        table = aggregate(self.store, cells, HEADLINE, ci_metrics=[])
+        return compare_to_reference(self.store, table, metric, reference or self.store.meta("reference", "plain"))
+
+    def report(self, reference: str | None = None) -> Path:
+        """Write RUN/report/ (Markdown, HTML, LaTeX, CSV, plots); returns its folder."""
+        return write_report(self.folder, reference)

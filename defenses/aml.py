@@ -9,6 +9,6 @@ class AML(AdversarialDefense):
 
     def loss(self, model, batch):
         embeddings = model.embed(batch)
-        clean = model.pair_losses(embeddings).mean() + model.penalty(embeddings)
+        clean = model.clean_loss(embeddings)
         adversarial = self.adversarial_losses(model, embeddings).mean()
         return clean + self.beta * adversarial, {"loss": clean.detach(), "adv_loss": adversarial.detach()}

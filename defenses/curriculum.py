@@ -34,7 +34,7 @@ class Curriculum(AdversarialDefense):
 
     def loss(self, model, batch):
         embeddings = model.embed(batch)
-        clean = model.pair_losses(embeddings).mean() + model.penalty(embeddings)
+        clean = model.clean_loss(embeddings)
         eps = self.adversary.eps * (self.strength if self.grow == "eps" else 1.0)
         adversarial = self.adversarial_losses(model, embeddings, eps).mean()
         figures = {"loss": clean.detach(), "adv_loss": adversarial.detach(), "strength": self.strength}

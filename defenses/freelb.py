@@ -24,7 +24,7 @@ class FreeLBTraining(AdversarialDefense):
 
     def loss(self, model, batch):
         embeddings = model.embed(batch)
-        clean = model.pair_losses(embeddings).mean() + model.penalty(embeddings)
+        clean = model.clean_loss(embeddings)
         steps, step_size, _ = self.adversary.schedule()
         norm = self.adversary.norm
         radius = self.field_budgets(model, self.eps)

@@ -309,7 +309,7 @@ def _attack_table(title: str, rows: list[dict], worst: list[dict]) -> Table:
             f"{row['overlap@3']:.3f}", f"{row['seconds']:.1f}",
         )
     for budget in worst:  # one per threat: a worst case over several budgets would mix threats
-        table.add_row(f"worst case ε={budget['eps']:g}, {budget['norm']} on {budget['targets']} (per post)", f"{budget['eps']:g}", "", f"{budget['worst_f1@3']:.4f}",
+        table.add_row(f"worst case ε={budget['eps']:g} {budget['norm']} {budget['targets']}", f"{budget['eps']:g}", "", f"{budget['worst_f1@3']:.4f}",
                       "", "", f"{budget['worst_ndcg@3']:.4f}", "", f"broken@3 {budget['broken@3']:.1%}", "")
     return table
 

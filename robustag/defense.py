@@ -67,6 +67,7 @@ class AdversarialDefense(Defense):
             )
         self.adversary = adversary
         super().__init__(**own)
+        self.config["attack"] = self.attack = adversary.spec  # canonical, whatever form it was given in
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "attack": {"name": self.adversary.name, **self.adversary.config}}

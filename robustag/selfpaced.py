@@ -97,7 +97,7 @@ class SelfPacedDefense(AdversarialDefense):
 
     def loss(self, model, batch):
         embeddings = model.embed(batch)
-        clean = model.pair_losses(embeddings).mean() + model.penalty(embeddings)
+        clean = model.clean_loss(embeddings)
         adversarial = self.adversarial_losses(model, embeddings)
         lam = self.threshold(adversarial)
         weights = self_paced_weights(adversarial, lam, self.scheme, self.gamma)

@@ -104,9 +104,12 @@ class EmbeddingModel(nn.Module, TagRecommender):
         negative = self.score_tags(embeddings.user, embeddings.item, embeddings.negative)
         return self.pair_loss(positive, negative)
 
-    def training_loss(self, batch: Batch) -> torch.Tensor:
-        embeddings = self.embed(batch)
+    def clean_loss(self, embeddings: BatchEmbeddings) -> torch.Tensor:
+        """The model's own loss of a batch's embeddings: mean pair loss plus its penalty."""
         return self.pair_losses(embeddings).mean() + self.penalty(embeddings)
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        return self.clean_loss(self.embed(batch))
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.score_all(self.user(users), self.item(items), self.tag.weight)

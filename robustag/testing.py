@@ -1,0 +1,244 @@
+"""The conformance kit: what a third-party plugin runs in its own CI (as scikit-learn's
+`check_estimator`), on tiny synthetic data, in seconds.
+
+    from robustag.testing import check_attack, check_defense
+
+    def test_my_attack_conforms():
+        check_attack(MyAttack)                 # or check_attack(MyAttack, steps=3)
+
+Each check raises `ConformanceError` naming the plugin and the contract it breaks, and returns
+the names of the checks it passed. The contracts (docs/plugins.md says them in full):
+
+- every plugin: a name a spec can write; a summary; its spec round-trips (built from its own
+  canonical spec, it has the same configuration);
+- an embedding attack: perturbations with the keys and shapes it was given, finite, within
+  the budget for each norm and table; the same under the same seed; a trainable one drives
+  adversarial training (finite losses, parameters move, reproducible);
+- a poisoning attack: a split whose validation and test posts are untouched and whose
+  training posts index real users, items and tags; the same under the same seed;
+- a defense: trains both learned models with finite figures, moves the parameters (its loss
+  has gradients), and gives the same model under the same seed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustag.attack import ATTACKS, Attack, DataAttack, EmbeddingAttack
+from robustag.datasets import TagAssignments
+from robustag.defense import DEFENSES, Defense
+from robustag.plugins import NAME_PATTERN, PluginError, parse_spec
+from robustag.preprocess import SplitOptions, TagSplit, build_split
+from robustag.robustness import attacked_embeddings
+from robustag.training import build_learned, default_config, train
+
+CPU = torch.device("cpu")
+
+
+class ConformanceError(AssertionError):
+    """A plugin breaks its contract; the message names the plugin and the check."""
+
+
+def planted_assignments(n_users=60, n_items=80, n_tags=40, n_groups=8, posts_per_user=12, seed=0):
+    """(users, items, tags, timestamps) with planted structure: each user and item belongs to a
+    group, and a post's tags come mostly from its item's and its user's groups."""
+    rng = np.random.default_rng(seed)
+    user_group, item_group = rng.integers(n_groups, size=n_users), rng.integers(n_groups, size=n_items)
+    tag_group = np.arange(n_tags) % n_groups
+    rows = []
+    for user in range(n_users):
+        for time, item in enumerate(rng.choice(n_items, size=posts_per_user, replace=False)):
+            pool = np.flatnonzero((tag_group == item_group[item]) | (tag_group == user_group[user]))
+            rows += [(f"u{user}", f"i{item}", f"t{tag}", 1000 * user + time) for tag in rng.choice(pool, 3, replace=False)]
+    users, items, tags, times = zip(*rows)
+    return np.array(users), np.array(items), np.array(tags), np.array(times, dtype=float)
+
+
+def synthetic_split(seed: int = 0) -> TagSplit:
+    """A tiny planted data set (60 users, 80 items, 40 tags), 3-core, split as the real ones."""
+    users, items, tags, times = planted_assignments(seed=seed)
+    return build_split(TagAssignments(users, items, tags, times, Path("synthetic")), "synthetic", SplitOptions(p_core=3))
+
+
+def check_attack(cls: type, **params) -> list[str]:
+    """Run the attack contract on `cls` built with `params` (its defaults otherwise)."""
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ConformanceError(f"{cls!r}: not a subclass of robustag.attack.Attack")
+    checks = [_named, _spec_round_trips]
+    if issubclass(cls, EmbeddingAttack):
+        checks += [_perturbs_within_contract, _perturbs_reproducibly]
+        if cls.trainable:
+            checks.append(_drives_adversarial_training)
+    elif issubclass(cls, DataAttack):
+        checks += [_poisons_training_posts_only, _poisons_reproducibly]
+    return _run(cls, params, checks)
+
+
+def check_defense(cls: type, **params) -> list[str]:
+    """Run the defense contract on `cls` built with `params` (its defaults otherwise)."""
+    if not (isinstance(cls, type) and issubclass(cls, Defense)):
+        raise ConformanceError(f"{cls!r}: not a subclass of robustag.defense.Defense")
+    return _run(cls, params, [_named, _spec_round_trips, _trains_learned_models])
+
+
+def _run(cls, params: dict, checks) -> list[str]:
+    for check in checks:
+        try:
+            check(cls, params)
+        except ConformanceError:
+            raise
+        except Exception as error:  # a plugin may fail in any way: say which contract it broke
+            raise ConformanceError(f"{cls.name}: {check.__name__.strip('_')}: {type(error).__name__}: {error}") from error
+    return [check.__name__.strip("_") for check in checks]
+
+
+def _fail(cls, check: str, message: str):
+    raise ConformanceError(f"{cls.name}: {check}: {message}")
+
+
+def _named(cls, params) -> None:
+    if not isinstance(cls.name, str) or not re.fullmatch(NAME_PATTERN, cls.name):
+        _fail(cls, "named", f"name {cls.name!r} cannot be written in a spec (letters, digits, '_', '.', '-')")
+    if not cls.summary:
+        _fail(cls, "named", "no summary (one line for `robustag attacks list` / `defenses list`)")
+
+
+def _spec_round_trips(cls, params) -> None:
+    """Built from its own spec, the plugin is the same, at its defaults and with each
+    parameter moved off its default (a spec that forgets a parameter shows here)."""
+    for variant in [params, *_altered(cls, params)]:
+        plugin = cls(**variant)
+        again = cls(**parse_spec(plugin.spec)[1])
+        if again.spec != plugin.spec or again.config != plugin.config:
+            _fail(cls, "spec_round_trips", f"{plugin.config} gives the spec {plugin.spec!r}, which builds {again.config}")
+
+
+def _other_values(value) -> list:
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, (int, float)):
+        return [value * 2 + 1]
+    return []
+
+
+def _altered(cls, params: dict) -> list[dict]:
+    """`params` with one declared parameter at another valid value, for each that has one."""
+    found = []
+    for key, param in cls.params.items():
+        value = params.get(key, param.default)
+        options = [c for c in (param.choices or ()) if c != value] or _other_values(value)
+        for option in options[:1]:
+            try:
+                cls(**{**params, key: option})
+            except PluginError:
+                continue
+            found.append({**params, key: option})
+    return found
+
+
+# -- embedding attacks ------------------------------------------------------------------------
+
+_SETUP: dict = {}
+
+
+def _setup():
+    """The synthetic split and a metric model trained on it for 3 epochs (made once)."""
+    if not _SETUP:
+        split = synthetic_split()
+        _SETUP["split"] = split
+        _SETUP["model"] = train(split, default_config("metric", dim=8, epochs=3, seed=0), CPU).model
+    return _SETUP["split"], _SETUP["model"]
+
+
+def _variants(cls, params) -> list[dict]:
+    """The attack at each norm and with the tag table perturbed too, where it declares those."""
+    found = [params]
+    if "norm" in cls.params and "norm" not in params:
+        found.append({**params, "norm": "linf"})
+    if "targets" in cls.params and "targets" not in params:
+        found.append({**params, "targets": "user+item+tag"})
+    return found
+
+
+def _perturbs_within_contract(cls, params) -> None:
+    split, model = _setup()
+    for variant in _variants(cls, params):
+        attacked = attacked_embeddings(model, split.test, cls(**variant), CPU)  # checks keys, shapes, NaN, budget
+        if not all(torch.isfinite(v).all() for v in attacked.values()):
+            _fail(cls, "perturbs_within_contract", f"{variant}: non-finite attacked embeddings")
+
+
+def _perturbs_reproducibly(cls, params) -> None:
+    split, model = _setup()
+    first, second = (attacked_embeddings(model, split.test, cls(**params), CPU) for _ in range(2))
+    if not all(torch.equal(first[k], second[k]) for k in first):
+        _fail(cls, "perturbs_reproducibly", "two instances with the same parameters perturb differently (seed it)")
+
+
+def _drives_adversarial_training(cls, params) -> None:
+    if cls.name not in ATTACKS.names():
+        ATTACKS.register(cls, "robustag.testing")  # a defense finds its attack by name
+    _check_training(cls, DEFENSES.get("aml"), {"attack": cls(**params).spec}, "drives_adversarial_training")
+
+
+# -- poisoning attacks ------------------------------------------------------------------------
+
+def _poisons_training_posts_only(cls, params) -> None:
+    split = synthetic_split()
+    attack = cls(**params)
+    attack.check(split)
+    poisoned = attack.poison(split, seed=0)
+    if not isinstance(poisoned, TagSplit):
+        _fail(cls, "poisons_training_posts_only", f"poison returned {type(poisoned).__name__}, not a TagSplit")
+    for part in ("valid", "test"):
+        before, after = getattr(split, part), getattr(poisoned, part)
+        if not all(np.array_equal(getattr(before, f), getattr(after, f)) for f in ("users", "items", "tag_indices")):
+            _fail(cls, "poisons_training_posts_only", f"the {part} posts changed")
+    train_posts = poisoned.train
+    bounds = {"users": len(poisoned.user_labels), "items": poisoned.n_items, "tag_indices": poisoned.n_tags}
+    for field, bound in bounds.items():
+        values = getattr(train_posts, field)
+        if len(values) and (values.min() < 0 or values.max() >= bound):
+            _fail(cls, "poisons_training_posts_only", f"training {field} outside 0..{bound - 1}")
+
+
+def _poisons_reproducibly(cls, params) -> None:
+    split = synthetic_split()
+    first, second = (cls(**params).poison(split, seed=3).train for _ in range(2))
+    if not all(np.array_equal(getattr(first, f), getattr(second, f)) for f in ("users", "items", "tag_indices")):
+        _fail(cls, "poisons_reproducibly", "two poisonings with the same seed differ")
+
+
+# -- defenses ---------------------------------------------------------------------------------
+
+def _trains_learned_models(cls, params) -> None:
+    _check_training(cls, cls, params, "trains_learned_models")
+
+
+def _check_training(plugin, defense_cls, params: dict, check: str) -> None:
+    """Both learned models train 2 epochs under the defense: finite figures, parameters that
+    move, and the same model from the same seed."""
+    split = synthetic_split()
+    for model in ("metric", "pitf"):
+        config = default_config(model, dim=8, epochs=2, seed=0)
+        initial = _initial_state(split, config)
+        runs = [train(split, config, CPU, regime=defense_cls(**params)) for _ in range(2)]
+        for record in runs[0].history:
+            bad = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
+            if bad:
+                _fail(plugin, check, f"{model}: epoch {record['epoch']} has non-finite {', '.join(bad)}")
+        state = runs[0].model.state_dict()
+        if all(torch.equal(state[k], initial[k]) for k in state):
+            _fail(plugin, check, f"{model}: no parameter moved (does the loss have gradients?)")
+        if not all(torch.equal(state[k], runs[1].model.state_dict()[k]) for k in state):
+            _fail(plugin, check, f"{model}: two runs from the same seed differ (draw from a seeded generator)")
+
+
+def _initial_state(split: TagSplit, config) -> dict:
+    """The parameters training starts from (it seeds torch, then builds the model)."""
+    torch.manual_seed(config.seed)
+    return build_learned(split, config).state_dict()

@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,21 +40,12 @@ def real_data_dir() -> Path:
     return path
 
 
-def planted_tsv(path: Path, n_users=60, n_items=80, n_tags=40, n_groups=8, posts_per_user=12, seed=0) -> Path:
-    """A tab-separated data set with planted structure: each user and item belongs to a group,
-    and a post's tags come mostly from the tags of its item's group and its user's group."""
-    rng = np.random.default_rng(seed)
-    user_group = rng.integers(n_groups, size=n_users)
-    item_group = rng.integers(n_groups, size=n_items)
-    tag_group = np.arange(n_tags) % n_groups
-    rows = []
-    for user in range(n_users):
-        items = rng.choice(n_items, size=posts_per_user, replace=False)
-        for time, item in enumerate(items):
-            pool = np.flatnonzero((tag_group == item_group[item]) | (tag_group == user_group[user]))
-            tags = rng.choice(pool, size=3, replace=False)
-            for tag in tags:
-                rows.append(f"u{user}\ti{item}\tt{tag}\t{1000 * user + time}")
+def planted_tsv(path: Path, **sizes) -> Path:
+    """The kit's planted data set (`robustag.testing.planted_assignments`) as a TSV file."""
+    from robustag.testing import planted_assignments
+
+    users, items, tags, times = planted_assignments(**sizes)
+    rows = [f"{u}\t{i}\t{t}\t{int(ts)}" for u, i, t, ts in zip(users, items, tags, times)]
     path.write_text("user\titem\ttag\ttimestamp\n" + "\n".join(rows) + "\n")
     return path
 

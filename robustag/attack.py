@@ -22,16 +22,18 @@ implement one method. Load it with `--plugin file.py` or the entry-point group
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import torch
 
 from robustag.plugins import Param, Plugin, PluginError, Registry, fraction, non_negative, positive
-from robustag.preprocess import TagSplit
+from robustag.preprocess import Posts, TagSplit
 
 # The API a plugin file imports from here (Param and the checks are re-exported for it).
 __all__ = [
-    "ATTACKS", "Attack", "DataAttack", "EmbeddingAttack", "IterativeAttack", "Param", "PluginError", "fraction",
+    "ATTACKS", "Attack", "AttackContext", "DataAttack", "EmbeddingAttack", "IterativeAttack", "Param", "PluginError", "fraction",
     "gradients", "iterative_params", "non_negative", "positive", "project", "random_start", "row_budget", "steepest",
 ]
 
@@ -47,10 +49,34 @@ class Attack(Plugin):
     trainable: ClassVar[bool] = False  # may a defense use it to make adversarial samples?
 
 
+@dataclass
+class AttackContext:
+    """What an evasion attack may use besides its objective (an attack opts in by taking a
+    `context` argument): the model under attack, the unperturbed rows that `deltas` add to
+    (same keys), and in evaluation the attacked posts, whose true tags it sees only if its
+    threat model says so (`knows_labels`)."""
+
+    model: object
+    base: dict[str, torch.Tensor]
+    posts: Posts | None = None
+    _clean: torch.Tensor | None = field(default=None, repr=False)
+
+    def clean_scores(self) -> torch.Tensor:
+        """(rows, tags): every tag's score before the attack, computed once."""
+        if self._clean is None:
+            with torch.no_grad():
+                self._clean = self.model.score_all(self.base["user"], self.base["item"],
+                                                   self.base.get("tag", self.model.tag.weight))
+        return self._clean
+
+
 class EmbeddingAttack(Attack):
     """Evasion: perturb embedding rows within an L2 (per row) or L∞ budget."""
 
     surface = "embedding"
+    # The threat model: may the attacker see the test posts' true tags? A label-free attack
+    # gets no objective in evaluation (it builds its own from the context) and posts without tags.
+    knows_labels: ClassVar[bool] = True
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),
@@ -66,15 +92,18 @@ class EmbeddingAttack(Attack):
     def target_tables(self) -> tuple[str, ...]:
         return tuple(t for t in self.targets.split("+") if t)
 
-    def perturb(self, objective: Objective, deltas: dict[str, torch.Tensor], radius: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Perturbations (same keys and shapes as `deltas`, each row within `radius`) that raise `objective`."""
+    def perturb(self, objective: Objective | None, deltas: dict[str, torch.Tensor], radius: dict[str, torch.Tensor],
+                context: AttackContext | None = None) -> dict[str, torch.Tensor]:
+        """Perturbations (same keys and shapes as `deltas`, each row within `radius`) that raise
+        `objective`; `context` may be left out of an override's signature (then it is not passed)."""
         raise NotImplementedError
 
-    def checked_perturb(self, objective: Objective, deltas: dict[str, torch.Tensor],
-                        radius: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def checked_perturb(self, objective: Objective | None, deltas: dict[str, torch.Tensor],
+                        radius: dict[str, torch.Tensor], context: AttackContext | None = None) -> dict[str, torch.Tensor]:
         """`perturb`, with its output checked: a plugin's perturbation is never trusted blindly
         (one over budget, NaN or missing a table would be reported as robustness lost)."""
-        moved = self.perturb(objective, deltas, radius)
+        takes_context = "context" in inspect.signature(self.perturb).parameters
+        moved = self.perturb(objective, deltas, radius, context) if takes_context else self.perturb(objective, deltas, radius)
         if not isinstance(moved, dict) or set(moved) != set(deltas):
             got = sorted(moved) if isinstance(moved, dict) else type(moved).__name__
             raise PluginError(f"attack {self.name}: perturb returned {got}, expected the keys {sorted(deltas)}")
@@ -169,7 +198,7 @@ class IterativeAttack(EmbeddingAttack):
     def direction(self, grads: dict[str, torch.Tensor], state: dict) -> dict[str, torch.Tensor]:
         return {k: steepest(g, self.norm) for k, g in grads.items()}
 
-    def perturb(self, objective, deltas, radius):
+    def perturb(self, objective, deltas, radius, context=None):
         steps, step_size, start_random = self.schedule()
         if start_random:
             generator = self.generator(next(iter(deltas.values())).device)

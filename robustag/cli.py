@@ -318,10 +318,11 @@ def _attack_table(title: str, rows: list[dict], worst: list[dict]) -> Table:
 def attacks_list(plugin: Optional[list[Path]] = PluginOption):
     """Every attack with its threat surface and parameters."""
     _load_plugins(plugin)
-    extra = lambda cls: {"surface": cls.surface, "trainable": "yes" if cls.trainable else "no"}
+    extra = lambda cls: {"surface": cls.surface, "trainable": "yes" if cls.trainable else "no",
+                         "test labels": "" if cls.surface != "embedding" else "known" if cls.knows_labels else "not known"}
     table = _plugin_table("attacks", ATTACKS, extra)
     for name, spec in ATTACKS.presets().items():
-        table.add_row(name, ATTACKS.resolve(spec)[0].surface, "", f"preset: {spec}", "built-in preset")
+        table.add_row(name, ATTACKS.resolve(spec)[0].surface, "", "", f"preset: {spec}", "built-in preset")
     _stdout().print(table)
 
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustag.attack import ATTACKS, EmbeddingAttack, row_budget
+from robustag.attack import ATTACKS, AttackContext, EmbeddingAttack, row_budget
 from robustag.models import BatchEmbeddings, EmbeddingModel
 from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative
 from robustag.training import TrainingRegime
@@ -99,7 +99,8 @@ class AdversarialDefense(Defense):
             moved = BatchEmbeddings(**{k: v + deltas[k] if k in deltas else v for k, v in base.items()})
             return model.pair_losses(moved)
 
-        deltas = self.adversary.checked_perturb(objective, {f: torch.zeros_like(base[f]) for f in radius}, radius)
+        deltas = self.adversary.checked_perturb(objective, {f: torch.zeros_like(base[f]) for f in radius}, radius,
+                                                AttackContext(model, base))
         return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
 
     def adversarial_losses(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> torch.Tensor:

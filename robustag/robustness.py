@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from robustag.attack import DataAttack, EmbeddingAttack, row_budget
+from robustag.attack import AttackContext, DataAttack, EmbeddingAttack, row_budget
 from robustag.errors import RobustagError
-from robustag.evaluation import CUTOFFS, Evaluation, evaluate, post_tensors, scores_of
+from robustag.evaluation import CUTOFFS, Evaluation, evaluate, post_tensors, rank_tags, scores_of
 from robustag.models import EmbeddingModel
 from robustag.preprocess import Posts, TagSplit
 from robustag.training import TrainConfig, train
@@ -95,10 +95,28 @@ def post_ranges(posts: Posts, n_tags: int, max_elements: int) -> list[tuple[int,
 
 
 def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, start: int, stop: int):
+    """One group of posts. The threat model is enforced here: an attack that may not see the
+    test labels gets no objective (it is built from them) and posts without tags."""
     part = {"user": base["user"][start:stop], "item": base["item"][start:stop], "tag": base["tag"]}
-    objective = true_tag_objective(model, posts.subset(np.arange(start, stop)), part)
-    deltas = attack.checked_perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius)
+    group = posts.subset(np.arange(start, stop))
+    if attack.knows_labels:
+        objective, seen = true_tag_objective(model, group, part), group
+    else:
+        objective, seen = None, Posts(group.users, group.items, np.zeros(len(group) + 1, dtype=np.int64),
+                                      np.zeros(0, dtype=np.int64))
+    context = AttackContext(model, part, seen)
+    deltas = attack.checked_perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius, context)
     return {k: v + deltas[k] if k in deltas else v for k, v in part.items()}
+
+
+def own_top_objective(context: AttackContext, n: int):
+    """The label-free objective: per post, minus a smooth NDCG of the model's own clean top-n
+    tags, the attacker's stand-in for the true tags it does not know."""
+    top, _ = rank_tags(context.clean_scores(), n)
+    posts = context.posts
+    pseudo = Posts(posts.users, posts.items, np.arange(0, n * len(posts) + 1, n, dtype=np.int64),
+                   top.reshape(-1).cpu().numpy())
+    return true_tag_objective(context.model, pseudo, context.base)
 
 
 def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation:

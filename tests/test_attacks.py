@@ -259,3 +259,51 @@ def test_a_broken_or_clashing_plugin_is_named(tmp_path):
         registry.load_file(clash)
     with pytest.raises(PluginError, match="--plugin .*missing.py: file not found"):
         registry.load_file(tmp_path / "missing.py")
+
+
+def test_label_free_attack_hurts_without_ever_seeing_the_labels(movielens):
+    split, model = movielens
+    clean = _ndcg3(evaluate(scores_of(model), split.test, split.n_tags))
+    label_free = ATTACKS.create("label-free:eps=0.1")
+    attacked = _ndcg3(evade(model, split, label_free, CPU))
+    label_aware = _ndcg3(evade(model, split, ATTACKS.create("pgd:eps=0.1"), CPU))
+    assert attacked < clean - 0.03  # real damage from the model's own ranking alone (0.640 -> 0.571 here)
+    assert label_aware < attacked  # knowing the labels helps the attacker (0.357 here)
+    # other true tags, same users and items: the label-free attack moves the rows identically
+    other = split.test.subset(np.arange(len(split.test)))
+    other.tag_indices[:] = (other.tag_indices + 1) % split.n_tags
+    first = attacked_embeddings(model, split.test, ATTACKS.create("label-free:eps=0.1"), CPU)
+    second = attacked_embeddings(model, other, ATTACKS.create("label-free:eps=0.1"), CPU)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_attack_gets_the_context_its_threat_model_allows(movielens, tmp_path):
+    split, model = movielens
+    plugin = tmp_path / "spy.py"
+    plugin.write_text(textwrap.dedent("""
+        from robustag.attack import EmbeddingAttack
+
+        SEEN = []
+
+        class Spy(EmbeddingAttack):
+            name = "spy-aware"
+            summary = "records what it is given"
+
+            def perturb(self, objective, deltas, radius, context=None):
+                SEEN.append((self.knows_labels, objective, context))
+                return deltas
+
+        class BlindSpy(Spy):
+            name = "spy-blind"
+            knows_labels = False
+    """))
+    registry = Registry("attack", Attack, "robustag.attacks", "robustag.attacks.none")
+    registry.load_file(plugin)
+    module = sys.modules[[m for m in sys.modules if m.startswith("robustag_plugin_spy")][0]]
+    for name in ("spy-aware", "spy-blind"):
+        evade(model, split, registry.create(name), CPU)
+    (aware, objective, context), (blind, nothing, blind_context) = module.SEEN
+    assert aware and callable(objective) and context.posts.n_assignments == split.test.n_assignments
+    assert not blind and nothing is None and blind_context.posts.n_assignments == 0
+    scores = model.score(torch.as_tensor(split.test.users), torch.as_tensor(split.test.items))
+    assert torch.allclose(blind_context.clean_scores(), scores)

@@ -17,7 +17,7 @@ from common import environment, parser, record, write
 
 from robustag import paths
 from robustag.evaluation import evaluate, scores_of
-from robustag.models import LEARNED_MODELS
+from robustag.models import declares
 from robustag.preprocess import load_split
 from robustag.training import default_config, resolve_device, train
 
@@ -34,9 +34,10 @@ def best_of(repeats: int, fn) -> float:
 def model_rows(split, device, epochs: int, compile: bool = False) -> list[dict]:
     """Training throughput and evaluation time of every model."""
     rows = []
-    for model in ("metric", "pitf", "pop", "pop-user", "pop-item", "pop-mix"):
-        learned = model in LEARNED_MODELS
-        config = default_config(model, epochs=epochs, patience=epochs) if learned else default_config(model, mix=0.5)
+    for model in ("metric", "pitf", "fm", "pop", "pop-user", "pop-item", "pop-mix"):
+        learned = declares(model, "learned")
+        config = default_config(model, epochs=epochs, patience=epochs) if learned else default_config(
+            model, **({"mix": 0.5} if model == "pop-mix" else {}))
         result = train(split, config, device, compile=compile)
         row = {"model": model}
         if result.history:

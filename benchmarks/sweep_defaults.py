@@ -54,7 +54,7 @@ def main() -> None:
     ref_test = evaluate(scores_of(reference.model), split.test, split.n_tags, device).summary()
     print("| config | valid F1@3 | valid NDCG@3 | test F1@3 | test NDCG@3 | best epoch | seconds |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| pop-mix (mix={reference.config.mix}) | | {reference.best_valid['valid_ndcg@3']:.4f} "
+    print(f"| pop-mix (mix={reference.config.model_params['mix']}) | | {reference.best_valid['valid_ndcg@3']:.4f} "
           f"| {ref_test['f1@3']:.4f} | {ref_test['ndcg@3']:.4f} | | |")
     for values in itertools.product(*grid.values()):
         overrides = dict(zip(grid, values))

@@ -32,7 +32,7 @@ from robustag.checkpoint import load_model
 from robustag.defense import DEFENSES, Defense
 from robustag.errors import RobustagError
 from robustag.evaluation import Evaluation, evaluate, scores_of
-from robustag.models import LEARNED_MODELS
+from robustag.models import MODELS
 from robustag.planning import check_data, pending_units, plan
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.robustness import run_attack, summarise, worst_cases
@@ -46,14 +46,14 @@ EventFn = Callable[[str, dict], None]
 
 
 def load_plugins(files: Sequence[str | Path]) -> list[str]:
-    """Register the attacks and defenses of local plugin files; returns their names. A file
+    """Register the attacks, defenses and models of local plugin files; returns their names. A file
     that defines none is refused (a typo would otherwise pass silently)."""
     names = []
     for file in files:
-        found = ATTACKS.load_file(file) + DEFENSES.load_file(file)
+        found = [name for registry in (ATTACKS, DEFENSES, MODELS) for name in registry.load_file(file)]
         if not found:
-            raise RobustagError(f"--plugin {file}: defines no attack or defense (a named subclass of "
-                                "robustag.attack.Attack or robustag.defense.Defense)")
+            raise RobustagError(f"--plugin {file}: defines no attack, defense or model (a named subclass of "
+                                "robustag.attack.Attack, robustag.defense.Defense or robustag.models.Model)")
         names += found
     return names
 
@@ -87,7 +87,7 @@ class Trained:
 def make_defense(spec: str, model: str) -> Defense:
     """A defense, built (and so checked) before any training; only learned models have one."""
     defense = DEFENSES.create(spec)
-    if defense.name != "plain" and model not in LEARNED_MODELS:
+    if defense.name != "plain" and not MODELS.resolve(model)[0].learned:
         raise RobustagError(f"--defense {defense.name}: {model} is not a learned model; only plain applies")
     return defense
 

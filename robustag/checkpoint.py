@@ -15,7 +15,7 @@ import torch
 from robustag.errors import RobustagError
 from robustag.models import EmbeddingModel
 from robustag.preprocess import TagSplit
-from robustag.training import TrainConfig, build_learned
+from robustag.training import TrainConfig, build_model
 
 FORMAT = 1
 
@@ -30,7 +30,7 @@ def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: Ta
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     payload = {
         "format": FORMAT,
-        "config": asdict(config),
+        "config": config.describe(),
         "dataset": split.name,
         "split": asdict(split.options),
         "sizes": [split.n_users, split.n_items, split.n_tags],
@@ -61,8 +61,11 @@ def load_model(path: Path, split: TagSplit, device: torch.device, with_extra: bo
             f"--load {path}: trained on {saved['dataset']} {saved['split']} with sizes {saved['sizes']}, "
             f"but this run uses {split.name} {asdict(split.options)} with sizes {sizes}"
         )
-    config = TrainConfig(**saved["config"])
-    model = build_learned(split, config)
+    try:
+        config = TrainConfig.from_description(saved["config"])
+    except RobustagError as error:
+        raise RobustagError(f"--load {path}: {error}") from error
+    model = build_model(split, config)
     model.load_state_dict(saved["state_dict"])
     model = model.to(device).eval()
     return (model, config, saved.get("extra", {})) if with_extra else (model, config)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +24,7 @@ from robustag.defense import DEFENSES
 from robustag.download import download_dataset
 from robustag.errors import RobustagError
 from robustag.evaluation import CUTOFFS
-from robustag.models import LEARNED_MODELS, MODEL_NAMES
+from robustag.models import MODELS
 from robustag.plugins import split_specs
 from robustag.preprocess import TagSplit
 from robustag.provenance import versions
@@ -43,6 +42,8 @@ attacks_app = typer.Typer(help="Attack plugins.", no_args_is_help=True)
 app.add_typer(attacks_app, name="attacks")
 defenses_app = typer.Typer(help="Defense plugins.", no_args_is_help=True)
 app.add_typer(defenses_app, name="defenses")
+models_app = typer.Typer(help="Model plugins.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 DataDirOption = typer.Option(
@@ -50,7 +51,8 @@ DataDirOption = typer.Option(
 )
 PCoreOption = typer.Option(10, "--p-core", help="Iterative p-core: every user, item and tag in ≥ p assignments.")
 SplitSeedOption = typer.Option(0, "--split-seed", help="Seed of the tie-break between a user's last posts.")
-PluginOption = typer.Option(None, "--plugin", help="Load attack/defense plugins from this Python file (repeatable).")
+PluginOption = typer.Option(None, "--plugin", help="Load attack, defense and model plugins from this Python file "
+                            "(repeatable).")
 
 
 CompileOption = typer.Option(
@@ -154,7 +156,8 @@ def data_download(
 @app.command("train")
 def train_command(
     dataset: str = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
-    model: str = typer.Option("metric", "--model", "-m", help=f"One of: {', '.join(MODEL_NAMES)}"),
+    model: str = typer.Option("metric", "--model", "-m", help="A model spec, e.g. metric or metric:margin=1 "
+                              "(robustag models list)."),
     data_dir: Optional[Path] = DataDirOption,
     p_core: int = PCoreOption,
     split_seed: int = SplitSeedOption,
@@ -185,7 +188,7 @@ def train_command(
                   reg=reg, patience=patience, mix=mix)
     config = _checked_training(model, defense, device, seed, params)
     split = _load(dataset, data_dir, p_core, split_seed)
-    trained = _train_with_progress(split, config, defense, device, compile, params)
+    trained = _train_with_progress(split, model, config, defense, device, compile, params)
     _stdout().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", trained.metrics))
     if json_out:
         _write_json(json_out, {
@@ -226,7 +229,7 @@ def _run_header(dataset: str, split: TagSplit, split_seed: int, trained: rt.Trai
         "defense": DEFENSES.create(trained.defense).describe(),
         "split": {**split.stats(), "split_seed": split_seed},
         "model": trained.config.model,
-        "config": asdict(trained.config),
+        "config": trained.config.describe(),
         "seed": trained.config.seed,
         "device": str(trained.device),
         "versions": versions(),
@@ -238,7 +241,8 @@ def attack_command(
     attacks: str = typer.Option("pgd,mim,fgsm", "--attacks", "-a", help="Attack specs, e.g. pgd:eps=0.5,steps=10,mim,tag-replace-20"),
     eps: Optional[str] = typer.Option(None, "--eps", help="Comma-separated budgets: every embedding attack runs at each."),
     dataset: str = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
-    model: str = typer.Option("metric", "--model", "-m", help="metric or pitf (evasion needs embeddings)."),
+    model: str = typer.Option("metric", "--model", "-m", help="A model spec; evasion attacks need one with "
+                              "embeddings (robustag models list)."),
     data_dir: Optional[Path] = DataDirOption,
     p_core: int = PCoreOption,
     split_seed: int = SplitSeedOption,
@@ -258,7 +262,7 @@ def attack_command(
         _output_file(path, option)
     attack_list = rt.build_attacks(_names(attacks, "--attacks"), _budgets(eps), seed)
     evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
-    if evasions and model not in LEARNED_MODELS and not load:
+    if evasions and not MODELS.resolve(model)[0].embeddings and not load:
         raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
     params = dict(epochs=epochs, dim=dim)
     config = _checked_training(model, defense, device, seed, params)
@@ -269,7 +273,7 @@ def attack_command(
     if load:
         trained = rt.load(load, split, device, defense)
     else:
-        trained = _train_with_progress(split, config, defense, device, False, params)
+        trained = _train_with_progress(split, model, config, defense, device, False, params)
         if save:
             _save(save, trained, split)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -326,6 +330,17 @@ def attacks_list(plugin: Optional[list[Path]] = PluginOption):
     _stdout().print(table)
 
 
+@models_app.command("list")
+def models_list(plugin: Optional[list[Path]] = PluginOption):
+    """Every model with its parameters and what applies to it (defenses need a learned model,
+    evasion attacks one with embeddings)."""
+    _load_plugins(plugin)
+    yes = lambda flag: "yes" if flag else "no"
+    _stdout().print(_plugin_table("models", MODELS, lambda cls: {
+        "learned": yes(cls.learned), "embeddings": yes(cls.embeddings),
+        "tuned defaults": ", ".join(f"{k}={v}" for k, v in cls.defaults.items())}))
+
+
 @defenses_app.command("list")
 def defenses_list(plugin: Optional[list[Path]] = PluginOption):
     """Every defense with its parameters (adversarial ones take an attack spec)."""
@@ -346,9 +361,10 @@ def _plugin_table(title: str, registry, extra) -> Table:
     return table
 
 
-def _train_with_progress(split: TagSplit, config, defense: str, device: str, compile: bool, params: dict) -> rt.Trained:
-    train = lambda on_epoch=None: rt.train(split, config.model, defense, config.seed, device, compile, on_epoch, **params)
-    if config.model not in LEARNED_MODELS:
+def _train_with_progress(split: TagSplit, model: str, config, defense: str, device: str, compile: bool,
+                         params: dict) -> rt.Trained:
+    train = lambda on_epoch=None: rt.train(split, model, defense, config.seed, device, compile, on_epoch, **params)
+    if not config.recipe().learned:
         with console.status(f"fitting {config.model}"):
             return train()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),

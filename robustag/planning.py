@@ -20,11 +20,11 @@ import robustag
 from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.datasets import resolve_source
 from robustag.defense import DEFENSES
-from robustag.models import LEARNED_MODELS
+from robustag.models import MODELS
 from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
 from robustag.store import ResultStore
-from robustag.training import TrainConfig, default_config
+from robustag.training import SHARED_OPTIONS, TrainConfig, default_config
 
 
 def digest(payload: dict) -> str:
@@ -84,20 +84,28 @@ def plan(specs: list[BenchSpec]) -> Plan:
         poisons = [a for a in attacks if not isinstance(a, EmbeddingAttack)]
         options = SplitOptions(spec.p_core, spec.split_seed, True)
         for dataset in spec.datasets:
-            for model in spec.models:
+            for model in spec.expanded_models():
                 for params in spec.param_grid():
                     for seed in spec.seeds:
-                        config = default_config(model, seed=seed, **params)
+                        config = default_config(model, seed=seed, **_declared(model, params))
+                        recipe = config.recipe()
                         for defense in defenses:
-                            if defense.name != "plain" and model not in LEARNED_MODELS:
+                            if defense.name != "plain" and not recipe.learned:
                                 continue  # a defense is a training regime: popularity has none
                             clean_unit = _unit(result, dataset, options, config, defense.spec, None)
                             rows.append(_cell(clean_unit, None))
-                            if model in LEARNED_MODELS:
+                            if recipe.embeddings:
                                 rows += [_cell(clean_unit, attack) for attack in evasions]
                             for poison in poisons:
                                 rows.append(_cell(_unit(result, dataset, options, config, defense.spec, poison.spec), poison))
     return result
+
+
+def _declared(model: str, params: dict) -> dict:
+    """The [params] of a spec that apply to `model`: the shared options and its own parameters
+    (a spec's `margin` applies to `metric`, not to `pitf`)."""
+    own = MODELS.resolve(model)[0].params
+    return {k: v for k, v in params.items() if k in SHARED_OPTIONS or k in own}
 
 
 def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) -> list[EmbeddingAttack]:
@@ -107,7 +115,7 @@ def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) 
 
 
 def _unit(plan_: Plan, dataset, options, config, defense, poison) -> UnitTask:
-    key = digest({"dataset": dataset, "split": asdict(options), "config": asdict(config), "defense": defense,
+    key = digest({"dataset": dataset, "split": asdict(options), "config": config.describe(), "defense": defense,
                   "poison": poison, "version": robustag.__version__})
     if key not in plan_.units:
         plan_.units[key] = UnitTask(key, dataset, options, config, defense, poison)
@@ -121,13 +129,13 @@ def _cell(unit: UnitTask, attack) -> dict:
     key = digest({"unit": unit.key, "attack": spec})
     if all(c.key != key for c in unit.cells):
         unit.cells.append(CellTask(key, spec if surface == "embedding" else None, surface, eps))
-    params = {k: v for k, v in asdict(unit.config).items() if k not in ("seed", "model")}
+    params = {k: v for k, v in unit.config.describe().items() if k not in ("seed", "model")}
     return {
         "key": key, "unit": unit.key, "dataset": unit.dataset, "model": unit.config.model,
         "params": json.dumps(params, sort_keys=True), "seed": unit.config.seed, "defense": unit.defense,
         "defense_name": unit.defense.split(":")[0], "attack": spec, "attack_name": spec.split(":")[0] if spec else None,
         "surface": surface, "eps": eps,
-        "config": json.dumps({"unit": asdict(unit.config) | {"dataset": unit.dataset, "split": asdict(unit.options),
+        "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": asdict(unit.options),
                                                               "defense": unit.defense, "poison": unit.poison},
                               "attack": spec}, sort_keys=True),
     }

@@ -41,13 +41,16 @@ class Param:
     choices: tuple | None = None
     check: Callable[[Any], bool] | None = None
     requirement: str = ""  # says what `check` demands, for the error message
+    kind: type | None = None  # the type, where the default (None: "decided later") does not tell it
 
     @property
     def type(self) -> type:
-        return type(self.default)
+        return self.kind or type(self.default)
 
     def coerce(self, plugin: str, key: str, value: Any) -> Any:
         kind = self.type
+        if self.default is None and (value is None or value == "None"):  # unset, also as its spec writes it
+            return None
         try:
             if kind is bool and isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -61,7 +64,7 @@ class Param:
                 raise ValueError(value)
         except ValueError:
             raise PluginError(f"{plugin}: parameter {key}={value!r} is not a valid {kind.__name__}") from None
-        if kind is float and not math.isfinite(value):
+        if kind is float and not math.isfinite(value):  # inf and NaN pass float() but no check
             raise PluginError(f"{plugin}: parameter {key}={value!r} must be a finite number")
         if self.choices is not None and value not in self.choices:
             raise PluginError(f"{plugin}: parameter {key}={value!r} must be one of {', '.join(map(str, self.choices))}")

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 
 import robustag
-from robustag.models import LEARNED_MODELS
+from robustag.models import declares
 
 
 def run_info(unit, device: str, compile: bool = False) -> dict:
     """How a unit ran, stored with its cells; compiled training matches eager only to rounding
     (popularity models train nothing, so nothing of theirs is compiled)."""
-    compiled = compile and unit.config.model in LEARNED_MODELS
+    compiled = compile and declares(unit.config.model, "learned")
     return {"device": f"{device}+compile" if compiled else device, "versions": versions(), "git": git_revision()}
 
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from robustag import plots
 from robustag.defense import DEFENSES
 from robustag.errors import RobustagError
-from robustag.models import LEARNED_MODELS
+from robustag.models import declares
 from robustag.plugins import PluginError
 from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
@@ -152,7 +152,7 @@ def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Sec
     section = Section(title="Run time")
     cells = store.cells(status="done")
     histories = store.histories()
-    trained = cells[(cells["surface"] == "none") & cells["model"].isin(list(LEARNED_MODELS))].drop_duplicates("unit")
+    trained = cells[(cells["surface"] == "none") & cells["model"].map(lambda model: declares(model, "learned"))].drop_duplicates("unit")
     if trained.empty or histories.empty or "seconds" not in histories:
         section.text.append("No trained models with a recorded history.")
         return section
@@ -185,7 +185,7 @@ def compute_table(store: ResultStore, specs: list[str]) -> ReportTable:
         cells = store.cells(spec=spec, status="done")
         for dataset, group in cells.groupby("dataset", sort=False):
             units = group.drop_duplicates("unit")
-            trained = units["model"].isin(list(LEARNED_MODELS)).sum()
+            trained = units["model"].map(lambda model: declares(model, "learned")).sum()
             rows.append([spec, dataset, ", ".join(sorted(group["device"].unique())), str(len(group)), str(trained),
                          f"{units['train_seconds'].sum() / 3600:.2f}", f"{group['seconds'].sum() / 60:.1f}"])
     header = ["spec", "dataset", "device", "cells", "trained models", "training h", "evaluation min"]
@@ -211,7 +211,7 @@ def _label(row) -> list[str]:
 
 
 def _param_note(params: dict, model: str) -> str:
-    return f" (d={params['dim']})" if model in LEARNED_MODELS else ""
+    return f" (d={params['dim']})" if declares(model, "learned") else ""
 
 
 def short_labels(specs) -> dict[str, str]:

@@ -20,13 +20,14 @@ import itertools
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustag.errors import RobustagError
+from robustag.models import MODELS
 from robustag.plugins import _split_top_level, parse_spec
-from robustag.training import TrainConfig
+from robustag.training import SHARED_OPTIONS
 
 SPEC_KEYS = ("name", "datasets", "models", "defenses", "attacks", "eps", "seeds", "reference", "params",
              "p_core", "split_seed", "include", "published")
@@ -50,6 +51,9 @@ class BenchSpec:
     split_seed: int = 0
     # published figures to show beside ours: "dataset/model/defense" -> {"f1@3": 0.22, ...}
     published: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def expanded_models(self) -> list[str]:
+        return [s for spec in self.models for s in expand_sweep(spec)]
 
     def expanded_defenses(self) -> list[str]:
         return [s for spec in self.defenses for s in expand_sweep(spec)]
@@ -132,7 +136,7 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
     if "eps" in raw:
         spec.eps = parse_budgets(raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]], f"spec {where}: eps")
     if "params" in raw:
-        allowed = {f.name for f in fields(TrainConfig)} - {"model", "seed"}
+        allowed = {*SHARED_OPTIONS, *(key for name in MODELS.names() for key in MODELS.get(name).params)} - {"seed"}
         bad = sorted(set(raw["params"]) - allowed)
         if bad:
             raise RobustagError(f"spec {where}: [params] has unknown option {bad[0]!r}; known: {', '.join(sorted(allowed))}")

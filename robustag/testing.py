@@ -1,7 +1,7 @@
 """The conformance kit: what a third-party plugin runs in its own CI (as scikit-learn's
 `check_estimator`), on tiny synthetic data, in seconds.
 
-    from robustag.testing import check_attack, check_defense
+    from robustag.testing import check_attack, check_defense, check_model
 
     def test_my_attack_conforms():
         check_attack(MyAttack)                 # or check_attack(MyAttack, steps=3)
@@ -17,7 +17,10 @@ the names of the checks it passed. The contracts (docs/plugins.md says them in f
 - a poisoning attack: a split whose validation and test posts are untouched and whose
   training posts index real users, items and tags; the same under the same seed;
 - a defense: trains both learned models with finite figures, moves the parameters (its loss
-  has gradients), and gives the same model under the same seed.
+  has gradients), and gives the same model under the same seed;
+- a model: finite scores for every tag of every post, the same from the same seed; a learned
+  one trains (finite figures, parameters move, reproducible); one with embeddings has the
+  three tables, scores from embeddings that agree with `score`, and takes an evasion attack.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from robustag.defense import DEFENSES, Defense
 from robustag.plugins import NAME_PATTERN, PluginError, parse_spec
 from robustag.preprocess import SplitOptions, TagSplit, build_split
 from robustag.robustness import attacked_embeddings
-from robustag.training import build_learned, default_config, train
+from robustag.models import MODELS, EmbeddingModel, Model
+from robustag.training import TrainingRegime, build_model, default_config, train
 
 CPU = torch.device("cpu")
 
@@ -83,6 +87,18 @@ def check_defense(cls: type, **params) -> list[str]:
     if not (isinstance(cls, type) and issubclass(cls, Defense)):
         raise ConformanceError(f"{cls!r}: not a subclass of robustag.defense.Defense")
     return _run(cls, params, [_named, _spec_round_trips, _trains_learned_models])
+
+
+def check_model(cls: type, **params) -> list[str]:
+    """Run the model contract on `cls` built with `params` (its defaults otherwise)."""
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ConformanceError(f"{cls!r}: not a subclass of robustag.models.Model")
+    checks = [_named, _spec_round_trips, _scores_every_tag]
+    if cls.learned:
+        checks.append(_trains)
+    if cls.embeddings:
+        checks.append(_embeddings_serve_attacks)
+    return _run(cls, params, checks)
 
 
 def _run(cls, params: dict, checks) -> list[str]:
@@ -213,17 +229,61 @@ def _poisons_reproducibly(cls, params) -> None:
         _fail(cls, "poisons_reproducibly", "two poisonings with the same seed differ")
 
 
+# -- models -----------------------------------------------------------------------------------
+
+def _model_config(cls, params):
+    if cls.name not in MODELS.names():
+        MODELS.register(cls, "robustag.testing")  # configurations name their model
+    return default_config(cls(**params).spec, dim=8, epochs=2, seed=0)
+
+
+def _scores_every_tag(cls, params) -> None:
+    """Trained (or fitted) on the synthetic split: finite scores (posts, tags) for every
+    test post, the same from the same seed."""
+    split = synthetic_split()
+    config = _model_config(cls, params)
+    runs = [train(split, config, CPU).model for _ in range(2)]
+    users, items = torch.as_tensor(split.test.users), torch.as_tensor(split.test.items)
+    with torch.no_grad():
+        first, second = (model.score(users, items) for model in runs)
+    if first.shape != (len(split.test), split.n_tags) or not torch.isfinite(first).all():
+        _fail(cls, "scores_every_tag", f"score gave {tuple(first.shape)} (finite: {bool(torch.isfinite(first).all())}), "
+                                       f"expected finite ({len(split.test)}, {split.n_tags})")
+    if not torch.equal(first, second):
+        _fail(cls, "scores_every_tag", "two fits from the same seed score differently")
+
+
+def _trains(cls, params) -> None:
+    _model_config(cls, params)
+    _check_training(cls, TrainingRegime, {}, "trains", models=(cls(**params).spec,))
+
+
+def _embeddings_serve_attacks(cls, params) -> None:
+    """An embedding model: its three tables, scores from embeddings that agree with `score`,
+    and an evasion attack within budget on them."""
+    split = synthetic_split()
+    model = train(split, _model_config(cls, params), CPU).model
+    if not isinstance(model, EmbeddingModel) or set(model.tables()) != {"user", "item", "tag"}:
+        _fail(cls, "embeddings_serve_attacks", "not an EmbeddingModel with user, item and tag tables")
+    users, items = torch.as_tensor(split.test.users), torch.as_tensor(split.test.items)
+    with torch.no_grad():
+        direct = model.score_all(model.user(users), model.item(items), model.tag.weight)
+        if not torch.allclose(direct, model.score(users, items), atol=1e-5):
+            _fail(cls, "embeddings_serve_attacks", "score_all of its own embeddings disagrees with score")
+    attacked_embeddings(model, split.test, ATTACKS.create("pgd:eps=0.1,steps=3"), CPU)
+
+
 # -- defenses ---------------------------------------------------------------------------------
 
 def _trains_learned_models(cls, params) -> None:
     _check_training(cls, cls, params, "trains_learned_models")
 
 
-def _check_training(plugin, defense_cls, params: dict, check: str) -> None:
-    """Both learned models train 2 epochs under the defense: finite figures, parameters that
-    move, and the same model from the same seed."""
+def _check_training(plugin, defense_cls, params: dict, check: str, models=("metric", "pitf")) -> None:
+    """Each model trains 2 epochs under the defense: finite figures, parameters that move,
+    and the same model from the same seed."""
     split = synthetic_split()
-    for model in ("metric", "pitf"):
+    for model in models:
         config = default_config(model, dim=8, epochs=2, seed=0)
         initial = _initial_state(split, config)
         runs = [train(split, config, CPU, regime=defense_cls(**params)) for _ in range(2)]
@@ -241,4 +301,4 @@ def _check_training(plugin, defense_cls, params: dict, check: str) -> None:
 def _initial_state(split: TagSplit, config) -> dict:
     """The parameters training starts from (it seeds torch, then builds the model)."""
     torch.manual_seed(config.seed)
-    return build_learned(split, config).state_dict()
+    return build_model(split, config).state_dict()

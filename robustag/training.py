@@ -19,15 +19,22 @@ import torch
 
 from robustag.errors import RobustagError
 from robustag.evaluation import evaluate, scores_of
-from robustag.models import LEARNED_MODELS, POPULARITY_MODELS, Batch, EmbeddingModel, popularity_model
+from robustag.models import MODELS, Batch, EmbeddingModel, Model
 from robustag.preprocess import Posts, TagSplit
 
 EARLY_STOP_METRIC = "ndcg@3"
 
 
+# Fields of the configuration before models declared their own parameters. They stay in the
+# flat description (`TrainConfig.describe`) at their old defaults, so the unit keys, stored
+# cells and checkpoints of earlier run folders keep matching.
+LEGACY_MODEL_FIELDS = {"margin": 0.5, "norm": "clip", "reg": 0.0, "mix": None}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a trained model (besides the data and the regime)."""
+    """Everything that determines a trained model (besides the data and the regime): the
+    options every model shares, and `model_params`, the model's own declared parameters."""
 
     model: str = "metric"
     dim: int = 64
@@ -35,58 +42,62 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 1024
     negatives: int = 8
-    margin: float = 0.5
-    norm: str = "clip"
-    reg: float = 0.0
     patience: int = 10
     seed: int = 0
-    mix: float | None = None  # pop-mix weight on the user's tags; None: tuned on validation
+    model_params: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         for option in fields(self):
-            value, kind = getattr(self, option.name), float if option.name == "mix" else type(option.default)
-            numeric = kind is float and isinstance(value, int)
-            if (option.name == "mix" and value is None) or (isinstance(value, kind) or numeric) and not isinstance(value, bool):
+            if option.name in ("model_params",):
                 continue
-            raise RobustagError(f"--{option.name.replace('_', '-')}: invalid value {value!r}; expected {kind.__name__}")
-        checks = {
-            "model": self.model in (*LEARNED_MODELS, *POPULARITY_MODELS),
-            "dim": self.dim >= 1,
-            "lr": self.lr > 0,
-            "epochs": self.epochs >= 1,
-            "batch-size": self.batch_size >= 1,
-            "negatives": self.negatives >= 1,
-            "margin": self.margin >= 0,
-            "norm": self.norm in ("clip", "reg", "none"),
-            "reg": self.reg >= 0,
-            "patience": self.patience >= 1,
-            "mix": self.mix is None or 0 <= self.mix <= 1,
-        }
+            value, kind = getattr(self, option.name), type(option.default)
+            if not (isinstance(value, kind) or (kind is float and isinstance(value, int))) or isinstance(value, bool):
+                raise RobustagError(f"--{option.name.replace('_', '-')}: invalid value {value!r}; expected {kind.__name__}")
+        checks = {"dim": self.dim >= 1, "lr": self.lr > 0, "epochs": self.epochs >= 1, "batch-size": self.batch_size >= 1,
+                  "negatives": self.negatives >= 1, "patience": self.patience >= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            name = bad[0]
-            value = getattr(self, name.replace("-", "_"))
-            allowed = {
-                "model": ", ".join((*LEARNED_MODELS, *POPULARITY_MODELS)),
-                "norm": "clip, reg, none",
-                "mix": "a weight in [0, 1]",
-            }.get(name, "a positive value" if name != "margin" else "a value ≥ 0")
-            raise RobustagError(f"--{name}: invalid value {value!r}; expected {allowed}")
+            value = getattr(self, bad[0].replace("-", "_"))
+            raise RobustagError(f"--{bad[0]}: invalid value {value!r}; expected a positive value")
+        self.recipe()  # the model exists and its parameters pass their checks
         return self
 
+    def recipe(self) -> Model:
+        """The model plugin, configured with this configuration's model parameters."""
+        return MODELS.create(self.model, **self.model_params)
 
-# Defaults chosen by mean validation NDCG@3 over lastfm and movielens 10-core (never on
-# test); the sweep tables are in the foundation issue's notes (benchmarks/sweep_defaults.py).
-MODEL_DEFAULTS: dict[str, dict] = {
-    "metric": dict(dim=128, lr=2e-3, margin=0.75, norm="clip", negatives=16),
-    "pitf": dict(dim=128, lr=2e-3, reg=1e-5, negatives=8),
-}
+    def describe(self) -> dict:
+        """The flat description that keys a trained model (hashed into unit keys, stored with
+        cells and checkpoints): shared options and model parameters side by side."""
+        shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_params"}
+        return {**shared, **LEGACY_MODEL_FIELDS, **self.model_params}
+
+    @classmethod
+    def from_description(cls, flat: dict) -> "TrainConfig":
+        """The configuration a `describe()` came from (also one written before models declared
+        their parameters: the fields a model does not declare are left out)."""
+        declared = MODELS.get(flat["model"]).params
+        shared = {f.name: flat[f.name] for f in fields(cls) if f.name in flat and f.name != "model_params"}
+        return cls(**shared, model_params={k: flat[k] for k in declared if k in flat})
+
+
+SHARED_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "model_params"))
 
 
 def default_config(model: str, **overrides) -> TrainConfig:
-    """The tuned defaults of `model`, with any non-None override applied."""
-    base = TrainConfig(model=model, **MODEL_DEFAULTS.get(model, {}))
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None}).validate()
+    """The configuration of `model` (a name or a spec such as `metric:margin=1`) at its tuned
+    defaults, with every non-None override applied: shared options (dim, lr, epochs,
+    batch_size, negatives, patience, seed) and the model's own parameters (margin, reg, ...)."""
+    cls, values = MODELS.resolve(model)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    own = {k: v for k, v in given.items() if k not in SHARED_OPTIONS}
+    unknown = sorted(k for k in own if k not in cls.params)
+    if unknown:
+        raise RobustagError(f"--{unknown[0].replace('_', '-')}: model {cls.name} has no such parameter "
+                            f"(its parameters: {', '.join(cls.params) or 'none'})")
+    recipe = cls(**{**values, **own})
+    shared = {**cls.defaults, **{k: v for k, v in given.items() if k in SHARED_OPTIONS}}
+    return TrainConfig(model=cls.name, **shared, model_params=dict(recipe.config)).validate()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -171,10 +182,11 @@ def train(
     floating-point rounding, not bit for bit.
     """
     config.validate()
-    if config.model in POPULARITY_MODELS:
-        return fit_popularity(split, config, device)
+    recipe = config.recipe()
+    if not recipe.learned:
+        return fit_untrained(recipe, split, config, device)
     torch.manual_seed(config.seed)
-    model = build_learned(split, config).to(device)
+    model = build_model(split, config).to(device)
     with compiled_losses(model, compile):
         return _fit(model, split, config, device, regime or TrainingRegime(), on_epoch)
 
@@ -242,11 +254,9 @@ def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
     return result
 
 
-def build_learned(split: TagSplit, config: TrainConfig) -> EmbeddingModel:
-    sizes = (split.n_users, split.n_items, split.n_tags)
-    if config.model == "metric":
-        return LEARNED_MODELS["metric"](*sizes, dim=config.dim, margin=config.margin, norm=config.norm, reg=config.reg)
-    return LEARNED_MODELS["pitf"](*sizes, dim=config.dim, reg=config.reg)
+def build_model(split: TagSplit, config: TrainConfig) -> EmbeddingModel:
+    """A learned model's network for this split (seed torch first for a reproducible start)."""
+    return config.recipe().build(split.n_users, split.n_items, split.n_tags, config.dim)
 
 
 def _validate(model, split: TagSplit, device: torch.device) -> dict[str, float]:
@@ -257,30 +267,13 @@ def _validate(model, split: TagSplit, device: torch.device) -> dict[str, float]:
     return {f"valid_{k}": summary[k] for k in ("f1@3", EARLY_STOP_METRIC)}
 
 
-MIX_GRID = tuple(np.round(np.linspace(0, 1, 21), 2))
-
-
-def fit_popularity(split: TagSplit, config: TrainConfig, device: torch.device) -> TrainResult:
-    """Popularity baselines need no training; `pop-mix` tunes its weight on validation NDCG@3."""
-    sizes = (split.n_users, split.n_items, split.n_tags)
+def fit_untrained(recipe, split: TagSplit, config: TrainConfig, device: torch.device) -> TrainResult:
+    """A model that needs no training (the popularity baselines); what it tuned on validation
+    is in its history, and in the configuration returned."""
     started = time.perf_counter()
-    if config.model != "pop-mix" or config.mix is not None:
-        model = popularity_model(config.model, split.train, *sizes, mix=0.5 if config.mix is None else config.mix)
-        return TrainResult(model=model, config=config, train_seconds=time.perf_counter() - started)
-    if len(split.valid) == 0:
-        raise RobustagError("pop-mix: no validation posts to tune --mix on; pass --mix or keep validation")
-    history = []
-    for mix in MIX_GRID:
-        model = popularity_model("pop-mix", split.train, *sizes, mix=float(mix))
-        score = evaluate(scores_of(model), split.valid, split.n_tags, device).summary()[EARLY_STOP_METRIC]
-        history.append({"mix": float(mix), f"valid_{EARLY_STOP_METRIC}": score})
-    best = max(history, key=lambda row: row[f"valid_{EARLY_STOP_METRIC}"])
-    model = popularity_model("pop-mix", split.train, *sizes, mix=best["mix"])
-    return TrainResult(
-        model=model,
-        config=replace(config, mix=best["mix"]),
-        history=history,
-        best_valid={f"valid_{EARLY_STOP_METRIC}": best[f"valid_{EARLY_STOP_METRIC}"]},
-        train_seconds=time.perf_counter() - started,
-    )
-
+    model, history = recipe.fit(split, device)
+    tuned = replace(config, model_params=dict(recipe.config))
+    best = {k: v for k, v in max(history, key=lambda row: row.get(f"valid_{EARLY_STOP_METRIC}", 0)).items()
+            if k.startswith("valid_")} if history else {}
+    return TrainResult(model=model, config=tuned, history=history, best_valid=best,
+                       train_seconds=time.perf_counter() - started)

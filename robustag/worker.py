@@ -16,7 +16,7 @@ from robustag.attack import ATTACKS
 from robustag.checkpoint import load_model, save_model
 from robustag.defense import DEFENSES
 from robustag.evaluation import evaluate, scores_of
-from robustag.models import LEARNED_MODELS
+from robustag.models import MODELS
 from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
 from robustag.robustness import evade, promotion_figures
@@ -41,8 +41,8 @@ def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: Even
     if setup.threads:
         torch.set_num_threads(setup.threads)
     for path in setup.plugins:
-        ATTACKS.load_file(path)
-        DEFENSES.load_file(path)
+        for registry in (ATTACKS, DEFENSES, MODELS):
+            registry.load_file(path)
     emit = on_event or (lambda kind, data: None)
     torch_device = torch.device(device)
     started = time.perf_counter()
@@ -63,7 +63,8 @@ def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.devi
     """The unit's cached model, or a newly trained one; a cache file that does not load (cut
     short, damaged, of another split) is discarded with a warning and the model retrained."""
     path = Path(setup.model_dir) / f"{task.key}.pt"
-    if task.config.model in LEARNED_MODELS and path.is_file():
+    learned = task.config.recipe().learned
+    if learned and path.is_file():
         try:
             model, _, extra = load_model(path, split, device, with_extra=True)
             return model, extra.get("history", []), extra.get("train_seconds", 0.0)
@@ -73,7 +74,7 @@ def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.devi
     emit("train", {"unit": task.label, "epochs": task.config.epochs})
     result = train(split, task.config, device, regime=DEFENSES.create(task.defense), compile=setup.compile,
                    on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
-    if task.config.model in LEARNED_MODELS:
+    if learned:
         save_model(path, result.model, result.config, split,
                    extra={"history": result.history, "train_seconds": result.train_seconds})
     return result.model, result.history, result.train_seconds

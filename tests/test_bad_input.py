@@ -82,15 +82,26 @@ def test_delicious_layout_is_parsed(tmp_path):
     assert stats["test_posts"] == 8
 
 
-@pytest.mark.parametrize(
-    "option, value",
-    [("dim", 0), ("lr", -1.0), ("epochs", 0), ("negatives", 0), ("norm", "sphere"), ("mix", 1.5), ("model", "bogus")],
-)
-def test_bad_training_options_name_the_option(option, value):
-    kwargs = {option: value} if option != "model" else {}
-    model = value if option == "model" else "metric"
+@pytest.mark.parametrize("option, value", [("dim", 0), ("lr", -1.0), ("epochs", 0), ("negatives", 0)])
+def test_bad_shared_training_options_name_the_option(option, value):
     with pytest.raises(RobustagError, match=rf"--{option}: invalid value"):
-        default_config(model, **kwargs)
+        default_config("metric", **{option: value})
+
+
+@pytest.mark.parametrize("model, option, value, message", [
+    ("metric", "norm", "sphere", "metric: parameter norm='sphere' must be one of clip, reg, none"),
+    ("pop-mix", "mix", 1.5, r"pop-mix: parameter mix=1.5 must be in \[0, 1\]"),
+    ("pitf", "margin", 1.0, "--margin: model pitf has no such parameter .its parameters: reg."),
+    ("metric:margin=-1", None, None, "metric: parameter margin=-1.0 must be ≥ 0"),
+])
+def test_bad_model_parameters_name_the_model_and_parameter(model, option, value, message):
+    with pytest.raises(RobustagError, match=message):
+        default_config(model, **({option: value} if option else {}))
+
+
+def test_an_unknown_model_lists_the_known_ones():
+    with pytest.raises(RobustagError, match="unknown model 'bogus'; available: fm, metric, pitf, pop"):
+        default_config("bogus")
 
 
 def test_bad_device_is_rejected():

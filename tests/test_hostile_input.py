@@ -356,7 +356,7 @@ def test_plugin_files_that_cannot_work_are_refused(tmp_path, robustag):
     refused(robustag("attacks", "list", "--plugin", tmp_path), "--plugin", "is a folder")
     empty = tmp_path / "empty.py"
     empty.write_text("X = 1\n")
-    refused(robustag("attacks", "list", "--plugin", empty), "defines no attack or defense")
+    refused(robustag("attacks", "list", "--plugin", empty), "defines no attack, defense or model")
     odd = tmp_path / "odd.py"
     odd.write_text(EXPLODING.replace('name = "exploding-cell"', 'name = "bad<name>,x:y"'))
     refused(robustag("attacks", "list", "--plugin", odd), "bad<name>,x:y", "cannot be written in a spec")

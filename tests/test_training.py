@@ -66,7 +66,7 @@ def test_metric_clip_keeps_embeddings_in_the_unit_ball(planted):
 
 def test_pop_mix_tunes_its_weight_on_validation(planted):
     result = train(planted, default_config("pop-mix"), CPU)
-    assert 0.0 <= result.config.mix <= 1.0 and len(result.history) == 21
+    assert 0.0 <= result.config.model_params["mix"] <= 1.0 and len(result.history) == 21
     best = max(r["valid_ndcg@3"] for r in result.history)
     assert result.best_valid["valid_ndcg@3"] == best
 

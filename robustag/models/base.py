@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from robustag.plugins import Plugin
 
 
 @dataclass
@@ -113,3 +116,30 @@ class EmbeddingModel(nn.Module, TagRecommender):
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.score_all(self.user(users), self.item(items), self.tag.weight)
+
+
+class Model(Plugin):
+    """Base of model plugins: a tag recommender by name, with its own declared parameters.
+
+    The class is the recipe, not the network: `build` makes the network of a learned model
+    (an `EmbeddingModel`, trained by robustag), `fit` makes a recommender that needs no
+    training. What a model declares decides what applies to it:
+
+    - `learned`: trained by gradient steps on the training triples, so defenses apply;
+    - `embeddings`: has user, item and tag embedding tables, so evasion attacks apply;
+    - `defaults`: the shared training options (dim, lr, negatives, ...) tuned for it on validation.
+    """
+
+    learned: ClassVar[bool] = True
+    embeddings: ClassVar[bool] = True
+    defaults: ClassVar[dict] = {}
+
+    def build(self, n_users: int, n_items: int, n_tags: int, dim: int) -> EmbeddingModel:
+        """A learned model's network, initialised (torch is seeded before the call)."""
+        raise NotImplementedError
+
+    def fit(self, split, device: torch.device) -> tuple[TagRecommender, list[dict]]:
+        """A model that needs no training, fitted to `split` (and its history, if it tuned
+        anything on validation: a tuned parameter is set on `self`, so the stored
+        configuration says what was chosen)."""
+        raise NotImplementedError

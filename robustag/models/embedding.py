@@ -1,4 +1,4 @@
-"""The two learned models: the paper's metric model and PITF."""
+"""The two learned models of the paper: the metric model and PITF, each a network and its recipe."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustag.models.base import BatchEmbeddings, EmbeddingModel
+from robustag.models.base import BatchEmbeddings, EmbeddingModel, Model
+from robustag.plugins import Param, non_negative
 
 
 class MetricModel(EmbeddingModel):
@@ -46,7 +47,7 @@ class MetricModel(EmbeddingModel):
     def penalty(self, embeddings: BatchEmbeddings):
         if self.norm != "reg" or self.reg == 0:
             return super().penalty(embeddings)
-        return self.reg * _mean_square_norm(embeddings)
+        return self.reg * mean_square_norm(embeddings)
 
     @torch.no_grad()
     def after_step(self):
@@ -82,10 +83,10 @@ class PITFModel(EmbeddingModel):
         return F.softplus(negative - positive)  # −log σ(s+ − s−)
 
     def penalty(self, embeddings: BatchEmbeddings):
-        return self.reg * _mean_square_norm(embeddings)
+        return self.reg * mean_square_norm(embeddings)
 
 
-def _mean_square_norm(embeddings: BatchEmbeddings) -> torch.Tensor:
+def mean_square_norm(embeddings: BatchEmbeddings) -> torch.Tensor:
     """Mean over the batch of the squared norms of its rows (negatives summed over K)."""
     total = (
         embeddings.user.pow(2).sum(-1)
@@ -94,3 +95,30 @@ def _mean_square_norm(embeddings: BatchEmbeddings) -> torch.Tensor:
         + embeddings.negative.pow(2).sum(-1).sum(-1)
     )
     return total.mean()
+
+
+# Defaults chosen by mean validation NDCG@3 over lastfm and movielens 10-core (never on
+# test); the sweep tables are in the foundation issue's notes (benchmarks/sweep_defaults.py).
+
+class Metric(Model):
+    name = "metric"
+    summary = "the paper's metric model: −(‖u − t‖² + ‖i − t‖²), triplet hinge"
+    params = {
+        "margin": Param(0.75, "hinge margin", **non_negative()),
+        "norm": Param("clip", "clip (unit ball), reg (L2 penalty) or none", choices=("clip", "reg", "none")),
+        "reg": Param(0.0, "L2 weight with norm=reg", **non_negative()),
+    }
+    defaults = dict(dim=128, lr=2e-3, negatives=16)
+
+    def build(self, n_users, n_items, n_tags, dim):
+        return MetricModel(n_users, n_items, n_tags, dim=dim, margin=self.margin, norm=self.norm, reg=self.reg)
+
+
+class PITF(Model):
+    name = "pitf"
+    summary = "Pairwise Interaction Tensor Factorization: <u, t^U> + <i, t^I>, BPR"
+    params = {"reg": Param(1e-5, "L2 weight on the batch's rows", **non_negative())}
+    defaults = dict(dim=128, lr=2e-3, negatives=8)
+
+    def build(self, n_users, n_items, n_tags, dim):
+        return PITFModel(n_users, n_items, n_tags, dim=dim, reg=self.reg)

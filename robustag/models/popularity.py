@@ -11,8 +11,13 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from robustag.models.base import TagRecommender
+from robustag.errors import RobustagError
+from robustag.evaluation import evaluate, scores_of
+from robustag.models.base import Model, TagRecommender
+from robustag.plugins import Param, fraction
 from robustag.preprocess import Posts
+
+TUNED_ON = "ndcg@3"  # the early-stopping metric of the learned models
 
 TIE_BREAK = 1e-6
 
@@ -41,9 +46,72 @@ class PopularityModel(TagRecommender):
         return scores.to(users.device)
 
 
-def popularity_model(name: str, train: Posts, n_users: int, n_items: int, n_tags: int, mix: float = 0.5):
-    """`pop`, `pop-user`, `pop-item`, or `pop-mix` with weight `mix` on the user's frequencies."""
-    weights = {"pop": (0.0, 0.0), "pop-user": (1.0, 0.0), "pop-item": (0.0, 1.0), "pop-mix": (mix, 1.0 - mix)}
-    model = PopularityModel(train, n_users, n_items, n_tags, *weights[name])
-    model.name = name
-    return model
+class Popularity(Model):
+    """The recipe of the popularity baselines: no training, no embeddings; `weights` gives
+    (user, item) weights of the frequencies."""
+
+    learned = False
+    embeddings = False
+
+    def weights(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def recommender(self, split) -> PopularityModel:
+        model = PopularityModel(split.train, split.n_users, split.n_items, split.n_tags, *self.weights())
+        model.name = self.name
+        return model
+
+    def fit(self, split, device):
+        return self.recommender(split), []
+
+
+class Pop(Popularity):
+    name = "pop"
+    summary = "global tag popularity"
+
+    def weights(self):
+        return 0.0, 0.0
+
+
+class PopUser(Popularity):
+    name = "pop-user"
+    summary = "the user's own tag frequencies"
+
+    def weights(self):
+        return 1.0, 0.0
+
+
+class PopItem(Popularity):
+    name = "pop-item"
+    summary = "the item's tag frequencies"
+
+    def weights(self):
+        return 0.0, 1.0
+
+
+MIX_GRID = tuple(np.round(np.linspace(0, 1, 21), 2))
+
+
+class PopMix(Popularity):
+    name = "pop-mix"
+    summary = "mix · user + (1 − mix) · item frequencies, mix tuned on validation NDCG@3"
+    params = {"mix": Param(None, "weight on the user's frequencies; unset: tuned on validation", kind=float,
+                           **fraction())}
+
+    def weights(self):
+        return self.mix, 1.0 - self.mix
+
+    def fit(self, split, device):
+        """Tunes `mix` on the validation posts over a grid of 21 values when it is not given."""
+        if self.mix is not None:
+            return self.recommender(split), []
+        if len(split.valid) == 0:
+            raise RobustagError("pop-mix: no validation posts to tune --mix on; pass --mix or keep validation")
+        history = []
+        for mix in MIX_GRID:
+            self.mix = float(mix)
+            score = evaluate(scores_of(self.recommender(split)), split.valid, split.n_tags, device).summary()[TUNED_ON]
+            history.append({"mix": self.mix, f"valid_{TUNED_ON}": score})
+        self.mix = max(history, key=lambda row: row[f"valid_{TUNED_ON}"])["mix"]
+        self.config["mix"] = self.mix
+        return self.recommender(split), history

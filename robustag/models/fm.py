@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from robustag.models.base import EmbeddingModel, Model
-from robustag.models.embedding import mean_square_norm
-from robustag.plugins import Param, non_negative
+from robustag.models.base import EmbeddingModel
+from robustag.models.embedding import PITF, mean_square_norm
 
 
 class FMModel(EmbeddingModel):
@@ -45,11 +44,11 @@ class FMModel(EmbeddingModel):
         return self.reg * mean_square_norm(embeddings)
 
 
-class FM(Model):
+class FM(PITF):
+    """PITF's recipe (its L2 weight and tuned options), building the factorization machine."""
+
     name = "fm"
     summary = "factorization machine over one-hot user, item, tag: w_t + <v_u + v_i, v_t>, BPR"
-    params = {"reg": Param(1e-5, "L2 weight on the batch's rows", **non_negative())}
-    defaults = dict(dim=128, lr=2e-3, negatives=8)
 
     def build(self, n_users, n_items, n_tags, dim):
         return FMModel(n_users, n_items, n_tags, dim=dim, reg=self.reg)

@@ -16,7 +16,7 @@ from common import environment, parser, record, write
 
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.preprocess import load_split
 from robustag.robustness import run_attack
 from robustag.training import default_config, resolve_device, train
@@ -26,7 +26,7 @@ SPECS = ("fgsm", "pgd", "mim", "freelb", "pgd:targets=user+item+tag", "tag-repla
 
 def attack_rows(split, model, config, device, eps: float, specs=SPECS) -> list[dict]:
     """Seconds and posts/s of each attack over all test posts (evasion best of 3), and its effect."""
-    clean = evaluate(scores_of(model), split.test, split.n_tags, device)
+    clean = evaluate_model(model, split.test, split.n_tags, device)
     rows = []
     for spec in specs:
         attack = ATTACKS.create(spec)

@@ -14,7 +14,7 @@ from common import environment, parser, record, write
 from robustag import paths
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.preprocess import load_split
 from robustag.robustness import evade
 from robustag.training import default_config, resolve_device, train
@@ -29,7 +29,7 @@ def defense_rows(split, dataset: str, config, device, attack: str, compile: bool
         result = train(split, config, device, regime=DEFENSES.create(spec), compile=compile)
         epoch_seconds = statistics.median(r["seconds"] for r in result.history)
         plain_epoch = plain_epoch or epoch_seconds
-        clean = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
+        clean = evaluate_model(result.model, split.test, split.n_tags, device).summary()
         attacked = evade(result.model, split, ATTACKS.create(attack), device).summary()
         row = {
             "dataset": dataset, "defense": spec, "epochs_run": len(result.history), "best_epoch": result.best_epoch,

@@ -16,7 +16,7 @@ import time
 from common import environment, parser, record, write
 
 from robustag import paths
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.models import declares
 from robustag.preprocess import load_split
 from robustag.training import default_config, resolve_device, train
@@ -44,7 +44,7 @@ def model_rows(split, device, epochs: int, compile: bool = False) -> list[dict]:
             row["first_epoch_seconds"] = result.history[0]["seconds"]
             row["epoch_seconds"] = statistics.median(r["seconds"] for r in result.history)
             row["triples_per_second"] = split.train.n_assignments / row["epoch_seconds"]
-        row["eval_seconds"] = best_of(3, lambda: evaluate(scores_of(result.model), split.test, split.n_tags, device))
+        row["eval_seconds"] = best_of(3, lambda: evaluate_model(result.model, split.test, split.n_tags, device))
         row["posts_per_second"] = len(split.test) / row["eval_seconds"]
         record(rows, row)
     return rows

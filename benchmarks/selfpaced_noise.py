@@ -19,7 +19,7 @@ from common import environment, parser, record, write
 from robustag import paths
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.preprocess import load_split
 from robustag.selfpaced import SelfPacedDefense, self_paced_weights
 from robustag.training import default_config, resolve_device, train
@@ -77,7 +77,7 @@ def main() -> None:
     for epoch in result.history:
         record(rows, {k: epoch[k] for k in ("epoch", "lambda", "admitted", "admitted_replaced", "admitted_intact",
                                             "adv_loss_replaced", "adv_loss_intact", "valid_ndcg@3") if k in epoch})
-    test = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
+    test = evaluate_model(result.model, split.test, split.n_tags, device).summary()
     print(f"replaced triples: {len(replaced)} of {poisoned.train.n_assignments}; best epoch {result.best_epoch}; "
           f"test NDCG@3 {test['ndcg@3']:.4f}")
     write(args.out, {"dataset": args.dataset, "rate": args.rate, "defense": regime.spec, "seed": args.seed,

@@ -16,7 +16,7 @@ import time
 import torch
 
 from robustag import paths
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.preprocess import load_split
 from robustag.training import default_config, resolve_device, train
 
@@ -51,7 +51,7 @@ def main() -> None:
     grid = parse_grid(args.grid)
     rows = []
     reference = train(split, default_config("pop-mix"), device)
-    ref_test = evaluate(scores_of(reference.model), split.test, split.n_tags, device).summary()
+    ref_test = evaluate_model(reference.model, split.test, split.n_tags, device).summary()
     print("| config | valid F1@3 | valid NDCG@3 | test F1@3 | test NDCG@3 | best epoch | seconds |")
     print("|---|---|---|---|---|---|---|")
     print(f"| pop-mix (mix={reference.config.model_params['mix']}) | | {reference.best_valid['valid_ndcg@3']:.4f} "
@@ -61,7 +61,7 @@ def main() -> None:
         started = time.perf_counter()
         torch.manual_seed(0)
         result = train(split, default_config(args.model, epochs=args.epochs, **overrides), device)
-        test = evaluate(scores_of(result.model), split.test, split.n_tags, device).summary()
+        test = evaluate_model(result.model, split.test, split.n_tags, device).summary()
         row = (overrides, result.best_valid, test, result.best_epoch, time.perf_counter() - started)
         rows.append(row)
         _print_row(*row)

@@ -31,7 +31,7 @@ from robustag.bench import RunSettings, check_settings, run_units
 from robustag.checkpoint import load_model
 from robustag.defense import DEFENSES, Defense
 from robustag.errors import RobustagError
-from robustag.evaluation import Evaluation, evaluate, scores_of
+from robustag.evaluation import Evaluation, evaluate_model
 from robustag.models import MODELS
 from robustag.planning import check_data, pending_units, plan
 from robustag.preprocess import SplitOptions, TagSplit, load_split
@@ -102,7 +102,7 @@ def train(split: TagSplit, model: str = "metric", defense: str = "plain", seed: 
     torch_device = resolve_device(device)
     result = fit(split, config, torch_device, regime=regime, on_epoch=on_epoch, compile=compile)
     started = time.perf_counter()
-    evaluation = evaluate(scores_of(result.model), split.test, split.n_tags, torch_device)
+    evaluation = evaluate_model(result.model, split.test, split.n_tags, torch_device)
     return Trained(result.model, result.config, regime.spec, torch_device, evaluation, result.history,
                    result.best_epoch, result.best_valid, result.train_seconds, time.perf_counter() - started)
 
@@ -113,7 +113,7 @@ def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str =
     torch_device = resolve_device(device)
     model, config = load_model(Path(path), split, torch_device)
     started = time.perf_counter()
-    evaluation = evaluate(scores_of(model), split.test, split.n_tags, torch_device)
+    evaluation = evaluate_model(model, split.test, split.n_tags, torch_device)
     return Trained(model, config, make_defense(defense, config.model).spec, torch_device, evaluation,
                    eval_seconds=time.perf_counter() - started)
 

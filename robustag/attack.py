@@ -199,15 +199,28 @@ class IterativeAttack(EmbeddingAttack):
         return {k: steepest(g, self.norm) for k, g in grads.items()}
 
     def perturb(self, objective, deltas, radius, context=None):
+        for _, deltas in self.ascent(objective, deltas, radius):
+            pass
+        return {k: v.detach() for k, v in deltas.items()}
+
+    def ascent(self, objective, deltas, radius, keep_graph: bool = False):
+        """The steps one at a time: yields (objective at the current iterate, the next iterate).
+        With `keep_graph` each objective keeps its graph to the model's parameters, so a
+        defense can train on every iterate (FreeLB) with the attack's own steps."""
         steps, step_size, start_random = self.schedule()
         if start_random:
             generator = self.generator(next(iter(deltas.values())).device)
             deltas = {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
         state: dict = {}
         for _ in range(steps):
-            moves = self.direction(gradients(objective, deltas), state)
-            deltas = {k: project(v + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in deltas.items()}
-        return {k: v.detach() for k, v in deltas.items()}
+            leaves = {k: v.detach().requires_grad_(True) for k, v in deltas.items()}
+            with torch.enable_grad():
+                values = objective(leaves)
+                grads = torch.autograd.grad(values.sum(), list(leaves.values()), allow_unused=True, retain_graph=keep_graph)
+            moves = self.direction({k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)},
+                                   state)
+            deltas = {k: project(v.detach() + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in leaves.items()}
+            yield values, deltas
 
 
 def iterative_params(steps: int, step_size: float, random_start_default: bool) -> dict[str, Param]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +63,43 @@ CompileOption = typer.Option(
     help="Fuse the training loss with torch.compile (about 2.5× faster epochs on LastFM; needs a C++ "
          "compiler on CPU; same results up to floating-point rounding).")
 DefenseOption = typer.Option("plain", "--defense", help="Training regime spec, e.g. spaml-s:attack=pgd,eps=0.1,steps=3")
+# The options of a training run, shared by `train` and `attack` (which trains unless --load).
+DatasetOption = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH")
+ModelOption = typer.Option("metric", "--model", "-m", help="A model spec, e.g. metric or metric:margin=1 (robustag "
+                           "models list); evasion attacks need one with embeddings.")
+SeedOption = typer.Option(0, help="Seed of initialisation, shuffling, negative sampling and the attacks' draws.")
+TRAINING_OPTIONS = {  # name: (type, option); a model's own parameters apply to the models that declare them
+    "dim": (Optional[int], typer.Option(None, help="Embedding size d.")),
+    "lr": (Optional[float], typer.Option(None, help="Adam learning rate.")),
+    "epochs": (Optional[int], typer.Option(None, help="Most epochs (early stopping on validation NDCG@3).")),
+    "batch_size": (Optional[int], typer.Option(None, "--batch-size")),
+    "negatives": (Optional[int], typer.Option(None, help="Negative tags sampled per positive.")),
+    "patience": (Optional[int], typer.Option(None, help="Epochs without validation gain before stopping.")),
+    "margin": (Optional[float], typer.Option(None, help="Hinge margin (metric).")),
+    "norm": (Optional[str], typer.Option(None, help="clip (unit ball), reg (L2) or none (metric).")),
+    "reg": (Optional[float], typer.Option(None, help="L2 weight (pitf, fm; metric with --norm reg).")),
+    "mix": (Optional[float], typer.Option(None, help="pop-mix weight on the user's tags (default: tuned).")),
+}
+
+
+def training_options(command):
+    """Give a command every option of a training run, declared once (so `train` and `attack`
+    never drift apart); the command receives them as one dict, `params`."""
+    signature = inspect.signature(command)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in TRAINING_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_options(**values):
+        params = {name: values.pop(name) for name in TRAINING_OPTIONS}
+        return command(**values, params=params)
+
+    kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != "params"]
+    with_options.__signature__ = signature.replace(parameters=[*kept, *extra])
+    with_options.__annotations__ = {**typing.get_type_hints(command), **{n: k for n, (k, _) in TRAINING_OPTIONS.items()}}
+    del with_options.__annotations__["params"]
+    return with_options
+DeviceOption = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
 
 
 def _load_plugins(files: Optional[list[Path]]) -> None:
@@ -154,38 +194,27 @@ def data_download(
 
 
 @app.command("train")
+@training_options
 def train_command(
-    dataset: str = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
-    model: str = typer.Option("metric", "--model", "-m", help="A model spec, e.g. metric or metric:margin=1 "
-                              "(robustag models list)."),
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
     data_dir: Optional[Path] = DataDirOption,
     p_core: int = PCoreOption,
     split_seed: int = SplitSeedOption,
-    seed: int = typer.Option(0, help="Seed of initialisation, shuffling and negative sampling."),
-    dim: Optional[int] = typer.Option(None, help="Embedding size d."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    epochs: Optional[int] = typer.Option(None, help="Most epochs (early stopping on validation NDCG@3)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    negatives: Optional[int] = typer.Option(None, help="Negative tags sampled per positive."),
-    margin: Optional[float] = typer.Option(None, help="Hinge margin (metric)."),
-    norm: Optional[str] = typer.Option(None, help="metric: clip (unit ball), reg (L2) or none."),
-    reg: Optional[float] = typer.Option(None, help="L2 weight (pitf; metric with --norm reg)."),
-    patience: Optional[int] = typer.Option(None, help="Epochs without validation gain before stopping."),
-    mix: Optional[float] = typer.Option(None, help="pop-mix weight on the user's tags (default: tuned)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    seed: int = SeedOption,
+    device: str = DeviceOption,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics, config, seed and history here."),
     save_run: Optional[Path] = typer.Option(None, "--save-run", help="Write the test rankings as a TREC run (and PATH.qrels)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model (learned models) here."),
     defense: str = DefenseOption,
     compile: bool = CompileOption,
     plugin: Optional[list[Path]] = PluginOption,
+    params: dict = None,
 ):
     """Train a model, evaluate it on the test posts, and print the metrics."""
     _load_plugins(plugin)
     for path, option in ((json_out, "--json"), (save_run, "--save-run"), (save, "--save")):
         _output_file(path, option)
-    params = dict(dim=dim, lr=lr, epochs=epochs, batch_size=batch_size, negatives=negatives, margin=margin, norm=norm,
-                  reg=reg, patience=patience, mix=mix)
     config = _checked_training(model, defense, device, seed, params)
     split = _load(dataset, data_dir, p_core, split_seed)
     trained = _train_with_progress(split, model, config, defense, device, compile, params)
@@ -237,24 +266,24 @@ def _run_header(dataset: str, split: TagSplit, split_seed: int, trained: rt.Trai
 
 
 @app.command("attack")
+@training_options
 def attack_command(
     attacks: str = typer.Option("pgd,mim,fgsm", "--attacks", "-a", help="Attack specs, e.g. pgd:eps=0.5,steps=10,mim,tag-replace-20"),
     eps: Optional[str] = typer.Option(None, "--eps", help="Comma-separated budgets: every embedding attack runs at each."),
-    dataset: str = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielens, delicious, ml10m or tsv:PATH"),
-    model: str = typer.Option("metric", "--model", "-m", help="A model spec; evasion attacks need one with "
-                              "embeddings (robustag models list)."),
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
     data_dir: Optional[Path] = DataDirOption,
     p_core: int = PCoreOption,
     split_seed: int = SplitSeedOption,
-    seed: int = typer.Option(0, help="Seed of training and of the attacks' random draws."),
-    epochs: Optional[int] = typer.Option(None, help="Most epochs when training."),
-    dim: Optional[int] = typer.Option(None, help="Embedding size d when training."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    seed: int = SeedOption,
+    device: str = DeviceOption,
+    compile: bool = CompileOption,
     defense: str = DefenseOption,
     load: Optional[Path] = typer.Option(None, "--load", help="Attack this saved model instead of training one."),
     save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
     plugin: Optional[list[Path]] = PluginOption,
+    params: dict = None,
 ):
     """Train (or load) a model and measure what each attack does to it."""
     _load_plugins(plugin)
@@ -264,7 +293,6 @@ def attack_command(
     evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
     if evasions and not MODELS.resolve(model)[0].embeddings and not load:
         raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
-    params = dict(epochs=epochs, dim=dim)
     config = _checked_training(model, defense, device, seed, params)
     split = _load(dataset, data_dir, p_core, split_seed)
     for each in attack_list:
@@ -273,7 +301,7 @@ def attack_command(
     if load:
         trained = rt.load(load, split, device, defense)
     else:
-        trained = _train_with_progress(split, model, config, defense, device, False, params)
+        trained = _train_with_progress(split, model, config, defense, device, compile, params)
         if save:
             _save(save, trained, split)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -25,6 +25,11 @@ def scores_of(recommender) -> ScoreFn:
     return lambda users, items, _post_index: recommender.score(users, items)
 
 
+def evaluate_model(recommender, posts: Posts, n_tags: int, device: torch.device | str = "cpu") -> Evaluation:
+    """A recommender's full ranking of every tag for `posts`, evaluated."""
+    return evaluate(scores_of(recommender), posts, n_tags, device)
+
+
 @dataclass
 class Evaluation:
     """Per-post metric values (`"f1@3"` -> array over posts) and each post's top-ranked tags."""

@@ -16,7 +16,7 @@ import torch
 
 from robustag.attack import AttackContext, DataAttack, EmbeddingAttack, row_budget
 from robustag.errors import RobustagError
-from robustag.evaluation import CUTOFFS, Evaluation, evaluate, post_tensors, rank_tags, scores_of
+from robustag.evaluation import CUTOFFS, Evaluation, evaluate, evaluate_model, post_tensors, rank_tags
 from robustag.models import EmbeddingModel
 from robustag.preprocess import Posts, TagSplit
 from robustag.training import TrainConfig, train
@@ -210,6 +210,6 @@ def run_attack(
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
                              threat=(attack.eps, attack.norm, attack.targets))
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
-    evaluation = evaluate(scores_of(retrained), split.test, split.n_tags, device)
-    extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation, "attacked_")}
+    evaluation = evaluate_model(retrained, split.test, split.n_tags, device)
+    extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation)}
     return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started, extra)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from robustag.errors import RobustagError
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.models import MODELS, Batch, EmbeddingModel, Model
 from robustag.preprocess import Posts, TagSplit
 
@@ -263,7 +263,7 @@ def _validate(model, split: TagSplit, device: torch.device) -> dict[str, float]:
     if len(split.valid) == 0:
         return {}
     model.eval()
-    summary = evaluate(scores_of(model), split.valid, split.n_tags, device).summary()
+    summary = evaluate_model(model, split.valid, split.n_tags, device).summary()
     return {f"valid_{k}": summary[k] for k in ("f1@3", EARLY_STOP_METRIC)}
 
 

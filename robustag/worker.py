@@ -15,7 +15,7 @@ import torch
 from robustag.attack import ATTACKS
 from robustag.checkpoint import load_model, save_model
 from robustag.defense import DEFENSES
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.models import MODELS
 from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
@@ -87,7 +87,7 @@ def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_s
         if cell.surface == "embedding":
             evaluation = evade(model, split, ATTACKS.create(cell.attack), device)
         else:
-            evaluation = evaluate(scores_of(model), split.test, split.n_tags, device)
+            evaluation = evaluate_model(model, split.test, split.n_tags, device)
         extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
         return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
                 "extra": extra, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES, Defense
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.plugins import PluginError, Registry
 from robustag.robustness import evade
 from robustag.selfpaced import quantile_pace, quantile_threshold, self_paced_weights
@@ -108,7 +108,7 @@ def test_every_defense_trains_and_records_its_figures(planted, model, spec):
     assert {"loss", "adv_loss", "valid_f1@3", "valid_ndcg@3", "seconds"} <= set(record)
     if spec.startswith("spaml"):
         assert 0 <= record["admitted"] <= 1 and 0 <= record["mean_weight"] <= 1 and record["lambda"] > 0
-    assert evaluate(scores_of(result.model), planted.test, planted.n_tags).summary()["ndcg@10"] > 0
+    assert evaluate_model(result.model, planted.test, planted.n_tags).summary()["ndcg@10"] > 0
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.training import NegativeSampler, default_config, train
 
 CPU = torch.device("cpu")
 
 
 def _test_metrics(split, model):
-    return evaluate(scores_of(model), split.test, split.n_tags).summary()
+    return evaluate_model(model, split.test, split.n_tags).summary()
 
 
 @pytest.mark.parametrize("model", ["metric", "pitf"])
@@ -54,7 +54,7 @@ def test_early_stopping_restores_the_best_epoch(planted):
     assert result.best_epoch == int(np.argmax(scores)) + 1
     assert len(scores) < 30 or result.best_epoch is not None
     assert result.best_valid["valid_ndcg@3"] == max(scores)
-    restored = evaluate(scores_of(result.model), planted.valid, planted.n_tags).summary()["ndcg@3"]
+    restored = evaluate_model(result.model, planted.valid, planted.n_tags).summary()["ndcg@3"]
     assert restored == pytest.approx(max(scores))
 
 

@@ -12,7 +12,7 @@ import torch
 from scipy import sparse
 
 from robustag.errors import RobustagError
-from robustag.evaluation import evaluate, scores_of
+from robustag.evaluation import evaluate_model
 from robustag.models.base import Model, TagRecommender
 from robustag.plugins import Param, fraction
 from robustag.preprocess import Posts
@@ -110,7 +110,7 @@ class PopMix(Popularity):
         history = []
         for mix in MIX_GRID:
             self.mix = float(mix)
-            score = evaluate(scores_of(self.recommender(split)), split.valid, split.n_tags, device).summary()[TUNED_ON]
+            score = evaluate_model(self.recommender(split), split.valid, split.n_tags, device).summary()[TUNED_ON]
             history.append({"mix": self.mix, f"valid_{TUNED_ON}": score})
         self.mix = max(history, key=lambda row: row[f"valid_{TUNED_ON}"])["mix"]
         self.config["mix"] = self.mix

@@ -30,7 +30,7 @@ from robustag.attack import ATTACKS, Attack, DataAttack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
 from robustag.checkpoint import load_model
 from robustag.defense import DEFENSES, Defense
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError
 from robustag.evaluation import Evaluation, evaluate_model
 from robustag.models import MODELS
 from robustag.planning import check_data, pending_units, plan
@@ -52,8 +52,8 @@ def load_plugins(files: Sequence[str | Path]) -> list[str]:
     for file in files:
         found = [name for registry in (ATTACKS, DEFENSES, MODELS) for name in registry.load_file(file)]
         if not found:
-            raise RobustagError(f"--plugin {file}: defines no attack, defense or model (a named subclass of "
-                                "robustag.attack.Attack, robustag.defense.Defense or robustag.models.Model)")
+            raise ParameterError("plugins", "defines no attack, defense or model (a named subclass of "
+                                 "robustag.attack.Attack, robustag.defense.Defense or robustag.models.Model)", file)
         names += found
     return names
 
@@ -88,7 +88,7 @@ def make_defense(spec: str, model: str) -> Defense:
     """A defense, built (and so checked) before any training; only learned models have one."""
     defense = DEFENSES.create(spec)
     if defense.name != "plain" and not MODELS.resolve(model)[0].learned:
-        raise RobustagError(f"--defense {defense.name}: {model} is not a learned model; only plain applies")
+        raise ParameterError("defense", f"{model} is not a learned model; only plain applies", defense.name)
     return defense
 
 
@@ -122,8 +122,8 @@ def build_attacks(specs: Sequence[str | Attack], eps: Sequence[float] | None = N
     """Attacks from specs; every evasion attack runs at each of `eps` when given, and takes
     `seed` unless its spec sets one."""
     if not specs:
-        raise RobustagError("--attacks: no attack given")
-    budgets = parse_budgets(list(eps), "--eps") if eps is not None else [None]
+        raise ParameterError("attacks", "no attack given")
+    budgets = parse_budgets(list(eps), "eps") if eps is not None else [None]
     built = []
     for spec in specs:
         text = spec.spec if isinstance(spec, Attack) else spec
@@ -179,7 +179,8 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
         _override(each, datasets, models, defenses, attacks, seeds, eps, epochs)
     the_plan = plan(specs)
     if reference is not None and reference not in the_plan.defense_names():
-        raise RobustagError(f"--reference {reference!r}: not a defense of this run ({', '.join(the_plan.defense_names())})")
+        raise ParameterError("reference", f"not a defense of this run ({', '.join(the_plan.defense_names())})",
+                             repr(reference))
     name = specs[0].name if len(specs) == 1 else Path(spec).stem if isinstance(spec, (str, Path)) else "bench"
     settings = RunSettings(out=Path(out) if out else Path("runs") / folder_name(name), data_dir=paths.data_dir(data_dir),
                            device=device, workers=workers, per_gpu=per_gpu, executor=executor, address=address,
@@ -221,11 +222,11 @@ def _override(spec: BenchSpec, datasets, models, defenses, attacks, seeds, eps, 
     for key, value in (("datasets", datasets), ("models", models), ("defenses", defenses), ("attacks", attacks)):
         if value is not None:
             if not value:
-                raise RobustagError(f"--{key}: empty; name at least one, or leave the option out")
+                raise ParameterError(key, "empty; name at least one, or leave the option out")
             setattr(spec, key, list(value))
     if seeds is not None:
-        spec.seeds = parse_seeds(seeds, "--seeds")
+        spec.seeds = parse_seeds(seeds, "seeds")
     if eps is not None:
-        spec.eps = parse_budgets(list(eps), "--eps")
+        spec.eps = parse_budgets(list(eps), "eps")
     if epochs is not None:
         spec.params = {**spec.params, "epochs": epochs}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError
 from robustag.executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
 from robustag.planning import UnitTask
 from robustag.provenance import run_info
@@ -48,12 +48,12 @@ def devices_for(settings: RunSettings) -> list[str]:
 def check_settings(settings: RunSettings) -> None:
     """Executor, worker counts and device, refused before a run folder is touched."""
     if settings.executor not in EXECUTORS:
-        raise RobustagError(f"--executor {settings.executor!r}: expected {' or '.join(EXECUTORS)}")
-    for option, value in (("--workers", settings.workers), ("--per-gpu", settings.per_gpu)):
+        raise ParameterError("executor", f"expected {' or '.join(EXECUTORS)}", repr(settings.executor))
+    for option, value in (("workers", settings.workers), ("per_gpu", settings.per_gpu)):
         if value < 1:
-            raise RobustagError(f"{option} {value}: expected a count ≥ 1")
+            raise ParameterError(option, "expected a count ≥ 1", value)
     if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise RobustagError("--executor ray needs Ray: pip install 'robustag[ray]'")
+        raise ParameterError("executor", "needs Ray: pip install 'robustag[ray]'", "ray")
     devices_for(settings)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError, RobustagError
 from robustag.models import EmbeddingModel
 from robustag.preprocess import TagSplit
 from robustag.training import TrainConfig, build_model
@@ -48,23 +48,23 @@ def load_model(path: Path, split: TagSplit, device: torch.device, with_extra: bo
     """(model, config), or (model, config, extra) with `with_extra`."""
     path = Path(path)
     if not path.is_file():
-        raise RobustagError(f"--load {path}: file not found")
+        raise ParameterError("load", "file not found", path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise RobustagError(f"--load {path}: not a robustag checkpoint ({type(error).__name__}: {error})") from error
+        raise ParameterError("load", f"not a robustag checkpoint ({type(error).__name__}: {error})", path) from error
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise RobustagError(f"--load {path}: not a robustag checkpoint of format {FORMAT}")
+        raise ParameterError("load", f"not a robustag checkpoint of format {FORMAT}", path)
     sizes = [split.n_users, split.n_items, split.n_tags]
     if saved["dataset"] != split.name or saved["sizes"] != sizes or saved["split"] != asdict(split.options):
-        raise RobustagError(
-            f"--load {path}: trained on {saved['dataset']} {saved['split']} with sizes {saved['sizes']}, "
-            f"but this run uses {split.name} {asdict(split.options)} with sizes {sizes}"
+        raise ParameterError(
+            "load", f"trained on {saved['dataset']} {saved['split']} with sizes {saved['sizes']}, "
+            f"but this run uses {split.name} {asdict(split.options)} with sizes {sizes}", path
         )
     try:
         config = TrainConfig.from_description(saved["config"])
     except RobustagError as error:
-        raise RobustagError(f"--load {path}: {error}") from error
+        raise ParameterError("load", str(error), path) from error
     model = build_model(split, config)
     model.load_state_dict(saved["state_dict"])
     model = model.to(device).eval()

@@ -25,7 +25,7 @@ from robustag.attack import ATTACKS, DataAttack, EmbeddingAttack
 from robustag.checkpoint import save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError, RobustagError
 from robustag.evaluation import CUTOFFS
 from robustag.models import MODELS
 from robustag.plugins import split_specs
@@ -551,9 +551,19 @@ def report_command(
         console.print(f"report: {escape(str(opened.report(reference)))}")
 
 
+FLAGS = {"plugins": "--plugin"}  # library parameters whose flag is not --NAME-WITH-DASHES
+
+
+def error_text(error: RobustagError) -> str:
+    """What the command line says: the flag where the library names its parameter."""
+    if isinstance(error, ParameterError):
+        return error.naming(FLAGS.get(error.parameter, "--" + error.parameter.replace("_", "-")))
+    return str(error)
+
+
 def main() -> None:
     try:
         app()
     except RobustagError as error:
-        console.print(f"[bold red]error:[/bold red] {escape(str(error))}", soft_wrap=True)  # one line, never wrapped
+        console.print(f"[bold red]error:[/bold red] {escape(error_text(error))}", soft_wrap=True)  # one line, never wrapped
         sys.exit(2)

@@ -115,7 +115,7 @@ def resolve_source(name: str) -> DatasetSource:
         )
     if name not in DATASETS:
         known = ", ".join(sorted(DATASETS)) + ", tsv:PATH"
-        raise RobustagError(f"unknown dataset {name!r} (--dataset); known: {known}")
+        raise RobustagError(f"unknown dataset {name!r}; known: {known}")
     return DATASETS[name]
 
 
@@ -146,7 +146,8 @@ def load_assignments(source: DatasetSource, data_dir: Path) -> TagAssignments:
     path = source.path(data_dir)
     if not path.is_file():
         hint = (
-            f"; run `robustag data download {source.name}` or point --data-dir / ROBUSTAG_DATA_DIR at it"
+            f"; run `robustag data download {source.name}` or point the data directory at it (data_dir, "
+            "--data-dir or $ROBUSTAG_DATA_DIR)"
             if source.url
             else ""
         )

@@ -25,11 +25,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError, RobustagError
 
 
 class PluginError(RobustagError):
     """A plugin that cannot be found, loaded or configured."""
+
+
+class PluginFileError(ParameterError, PluginError):
+    """A plugin file that cannot be loaded."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ class Registry:
         module = import_plugin_file(Path(path))
         if module.__name__ in self._files:
             return self._files[module.__name__]
-        self._files[module.__name__] = self.register_module(module, f"--plugin {path}")
+        self._files[module.__name__] = self.register_module(module, f"file {path}")
         return self._files[module.__name__]
 
     def _ensure_builtins(self) -> None:
@@ -280,9 +284,9 @@ def import_plugin_file(path: Path):
     if resolved in _IMPORTED_FILES:
         return _IMPORTED_FILES[resolved]
     if path.is_dir():
-        raise PluginError(f"--plugin {path}: is a folder; expected a Python file defining plugins")
+        raise PluginFileError("plugins", "is a folder; expected a Python file defining plugins", path)
     if not path.is_file():
-        raise PluginError(f"--plugin {path}: file not found")
+        raise PluginFileError("plugins", "file not found", path)
     stem = re.sub(r"\W", "_", path.stem)
     module_name = f"robustag_plugin_{stem}_{len(_IMPORTED_FILES)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -292,6 +296,6 @@ def import_plugin_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as error:  # a plugin may fail in any way: name it, keep the cause
         del sys.modules[module_name]
-        raise PluginError(f"--plugin {path}: failed to import: {type(error).__name__}: {error}") from error
+        raise PluginFileError("plugins", f"failed to import: {type(error).__name__}: {error}", path) from error
     _IMPORTED_FILES[resolved] = module
     return module

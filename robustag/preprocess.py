@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from robustag.datasets import TagAssignments, file_sha256, load_assignments, resolve_source
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError, RobustagError
 from robustag.paths import cache_dir
 
 # Bump when the processing below changes, so that stale caches are rebuilt.
@@ -209,7 +209,7 @@ def load_split(
     """Load a data set and split it, from the on-disk cache when the source and options are unchanged."""
     source = resolve_source(name)
     if options.p_core < 1:
-        raise RobustagError(f"--p-core must be ≥ 1, got {options.p_core}")
+        raise ParameterError("p_core", "must be ≥ 1", options.p_core)
     path = source.path(data_dir)
     if not path.is_file():
         load_assignments(source, data_dir)  # raises the clear "file not found" error

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError
 from robustag.evaluation import evaluate_model
 from robustag.models import MODELS, Batch, EmbeddingModel, Model
 from robustag.preprocess import Posts, TagSplit
@@ -52,13 +52,13 @@ class TrainConfig:
                 continue
             value, kind = getattr(self, option.name), type(option.default)
             if not (isinstance(value, kind) or (kind is float and isinstance(value, int))) or isinstance(value, bool):
-                raise RobustagError(f"--{option.name.replace('_', '-')}: invalid value {value!r}; expected {kind.__name__}")
-        checks = {"dim": self.dim >= 1, "lr": self.lr > 0, "epochs": self.epochs >= 1, "batch-size": self.batch_size >= 1,
+                raise ParameterError(option.name, f"invalid value {value!r}; expected {kind.__name__}")
+        checks = {"dim": self.dim >= 1, "lr": self.lr > 0, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
                   "negatives": self.negatives >= 1, "patience": self.patience >= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            value = getattr(self, bad[0].replace("-", "_"))
-            raise RobustagError(f"--{bad[0]}: invalid value {value!r}; expected a positive value")
+            value = getattr(self, bad[0])
+            raise ParameterError(bad[0], f"invalid value {value!r}; expected a positive value")
         self.recipe()  # the model exists and its parameters pass their checks
         return self
 
@@ -93,8 +93,8 @@ def default_config(model: str, **overrides) -> TrainConfig:
     own = {k: v for k, v in given.items() if k not in SHARED_OPTIONS}
     unknown = sorted(k for k in own if k not in cls.params)
     if unknown:
-        raise RobustagError(f"--{unknown[0].replace('_', '-')}: model {cls.name} has no such parameter "
-                            f"(its parameters: {', '.join(cls.params) or 'none'})")
+        raise ParameterError(unknown[0], f"model {cls.name} has no such parameter "
+                                         f"(its parameters: {', '.join(cls.params) or 'none'})")
     recipe = cls(**{**values, **own})
     shared = {**cls.defaults, **{k: v for k, v in given.items() if k in SHARED_OPTIONS}}
     return TrainConfig(model=cls.name, **shared, model_params=dict(recipe.config)).validate()
@@ -106,13 +106,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise RobustagError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+        raise ParameterError("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RobustagError(f"--device {device}: CUDA is not available on this machine; use auto or cpu")
+        raise ParameterError("device", "CUDA is not available on this machine; use auto or cpu", device)
     chosen = torch.device(device)
     if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
-        raise RobustagError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
-                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise ParameterError("device", f"this machine has {torch.cuda.device_count()} GPU(s), "
+                                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}", device)
     return chosen
 
 

@@ -39,9 +39,21 @@ def test_train_and_attack_return_objects_that_agree(split):
     assert again.metrics == trained.metrics  # a fixed seed reproduces the same numbers
 
 
-def test_library_errors_are_robustag_errors(split):
-    with pytest.raises(rt.RobustagError, match="aml"):
+def test_library_errors_name_parameters_and_the_cli_its_flags(split, tmp_path):
+    from robustag.cli import error_text
+
+    with pytest.raises(rt.RobustagError, match="^defense aml: pop is not a learned model") as raised:
         rt.train(split, model="pop", defense="aml")
+    assert error_text(raised.value).startswith("--defense aml: pop is not a learned model")
+    with pytest.raises(rt.RobustagError, match=f"^load {tmp_path / 'x.pt'}: file not found") as raised:
+        rt.load(tmp_path / "x.pt", split)
+    assert error_text(raised.value).startswith("--load ")
+    with pytest.raises(rt.RobustagError, match="^p_core 0: must be ≥ 1") as raised:
+        rt.load_dataset("movielens", p_core=0)
+    assert error_text(raised.value).startswith("--p-core 0: ")
+    with pytest.raises(rt.RobustagError, match="^plugins .*nowhere.py: file not found") as raised:
+        rt.load_plugins([tmp_path / "nowhere.py"])
+    assert error_text(raised.value).startswith("--plugin ")
     with pytest.raises(rt.RobustagError, match="unknown attack"):
         rt.build_attacks(["nope"])
 

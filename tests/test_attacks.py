@@ -220,7 +220,7 @@ def test_bad_specs_give_clear_errors(spec, message):
 def test_example_plugin_loads_from_a_file(noise_registry):
     attack = noise_registry.create("random-noise:eps=0.2")
     assert attack.surface == "embedding" and "random-noise" in noise_registry.names()
-    assert noise_registry.origin("random-noise").startswith("--plugin")
+    assert noise_registry.origin("random-noise").startswith("file ")
 
 
 def test_example_plugin_loads_through_an_entry_point(tmp_path, monkeypatch):
@@ -242,7 +242,7 @@ def test_a_broken_or_clashing_plugin_is_named(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("import not_a_real_module\n")
     registry = Registry("attack", Attack, "robustag.attacks", "robustag.attacks.none")
-    with pytest.raises(PluginError, match=r"--plugin .*broken\.py: failed to import: ModuleNotFoundError"):
+    with pytest.raises(PluginError, match=r"plugins .*broken\.py: failed to import: ModuleNotFoundError"):
         registry.load_file(broken)
     clash = tmp_path / "clash.py"
     clash.write_text(textwrap.dedent('''
@@ -255,9 +255,9 @@ def test_a_broken_or_clashing_plugin_is_named(tmp_path):
             def schedule(self):
                 return 1, 1.0, False
     '''))
-    with pytest.raises(PluginError, match=r"attack name clash: 'pgd' from --plugin .*clash\.py is already provided by built-in"):
+    with pytest.raises(PluginError, match=r"attack name clash: 'pgd' from file .*clash\.py is already provided by built-in"):
         registry.load_file(clash)
-    with pytest.raises(PluginError, match="--plugin .*missing.py: file not found"):
+    with pytest.raises(PluginError, match="plugins .*missing.py: file not found"):
         registry.load_file(tmp_path / "missing.py")
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from robustag.datasets import DATASETS, load_assignments, resolve_source
-from robustag.errors import DataFormatError, RobustagError
+from robustag.errors import DataFormatError, ParameterError, RobustagError
 from robustag.preprocess import SplitOptions, load_split
 from robustag.training import default_config, resolve_device
 
@@ -84,14 +84,15 @@ def test_delicious_layout_is_parsed(tmp_path):
 
 @pytest.mark.parametrize("option, value", [("dim", 0), ("lr", -1.0), ("epochs", 0), ("negatives", 0)])
 def test_bad_shared_training_options_name_the_option(option, value):
-    with pytest.raises(RobustagError, match=rf"--{option}: invalid value"):
+    with pytest.raises(ParameterError, match=rf"^{option}: invalid value") as raised:
         default_config("metric", **{option: value})
+    assert raised.value.parameter == option  # the command line shows it as --{option}
 
 
 @pytest.mark.parametrize("model, option, value, message", [
     ("metric", "norm", "sphere", "metric: parameter norm='sphere' must be one of clip, reg, none"),
     ("pop-mix", "mix", 1.5, r"pop-mix: parameter mix=1.5 must be in \[0, 1\]"),
-    ("pitf", "margin", 1.0, "--margin: model pitf has no such parameter .its parameters: reg."),
+    ("pitf", "margin", 1.0, "^margin: model pitf has no such parameter .its parameters: reg."),
     ("metric:margin=-1", None, None, "metric: parameter margin=-1.0 must be ≥ 0"),
 ])
 def test_bad_model_parameters_name_the_model_and_parameter(model, option, value, message):
@@ -105,5 +106,5 @@ def test_an_unknown_model_lists_the_known_ones():
 
 
 def test_bad_device_is_rejected():
-    with pytest.raises(RobustagError, match="--device"):
+    with pytest.raises(ParameterError, match="^device: expected auto, cpu, cuda or cuda:N, got 'tpu'"):
         resolve_device("tpu")

@@ -82,7 +82,9 @@ def test_train_writes_json_and_a_trec_run_that_reproduces_the_metrics(tmp_path, 
 def test_bad_option_exits_with_a_clear_message(tmp_path):
     result = runner.invoke(app, ["train", "--model", "metric", "--dim", "0", "--data-dir", str(tmp_path)])
     assert result.exit_code != 0
-    assert "--dim: invalid value 0" in str(result.exception)
+    assert "dim: invalid value 0" in str(result.exception)  # the library names the parameter
+    from robustag.cli import error_text
+    assert error_text(result.exception).startswith("--dim: invalid value 0")  # the command line, its flag
 
 
 def test_attack_command_reports_every_attack_and_the_worst_case(tmp_path, real_data_dir):

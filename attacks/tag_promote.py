@@ -15,6 +15,7 @@ from robustag.preprocess import Posts, replace_train
 class TagPromote(DataAttack):
     name = "tag-promote"
     summary = "fake users tag popular items with one target tag (shilling-style promotion)"
+    strength = "fake_users"
     params = {
         "target": Param(-1, "tag id to promote; -1: the training tag at the 25th popularity percentile"),
         "fake_users": Param(0.05, "fake users, as a fraction of the real users", **fraction()),

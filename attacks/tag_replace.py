@@ -12,6 +12,7 @@ PRESETS = {f"tag-replace-{p}": f"tag-replace:rate={p / 100}" for p in (10, 20, 3
 class TagReplace(DataAttack):
     name = "tag-replace"
     summary = "replace a fraction `rate` of training tag assignments by a random other tag"
+    strength = "rate"
     params = {"rate": Param(0.2, "fraction of training assignments replaced", **fraction())}
 
     def poison(self, split, seed):

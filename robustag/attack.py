@@ -47,6 +47,7 @@ class Attack(Plugin):
 
     surface: ClassVar[str] = ""
     trainable: ClassVar[bool] = False  # may a defense use it to make adversarial samples?
+    strength: ClassVar[str | None] = None  # the parameter that measures its strength (reports plot against it)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class EmbeddingAttack(Attack):
     """Evasion: perturb embedding rows within an L2 (per row) or L∞ budget."""
 
     surface = "embedding"
+    strength = "eps"
     # The threat model: may the attacker see the test posts' true tags? A label-free attack
     # gets no objective in evaluation (it builds its own from the context) and posts without tags.
     knows_labels: ClassVar[bool] = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import pkgutil
 import re
@@ -139,6 +140,19 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise PluginError(f"{match['name']}: malformed parameter {item!r} in {spec!r}: expected key=value")
         values[key.strip()] = value.strip()
     return match["name"], values
+
+
+def spec_values(spec: str) -> dict[str, Any]:
+    """A spec's parameters as JSON would hold them (numbers, booleans, strings): what stores
+    and reports keep, parsed once (`aml:attack=pgd,eps=0.1` -> {"attack": "pgd", "eps": 0.1})."""
+    def typed(text: str):
+        if text in ("True", "False"):
+            return text == "True"
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return {key: typed(text) for key, text in parse_spec(spec)[1].items()}
 
 
 def split_specs(text: str) -> list[str]:

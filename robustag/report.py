@@ -88,7 +88,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     if cells.empty:
         section.text.append("No finished cells yet.")
         return section
-    labels = short_labels(cells["defense"].unique())
+    labels = short_labels(dict(zip(cells["defense"], cells["defense_params"])))
     cells = cells.assign(defense_label=cells["defense"].map(labels))
     table = aggregate(store, cells, HEADLINE, ci_metrics=TESTED)
     table["defense_label"] = table["defense"].map(labels)
@@ -158,7 +158,8 @@ def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Sec
         return section
     per_unit = histories.groupby("unit").agg(epochs=("epoch", "max"), epoch_seconds=("seconds", "median"))
     units = trained.join(per_unit, on="unit").dropna(subset=["epoch_seconds"])
-    units = units.assign(defense_label=units["defense"].map(short_labels(units["defense"].unique())))
+    units = units.assign(defense_label=units["defense"].map(short_labels(
+        dict(zip(units["defense"], units["defense_params"].map(json.loads))))))
     keys = ["dataset", "model", "params", "device"]
     table = units.groupby([*keys, "defense", "defense_name", "defense_label"], sort=False).agg(
         n=("unit", "size"), epochs=("epochs", "mean"), epoch_seconds=("epoch_seconds", "mean"),
@@ -214,12 +215,12 @@ def _param_note(params: dict, model: str) -> str:
     return f" (d={params['dim']})" if declares(model, "learned") else ""
 
 
-def short_labels(specs) -> dict[str, str]:
-    """A readable label per defense spec: its name, plus the parameters that tell apart
-    several configurations of the same defense (a sweep). The attack's own parameters follow
-    from its name, so they count only between configurations with the same attack
-    (`attack=pgd,steps=3` beside `attack=pgd,steps=10`)."""
-    parsed = {spec: (spec.partition(":")[0], _spec_params(spec)) for spec in specs}
+def short_labels(specs: dict[str, dict]) -> dict[str, str]:
+    """A readable label per defense spec (given with its parsed parameters): its name, plus
+    the parameters that tell apart several configurations of the same defense (a sweep). The
+    attack's own parameters follow from its name, so they count only between configurations
+    with the same attack (`attack=pgd,steps=3` beside `attack=pgd,steps=10`)."""
+    parsed = {spec: (spec.partition(":")[0], params) for spec, params in specs.items()}
     labels = {}
     for spec, (name, params) in parsed.items():
         siblings = [p for n, p in parsed.values() if n == name]
@@ -234,7 +235,7 @@ def attack_labels(cells: pd.DataFrame) -> pd.Series:
     """clean, `pgd ε=0.1`, or a poisoning attack with its first parameter (`tag-replace rate=0.2`);
     plus every parameter (ε aside) that differs between configurations of the same attack
     among these cells, so that no two configurations share a label (`pgd steps=1 ε=0.1`)."""
-    parsed = {spec: (spec.partition(":")[0], _spec_params(spec)) for spec in cells["attack"].unique() if spec}
+    parsed = {spec: (spec.partition(":")[0], params) for spec, params in zip(cells["attack"], cells["attack_params"]) if spec}
 
     def label(spec: str, eps: float) -> str:
         if not spec:
@@ -311,44 +312,29 @@ def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path
         if drops.size:
             out.append((f"Relative drop of NDCG@3 under each attack, {dataset} / {model}",
                         plots.heatmap(drops, f"{dataset} / {model}", folder, f"{slug}-{dataset}-{model}-heatmap")))
-        out += _budget_curves(base, rows, dataset, model, folder, slug)
-        out += _poisoning_curves(base, rows, dataset, model, folder, slug)
+        out += _strength_curves(base, rows, dataset, model, folder, slug)
     return out
 
 
-def _budget_curves(base, rows, dataset, model, folder, slug):
+def _strength_curves(base, rows, dataset, model, folder, slug):
+    """NDCG@3 against each attack's declared strength (ε, a poisoning rate, fake users...),
+    from the clean model at strength 0; an evasion attack needs two budgets to make a curve."""
     out = []
-    evasion = rows[rows["surface"] == "embedding"]
-    for attack_name, group in evasion.groupby("attack_name"):
-        if group["eps"].nunique() < 2:
+    for (surface, attack_name, strength), group in rows.groupby(["surface", "attack_name", "strength_name"]):
+        if group["strength"].nunique() < (2 if surface == "embedding" else 1):
             continue
         data = {}
         for defense, per_defense in group.groupby("defense"):
             start = base[base["defense"] == defense]
-            per_defense = per_defense.sort_values("eps")
-            data[per_defense["defense_label"].iloc[0]] = ([0.0, *per_defense["eps"]],
-                                             [*start["ndcg@3_mean"], *per_defense["ndcg@3_mean"]],
-                                             [*start["ndcg@3_std"], *per_defense["ndcg@3_std"]])
-        out.append((f"NDCG@3 against the budget ε of {attack_name}, {dataset} / {model}",
-                    plots.curves(data, "ε (relative to the mean row norm)", f"{attack_name}: {dataset} / {model}",
-                                 folder, f"{slug}-{dataset}-{model}-{attack_name}-eps")))
+            per_defense = per_defense.sort_values("strength")
+            data[per_defense["defense_label"].iloc[0]] = ([0.0, *per_defense["strength"]],
+                                                          [*start["ndcg@3_mean"], *per_defense["ndcg@3_mean"]],
+                                                          [*start["ndcg@3_std"], *per_defense["ndcg@3_std"]])
+        axis = "ε (relative to the mean row norm)" if strength == "eps" else strength
+        out.append((f"NDCG@3 against the {strength} of {attack_name}, {dataset} / {model}",
+                    plots.curves(data, axis, f"{attack_name}: {dataset} / {model}", folder,
+                                 f"{slug}-{dataset}-{model}-{attack_name}-{strength}")))
     return out
-
-
-def _poisoning_curves(base, rows, dataset, model, folder, slug):
-    replace = rows[rows["attack_name"] == "tag-replace"].copy()
-    if replace.empty:
-        return []
-    replace["rate"] = replace["attack"].str.extract(r"rate=([0-9.]+)")[0].astype(float)
-    data = {}
-    for defense, group in replace.groupby("defense"):
-        start = base[base["defense"] == defense]
-        group = group.sort_values("rate")
-        data[group["defense_label"].iloc[0]] = ([0.0, *group["rate"]], [*start["ndcg@3_mean"], *group["ndcg@3_mean"]],
-                                         [*start["ndcg@3_std"], *group["ndcg@3_std"]])
-    return [(f"NDCG@3 against the share of training tags replaced, {dataset} / {model}",
-             plots.curves(data, "tag replacement rate", f"tag replacement: {dataset} / {model}", folder,
-                          f"{slug}-{dataset}-{model}-poisoning"))]
 
 
 def training_figures(store: ResultStore, cells: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
@@ -376,7 +362,7 @@ def sensitivity_figures(clean: pd.DataFrame, folder: Path, slug: str) -> list[tu
     """For a defense run with several values of one parameter (or a model with several
     values of one training option): NDCG@3 against that value."""
     out = []
-    frame = clean.assign(defense_params=clean["defense"].map(_spec_params), model_params=clean["params"].map(json.loads))
+    frame = clean.assign(model_params=clean["params"].map(json.loads))
     for column, key_of in (("defense_params", "defense_name"), ("model_params", "model")):
         for (dataset, name), group in frame.groupby(["dataset", key_of]):
             if len(group) < 3:
@@ -405,12 +391,6 @@ def _declared_params(name: str) -> set[str] | None:
         return set(DEFENSES.get(name).params)
     except PluginError:
         return None
-
-
-def _spec_params(spec: str) -> dict:
-    _, _, rest = spec.partition(":")
-    pairs = [p.split("=", 1) for p in rest.split(",") if "=" in p]
-    return {k: v for k, v in pairs}
 
 
 def environment_info(store: ResultStore) -> dict:
@@ -506,7 +486,7 @@ def summary_table(store: ResultStore) -> Table:
         table.add_column(column)
     if cells.empty:
         return table
-    cells = cells.assign(defense_label=cells["defense"].map(short_labels(cells["defense"].unique())),
+    cells = cells.assign(defense_label=cells["defense"].map(short_labels(dict(zip(cells["defense"], cells["defense_params"])))),
                          attack_label=attack_labels(cells))
     for key, group in cells.groupby(["dataset", "model", "params", "defense", "attack", "eps"], sort=False):
         first = group.iloc[0]

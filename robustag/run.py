@@ -6,7 +6,8 @@
         run.compare("plain")        # paired tests against a reference defense
         run.report()                # RUN/report/
 
-Opening never writes: a folder that holds no results database, or a damaged one, is refused.
+Opening writes nothing but a schema upgrade of a database from an older robustag (the parsed
+plugin parameters became columns); a folder with no results database, or a damaged one, is refused.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from statsmodels.stats.multitest import multipletests
 from robustag.store import ResultStore
 
 GROUP = ["dataset", "model", "params", "defense", "attack", "eps"]
+CONFIGURATION = ["defense_name", "attack_name", "surface", "attack_params", "defense_params", "strength", "strength_name"]
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -30,6 +31,8 @@ def flat_cells(frame: pd.DataFrame) -> pd.DataFrame:
     extra = frame["extra"].map(lambda m: json.loads(m) if isinstance(m, str) and m != "null" else {})
     wide = pd.concat([frame.drop(columns=["metrics", "extra"]), pd.DataFrame(list(metrics), index=frame.index),
                       pd.DataFrame(list(extra), index=frame.index)], axis=1)
+    for column in ("attack_params", "defense_params"):  # parsed once, at plan time
+        wide[column] = wide[column].map(lambda text: json.loads(text) if isinstance(text, str) else {})
     wide["attack"] = wide["attack"].fillna("")
     wide["eps"] = wide["eps"].fillna(-1.0)  # groupby drops NaN keys; -1 stands for "no budget"
     return wide
@@ -60,8 +63,8 @@ def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str], ci_me
     rows = []
     for key, group in cells.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key))
-        row.update(defense_name=group["defense_name"].iloc[0], attack_name=group["attack_name"].iloc[0],
-                   surface=group["surface"].iloc[0], seeds=len(group), cells=list(group["key"]))
+        first = group.iloc[0]  # what a configuration declares is the same for all its seeds
+        row.update({column: first[column] for column in CONFIGURATION}, seeds=len(group), cells=list(group["key"]))
         for metric in metrics:
             row[f"{metric}_mean"] = float(group[metric].mean())
             row[f"{metric}_std"] = float(group[metric].std(ddof=1)) if len(group) > 1 else 0.0

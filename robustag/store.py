@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from robustag.errors import RobustagError
+from robustag.plugins import spec_values
 
 try:
     import fcntl
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY, unit TEXT NOT NULL, dataset TEXT, model TEXT, params TEXT, seed INTEGER,
     defense TEXT, defense_name TEXT, attack TEXT, attack_name TEXT, surface TEXT, eps REAL,
     config TEXT, status TEXT NOT NULL DEFAULT 'pending', error TEXT, metrics TEXT, extra TEXT,
-    seconds REAL, train_seconds REAL, device TEXT, versions TEXT, git TEXT, finished TEXT
+    seconds REAL, train_seconds REAL, device TEXT, versions TEXT, git TEXT, finished TEXT,
+    attack_params TEXT, defense_params TEXT, strength REAL, strength_name TEXT
 );
 CREATE TABLE IF NOT EXISTS cell_specs (cell TEXT, spec TEXT, PRIMARY KEY (cell, spec));
 CREATE TABLE IF NOT EXISTS post_metrics (
@@ -42,6 +44,20 @@ CREATE TABLE IF NOT EXISTS histories (unit TEXT, epoch INTEGER, record TEXT, PRI
 CREATE INDEX IF NOT EXISTS cells_unit ON cells(unit);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+PARSED_COLUMNS = {"attack_params": "TEXT", "defense_params": "TEXT", "strength": "REAL", "strength_name": "TEXT"}
+# The strength parameter of the attacks that databases from before the strength column knew.
+LEGACY_STRENGTHS = {"tag-replace": "rate", "tag-promote": "fake_users"}
+
+
+def _parsed_legacy(attack: str | None, attack_name: str | None, defense: str, eps: float | None) -> tuple:
+    """The parsed columns of a cell stored before they existed, from its spec strings."""
+    attack_params = spec_values(attack) if attack else None
+    strength_name = "eps" if eps is not None else LEGACY_STRENGTHS.get(attack_name)
+    strength = eps if eps is not None else (attack_params or {}).get(strength_name)
+    return (json.dumps(attack_params) if attack is not None else None, json.dumps(spec_values(defense)),
+            strength, strength_name)
+
 
 DB_NAME = "results.sqlite"
 STATUSES = ("pending", "done", "failed")
@@ -88,9 +104,25 @@ class ResultStore:
         if not create and "cells" not in tables:
             self.connection.close()
             raise RobustagError(f"{self.path}: holds no robustag results (empty or another kind of database)")
+        self.connection.execute("PRAGMA quick_check").fetchall()  # a damaged file fails here, before any work
         self.connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         self.connection.executescript(SCHEMA)
-        self.connection.execute("PRAGMA quick_check").fetchall()  # a damaged file fails here, before any work
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a database written by an older robustag up to this schema: the parsed plugin
+        parameters and the attack's strength became columns (parsed once, from the spec
+        strings each cell kept); nothing else is touched."""
+        columns = {row[1] for row in self.connection.execute("PRAGMA table_info(cells)")}
+        added = [name for name in PARSED_COLUMNS if name not in columns]
+        if not added:
+            return
+        with self.transaction() as db:
+            for name in added:
+                db.execute(f"ALTER TABLE cells ADD COLUMN {name} {PARSED_COLUMNS[name]}")
+            rows = db.execute("SELECT key, attack, attack_name, defense, eps FROM cells").fetchall()
+            db.executemany("UPDATE cells SET attack_params=?, defense_params=?, strength=?, strength_name=? WHERE key=?",
+                           [(*_parsed_legacy(attack, name, defense, eps), key) for key, attack, name, defense, eps in rows])
 
     @contextmanager
     def bench_lock(self):
@@ -132,8 +164,9 @@ class ResultStore:
             for row in rows:
                 db.execute(
                     "INSERT OR IGNORE INTO cells (key, unit, dataset, model, params, seed, defense, defense_name,"
-                    " attack, attack_name, surface, eps, config) VALUES (:key, :unit, :dataset, :model, :params,"
-                    " :seed, :defense, :defense_name, :attack, :attack_name, :surface, :eps, :config)",
+                    " attack, attack_name, surface, eps, config, attack_params, defense_params, strength, strength_name)"
+                    " VALUES (:key, :unit, :dataset, :model, :params, :seed, :defense, :defense_name, :attack,"
+                    " :attack_name, :surface, :eps, :config, :attack_params, :defense_params, :strength, :strength_name)",
                     row,
                 )
                 db.execute("INSERT OR IGNORE INTO cell_specs VALUES (?, ?)", (row["key"], spec_name))

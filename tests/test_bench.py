@@ -19,6 +19,7 @@ from scipy import stats
 import robustag.worker as worker
 from robustag.bench import RunSettings, run_units
 from robustag.planning import pending_units, plan
+from robustag.plugins import spec_values
 from robustag.report import in_spec_order, mixed_device_warnings, short_labels, write_report
 from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
@@ -388,7 +389,7 @@ def test_defense_labels_tell_apart_every_configuration_and_nothing_more():
     specs = [f"spaml-h:{pgd.format(3)},lambda=1.0", f"spaml-h:{pgd.format(10)},lambda=1.0",
              "spaml-h:attack=fgsm,eps=0.1,lambda=1.0", f"spaml-s:{pgd.format(3)},lambda=0.5",
              f"spaml-s:{pgd.format(3)},lambda=2.0", "plain"]
-    labels = short_labels(specs)
+    labels = short_labels({spec: spec_values(spec) for spec in specs})
     assert len(set(labels.values())) == len(specs)
     assert labels[specs[0]] == "spaml-h attack=pgd,steps=3"
     assert labels[specs[2]] == "spaml-h attack=fgsm"  # fgsm has no steps: the attack's name says enough
@@ -404,3 +405,27 @@ def test_rows_follow_the_spec_including_the_order_of_a_sweep():
                  "params": {"dim": [16, 128, 256], "epochs": 100}}
     ordered = in_spec_order(cells, described)
     assert list(ordered.index) == [4, 2, 1, 3, 0]
+
+
+def test_a_database_from_before_the_parsed_columns_is_upgraded_to_the_same_values(finished, tmp_path):
+    columns = ["attack_params", "defense_params", "strength", "strength_name"]
+    query = f"SELECT key, {', '.join(columns)} FROM cells ORDER BY key"
+    planned = finished.connection.execute(query).fetchall()
+    assert any(row[4] == "rate" for row in planned) and any(row[4] == "eps" for row in planned)
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "results.sqlite") as db:
+        finished.connection.backup(db)
+        for column in columns:  # as robustag wrote it before these columns existed
+            db.execute(f"ALTER TABLE cells DROP COLUMN {column}")
+    upgraded = ResultStore.existing(old)
+    assert upgraded.connection.execute(query).fetchall() == planned
+    assert (write_report(old) / "report.md").is_file()
+
+
+def test_report_curves_follow_each_attacks_declared_strength(finished):
+    plots = finished.folder / "report" / "plots"
+    write_report(finished.folder)
+    names = {path.stem for path in plots.glob("*.png")}
+    assert any(name.endswith("-fgsm-eps") for name in names)  # two budgets: a curve over ε
+    assert any(name.endswith("-tag-replace-rate") for name in names)  # poisoning: over its rate

@@ -1,7 +1,7 @@
 """robustag: robustness benchmarking for personalized tag recommendation.
 
 The public API (see `robustag.api`): `load_dataset`, `train`, `load`, `attack`, `bench`,
-`Run`, and the plugin registries `ATTACKS` and `DEFENSES`.
+`Run`, and the plugin registries `ATTACKS`, `DEFENSES` and `MODELS`.
 """
 
 __version__ = "0.1.0"
@@ -10,7 +10,8 @@ from robustag.api import Trained, attack, bench, build_attacks, load, load_datas
 from robustag.attack import ATTACKS  # noqa: E402
 from robustag.defense import DEFENSES  # noqa: E402
 from robustag.errors import RobustagError  # noqa: E402
+from robustag.models import MODELS  # noqa: E402
 from robustag.run import Run  # noqa: E402
 
-__all__ = ["ATTACKS", "DEFENSES", "RobustagError", "Run", "Trained", "__version__", "attack", "bench", "build_attacks",
+__all__ = ["ATTACKS", "DEFENSES", "MODELS", "RobustagError", "Run", "Trained", "__version__", "attack", "bench", "build_attacks",
            "load", "load_dataset", "load_plugins", "train"]

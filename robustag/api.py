@@ -10,7 +10,7 @@ never prints; the command line parses flags, calls these, and prints.
     table.attrs["worst_case"]                                            # per threat, per post
     run = rt.bench("benchmarks/default.toml", out="runs/x", seeds=1)     # a Run
     run.cells(); run.per_post(); run.compare(reference="plain"); run.report()
-    rt.ATTACKS.names(), rt.DEFENSES.names()                              # the registries
+    rt.ATTACKS, rt.DEFENSES, rt.MODELS                                   # the registries
 
 Errors are `RobustagError`s whose message names the parameter, file or plugin at fault.
 """

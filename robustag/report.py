@@ -200,7 +200,7 @@ def _mark(tests: pd.DataFrame, row, metric: str) -> str:
     if tests.empty:
         return ""
     match = tests[(tests["defense"] == row["defense"]) & (tests["dataset"] == row["dataset"]) & (tests["metric"] == metric)
-                  & (tests["attack"] == row["attack"]) & (tests["eps"] == row["eps"]) & (tests["params"] == row["params"])]
+                  & (tests["attack"] == row["attack"]) & (tests["params"] == row["params"])]
     if match.empty or not match.iloc[0]["wilcoxon_significant"]:
         return ""
     return " ▲" if match.iloc[0]["mean_diff"] > 0 else " ▼"
@@ -243,10 +243,10 @@ def attack_labels(cells: pd.DataFrame) -> pd.Series:
         name, params = parsed[spec]
         siblings = [p for n, p in parsed.values() if n == name]
         shown = [k for k in params if k != "eps" and _varies(k, siblings)]
-        if eps < 0 and params and not shown:
+        if pd.isna(eps) and params and not shown:
             shown = [next(iter(params))]
         text = f"{name} " + ",".join(f"{k}={params[k]}" for k in shown)
-        return text.strip() + (f" ε={eps:g}" if eps >= 0 else "")
+        return text.strip() + ("" if pd.isna(eps) else f" ε={eps:g}")
 
     return pd.Series([label(spec, eps) for spec, eps in zip(cells["attack"], cells["eps"])], index=cells.index, dtype=object)
 
@@ -279,7 +279,7 @@ def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: 
 
 
 def robustness_table(name: str, clean: pd.DataFrame, attacked: pd.DataFrame, tests: pd.DataFrame, reference: str) -> ReportTable:
-    columns = attacked.drop_duplicates(["attack", "eps"])
+    columns = attacked.drop_duplicates("attack")
     header = ["dataset", "model", "defense", "clean NDCG@3", *columns["attack_label"]]
     rows = []
     for _, base in clean.iterrows():
@@ -287,7 +287,7 @@ def robustness_table(name: str, clean: pd.DataFrame, attacked: pd.DataFrame, tes
                         & (attacked["params"] == base["params"]) & (attacked["defense"] == base["defense"])]
         cells = []
         for _, column in columns.iterrows():
-            hit = same[(same["attack"] == column["attack"]) & (same["eps"] == column["eps"])]
+            hit = same[same["attack"] == column["attack"]]
             if hit.empty:
                 cells.append("")
                 continue
@@ -320,7 +320,11 @@ def _strength_curves(base, rows, dataset, model, folder, slug):
     """NDCG@3 against each attack's declared strength (ε, a poisoning rate, fake users...),
     from the clean model at strength 0; an evasion attack needs two budgets to make a curve."""
     out = []
-    for (surface, attack_name, strength), group in rows.groupby(["surface", "attack_name", "strength_name"]):
+    # one curve per configuration of an attack: everything but its strength held fixed
+    fixed = rows.apply(lambda row: json.dumps({k: v for k, v in row["attack_params"].items() if k != row["strength_name"]},
+                                              sort_keys=True), axis=1) if len(rows) else pd.Series(dtype=object)
+    for number, ((surface, attack_name, strength, _), group) in enumerate(
+            rows.assign(fixed=fixed).groupby(["surface", "attack_name", "strength_name", "fixed"])):
         if group["strength"].nunique() < (2 if surface == "embedding" else 1):
             continue
         data = {}
@@ -331,9 +335,10 @@ def _strength_curves(base, rows, dataset, model, folder, slug):
                                                           [*start["ndcg@3_mean"], *per_defense["ndcg@3_mean"]],
                                                           [*start["ndcg@3_std"], *per_defense["ndcg@3_std"]])
         axis = "ε (relative to the mean row norm)" if strength == "eps" else strength
-        out.append((f"NDCG@3 against the {strength} of {attack_name}, {dataset} / {model}",
-                    plots.curves(data, axis, f"{attack_name}: {dataset} / {model}", folder,
-                                 f"{slug}-{dataset}-{model}-{attack_name}-{strength}")))
+        label = group["attack_label"].iloc[0].split(" ε=")[0]
+        out.append((f"NDCG@3 against the {strength} of {label}, {dataset} / {model}",
+                    plots.curves(data, axis, f"{label}: {dataset} / {model}", folder,
+                                 f"{slug}-{dataset}-{model}-{attack_name}-{number}-{strength}")))
     return out
 
 
@@ -488,7 +493,7 @@ def summary_table(store: ResultStore) -> Table:
         return table
     cells = cells.assign(defense_label=cells["defense"].map(short_labels(dict(zip(cells["defense"], cells["defense_params"])))),
                          attack_label=attack_labels(cells))
-    for key, group in cells.groupby(["dataset", "model", "params", "defense", "attack", "eps"], sort=False):
+    for key, group in cells.groupby(["dataset", "model", "params", "defense", "attack"], sort=False):
         first = group.iloc[0]
         table.add_row(first["dataset"], first["model"], first["defense_label"], first["attack_label"], str(len(group)),
                       f"{group['ndcg@3'].mean():.4f} ± {group['ndcg@3'].std(ddof=1) if len(group) > 1 else 0:.4f}",

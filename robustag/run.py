@@ -39,10 +39,10 @@ class Run:
         return f"<Run {self.folder}>"
 
     def cells(self, spec: str | None = None, status: str | None = None) -> pd.DataFrame:
-        """One row per cell with its configuration and metrics; `attack_name` "clean" and `eps`
-        empty (NaN) where a cell has no attack or no budget."""
+        """One row per cell with its configuration and metrics; `attack_name` "clean" where a
+        cell has no attack, `eps` empty (NaN) where it has no budget."""
         frame = flat_cells(self.store.cells(spec=spec, status=status))
-        return frame.assign(attack_name=frame["attack_name"].fillna("clean"), eps=frame["eps"].where(frame["eps"] >= 0))
+        return frame.assign(attack_name=frame["attack_name"].fillna("clean"))
 
     @property
     def failed(self) -> int:

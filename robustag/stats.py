@@ -18,8 +18,11 @@ from statsmodels.stats.multitest import multipletests
 
 from robustag.store import ResultStore
 
-GROUP = ["dataset", "model", "params", "defense", "attack", "eps"]
-CONFIGURATION = ["defense_name", "attack_name", "surface", "attack_params", "defense_params", "strength", "strength_name"]
+# A configuration: the attack's canonical spec holds its budget, so no separate ε key (clean
+# cells and poisoning attacks have none, and NaN keys would need a placeholder).
+GROUP = ["dataset", "model", "params", "defense", "attack"]
+CONFIGURATION = ["defense_name", "attack_name", "surface", "eps", "attack_params", "defense_params", "strength",
+                 "strength_name"]
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -34,7 +37,6 @@ def flat_cells(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("attack_params", "defense_params"):  # parsed once, at plan time
         wide[column] = wide[column].map(lambda text: json.loads(text) if isinstance(text, str) else {})
     wide["attack"] = wide["attack"].fillna("")
-    wide["eps"] = wide["eps"].fillna(-1.0)  # groupby drops NaN keys; -1 stands for "no budget"
     return wide
 
 
@@ -91,7 +93,7 @@ def compare_to_reference(store: ResultStore, table: pd.DataFrame, metric: str, r
     """Each group against the reference defense's group under the same dataset, model, attack
     and budget; Holm–Bonferroni over all the comparisons of the table (one family)."""
     rows = []
-    context = ["dataset", "model", "params", "attack", "eps"]
+    context = ["dataset", "model", "params", "attack"]
     for _, row in table.iterrows():
         if row["defense_name"] == reference:
             continue
@@ -100,7 +102,7 @@ def compare_to_reference(store: ResultStore, table: pd.DataFrame, metric: str, r
             continue
         ours = seed_averaged(store, row["cells"], metric)
         theirs = seed_averaged(store, match.iloc[0]["cells"], metric)
-        rows.append({**{c: row[c] for c in [*context, "defense"]}, "metric": metric, **paired_test(ours, theirs)})
+        rows.append({**{c: row[c] for c in [*context, "defense", "eps"]}, "metric": metric, **paired_test(ours, theirs)})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -117,7 +119,7 @@ def friedman_ranking(table: pd.DataFrame, metric: str) -> dict | None:
     < 2 complete blocks."""
     import scikit_posthocs as sp
 
-    pivot = table.pivot_table(index=["dataset", "model", "params", "attack", "eps"], columns="defense",
+    pivot = table.pivot_table(index=["dataset", "model", "params", "attack"], columns="defense",
                               values=f"{metric}_mean").dropna()
     if pivot.shape[1] < 3 or pivot.shape[0] < 2:
         return None

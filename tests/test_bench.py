@@ -3,6 +3,7 @@ and executors that agree."""
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -194,8 +195,8 @@ def test_paired_tests_and_holm_match_independent_computations(finished):
     tests = compare_to_reference(finished, table, "ndcg@3", "plain")
     assert len(tests) == 3 * 4  # 3 defenses against plain; clean, fgsm at 2 budgets, tag-replace
     for _, row in tests.iterrows():
-        mine = table[(table["defense"] == row["defense"]) & (table["attack"] == row["attack"]) & (table["eps"] == row["eps"])]
-        ref = table[(table["defense_name"] == "plain") & (table["attack"] == row["attack"]) & (table["eps"] == row["eps"])]
+        mine = table[(table["defense"] == row["defense"]) & (table["attack"] == row["attack"])]
+        ref = table[(table["defense_name"] == "plain") & (table["attack"] == row["attack"])]
         a = np.mean([finished.per_post([k], "ndcg@3")[k] for k in mine.iloc[0]["cells"]], axis=0)
         b = np.mean([finished.per_post([k], "ndcg@3")[k] for k in ref.iloc[0]["cells"]], axis=0)
         diff = a - b
@@ -427,5 +428,5 @@ def test_report_curves_follow_each_attacks_declared_strength(finished):
     plots = finished.folder / "report" / "plots"
     write_report(finished.folder)
     names = {path.stem for path in plots.glob("*.png")}
-    assert any(name.endswith("-fgsm-eps") for name in names)  # two budgets: a curve over ε
-    assert any(name.endswith("-tag-replace-rate") for name in names)  # poisoning: over its rate
+    assert any(re.search(r"-fgsm-\d+-eps$", name) for name in names)  # two budgets: a curve over ε
+    assert any(re.search(r"-tag-replace-\d+-rate$", name) for name in names)  # poisoning: over its rate

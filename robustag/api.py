@@ -28,6 +28,7 @@ import torch
 from robustag import paths
 from robustag.attack import ATTACKS, Attack, DataAttack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
+from robustag.certify import certifiable, certify
 from robustag.checkpoint import load_model
 from robustag.defense import DEFENSES, Defense
 from robustag.errors import ParameterError
@@ -140,7 +141,8 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
            seed: int | None = None, on_attack: Callable[[Attack], None] | None = None) -> pd.DataFrame:
     """Each attack against the trained model: a row per attack (clean and attacked metrics,
     drops, overlap, seconds); `attrs["worst_case"]` holds one per-post worst case per threat
-    (budget, norm, tables) and `attrs["clean"]` the clean metrics. Poisoning attacks retrain
+    (budget, norm, tables), `attrs["certified"]` the certified lower bounds and attack gaps
+    where the model allows them, and `attrs["clean"]` the clean metrics. Poisoning attacks retrain
     with the same configuration and defense."""
     built = build_attacks(attacks, eps, seed)
     for each in built:
@@ -154,8 +156,28 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
                                    lambda: DEFENSES.create(trained.defense)))
     table = pd.DataFrame([summarise(trained.evaluation, outcome) for outcome in outcomes])
     table.attrs["worst_case"] = worst_cases(trained.evaluation, outcomes)
+    table.attrs["certified"] = certified_bounds(trained, split, table.attrs["worst_case"])
     table.attrs["clean"] = trained.metrics
     return table
+
+
+def certified_bounds(trained: Trained, split: TagSplit, worst: list[dict]) -> list[dict]:
+    """For each threat of `worst` that has a certificate (a model with linear score directions,
+    user and item rows perturbed): the certified lower bound of every metric, and the attack
+    gap (the best attack's worst case minus the bound: the true worst case lies between)."""
+    if not certifiable(trained.model):
+        return []
+    out = []
+    for threat in worst:
+        if "tag" in threat["targets"].split("+"):
+            continue
+        bound = certify(trained.model, split.test, split.n_tags, threat["eps"], threat["norm"], threat["targets"],
+                        trained.device)
+        row = {key: threat[key] for key in ("eps", "norm", "targets")}
+        row.update({f"certified_{key}": float(values.mean()) for key, values in bound.items()})
+        row.update({f"gap_{key}": threat[f"worst_{key}"] - row[f"certified_{key}"] for key in ("f1@3", "ndcg@3")})
+        out.append(row)
+    return out
 
 
 def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: str | Path | None = None, *,

@@ -316,8 +316,8 @@ def attack_command(
 
         table = rt.attack(trained, split, attack_list, on_attack=on_attack)
         progress.update(task, completed=len(attack_list))
-    rows, worst = table.to_dict("records"), table.attrs["worst_case"]
-    _stdout().print(_attack_table(f"{trained.config.model} on {dataset}: clean and attacked", rows, worst))
+    rows, worst, certified = table.to_dict("records"), table.attrs["worst_case"], table.attrs["certified"]
+    _stdout().print(_attack_table(f"{trained.config.model} on {dataset}: clean and attacked", rows, worst, certified))
     if json_out:
         _write_json(json_out, {
             **_run_header(dataset, split, split_seed, trained),
@@ -325,11 +325,14 @@ def attack_command(
             "clean": trained.metrics,
             "attacks": rows,
             "worst_case": worst,
+            "certified": certified,
         })
 
 
-def _attack_table(title: str, rows: list[dict], worst: list[dict]) -> Table:
-    table = Table(title=title, caption="ε relative to the mean row norm of each perturbed table")
+def _attack_table(title: str, rows: list[dict], worst: list[dict], certified: list[dict]) -> Table:
+    caption = "ε relative to the mean row norm of each perturbed table" + (
+        "; the true worst case lies between the certified bound and the worst case of the attacks" if certified else "")
+    table = Table(title=title, caption=caption)
     for column in ("attack", "ε", "F1@3 clean", "F1@3 attacked", "rel. drop", "NDCG@3 clean", "NDCG@3 attacked",
                    "rel. drop", "overlap@3", "seconds"):
         table.add_column(column, justify="left" if column == "attack" else "right")
@@ -343,6 +346,10 @@ def _attack_table(title: str, rows: list[dict], worst: list[dict]) -> Table:
     for budget in worst:  # one per threat: a worst case over several budgets would mix threats
         table.add_row(f"worst case ε={budget['eps']:g} {budget['norm']} {budget['targets']}", f"{budget['eps']:g}", "", f"{budget['worst_f1@3']:.4f}",
                       "", "", f"{budget['worst_ndcg@3']:.4f}", "", f"broken@3 {budget['broken@3']:.1%}", "")
+    for bound in certified:  # no perturbation in the budget can go below these
+        table.add_row(f"certified bound ε={bound['eps']:g} {bound['norm']} {bound['targets']}", f"{bound['eps']:g}", "",
+                      f"{bound['certified_f1@3']:.4f}", "", "", f"{bound['certified_ndcg@3']:.4f}", "",
+                      f"gap {bound['gap_ndcg@3']:.4f}", "")
     return table
 
 

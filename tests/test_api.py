@@ -35,6 +35,14 @@ def test_train_and_attack_return_objects_that_agree(split):
     assert (table["clean_ndcg@3"] == trained.metrics["ndcg@3"]).all()
     assert (table["attacked_ndcg@3"] <= table["clean_ndcg@3"]).all()
     assert [w["eps"] for w in table.attrs["worst_case"]] == [0.05, 0.1]
+    # a metric model has a certificate: the truth lies in [certified bound, worst attack]
+    certified = table.attrs["certified"]
+    assert [c["eps"] for c in certified] == [0.05, 0.1]
+    for bound, worst in zip(certified, table.attrs["worst_case"]):
+        assert bound["certified_ndcg@3"] <= worst["worst_ndcg@3"] and bound["gap_ndcg@3"] >= 0
+    assert certified[0]["certified_ndcg@3"] >= certified[1]["certified_ndcg@3"]
+    pop = rt.train(split, model="pop-mix")
+    assert rt.attack(pop, split, ["tag-replace-10"]).attrs["certified"] == []  # nothing to certify
     again = rt.train(split, model="metric", defense="plain", seed=0, epochs=2, dim=16, device="cpu")
     assert again.metrics == trained.metrics  # a fixed seed reproduces the same numbers
 

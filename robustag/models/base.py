@@ -93,6 +93,12 @@ class EmbeddingModel(nn.Module, TagRecommender):
     def pair_loss(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """Per-pair loss from positive scores (B, 1) and negative scores (B, K) -> (B, K)."""
 
+    def score_directions(self, tag_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(a, b), each (T, d): a model whose score is affine in the user and item rows,
+        s_t(u + δu, i + δi) = s_t(u, i) + δu·a_t + δi·b_t + (terms the same for every tag),
+        declares them, and gets certified bounds (`robustag.certify`); None: no certificate."""
+        return None
+
     def penalty(self, embeddings: BatchEmbeddings) -> torch.Tensor:
         """Regularisation of the batch's rows; none by default."""
         return embeddings.user.new_zeros(())

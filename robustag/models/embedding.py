@@ -44,6 +44,9 @@ class MetricModel(EmbeddingModel):
     def pair_loss(self, positive, negative):
         return F.relu(self.margin - positive + negative)
 
+    def score_directions(self, tag_table):
+        return 2 * tag_table, 2 * tag_table  # s_t = 2(u + i)·t − 2‖t‖² − ‖u‖² − ‖i‖²
+
     def penalty(self, embeddings: BatchEmbeddings):
         if self.norm != "reg" or self.reg == 0:
             return super().penalty(embeddings)
@@ -81,6 +84,9 @@ class PITFModel(EmbeddingModel):
 
     def pair_loss(self, positive, negative):
         return F.softplus(negative - positive)  # −log σ(s+ − s−)
+
+    def score_directions(self, tag_table):
+        return tag_table[:, : self.dim], tag_table[:, self.dim :]  # s_t = u·t^U + i·t^I
 
     def penalty(self, embeddings: BatchEmbeddings):
         return self.reg * mean_square_norm(embeddings)

@@ -41,6 +41,10 @@ class FMModel(EmbeddingModel):
     def pair_loss(self, positive, negative):
         return F.softplus(negative - positive)  # BPR: −log σ(s+ − s−)
 
+    def score_directions(self, tag_table):
+        factors = tag_table[:, : self.dim]
+        return factors, factors  # s_t = (u + i)·v_t + w_t
+
     def penalty(self, embeddings):
         return self.reg * mean_square_norm(embeddings)
 

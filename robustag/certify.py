@@ -1,0 +1,116 @@
+"""Certified lower bounds of the metrics under user and item embedding perturbations.
+
+For the models whose score is affine in the user and item rows (metric, PITF, FM), the score
+of tag t after perturbations δu, δi is
+
+    s_t(u + δu, i + δi) = s_t(u, i) + δu·a_t + δi·b_t + c(δu, δi)
+
+where c does not depend on t (so it cancels in any comparison of two tags) and the model
+declares (a_t, b_t) through `EmbeddingModel.score_directions`:
+
+- metric, s_t = −(‖u − t‖² + ‖i − t‖²) = 2(u + i)·t − 2‖t‖² − ‖u‖² − ‖i‖²: a_t = b_t = 2t
+  (the squared norms of u + δu and i + δi are the same for every tag);
+- PITF, s_t = u·t^U + i·t^I: a_t = t^U, b_t = t^I;
+- FM, s_t = (u + i)·v_t + w_t: a_t = b_t = v_t.
+
+So whether tag j can overtake tag t within per-row budgets ‖δu‖ ≤ r_u, ‖δi‖ ≤ r_i has a
+closed form: the largest reachable difference is
+
+    max s_j − s_t = s_j − s_t + r_u ‖a_j − a_t‖_* + r_i ‖b_j − b_t‖_*
+
+(‖·‖_* the dual norm: L2 for an L2 budget, L1 for an L∞ one), reached at δu = r_u·(a_j −
+a_t)/‖a_j − a_t‖ for L2. No perturbation can rank t below 1 + (the number of tags that can
+each overtake it), since a perturbation that puts t at rank k has k − 1 tags above it, each of
+which can overtake t. Each true tag t of a post thus has a certified worst rank
+R(t) = 1 + #{j ≠ t : max s_j − s_t ≥ 0} (ties count as overtaking: the bound stays sound
+whatever the tie-break), and under every perturbation in the budget
+
+    hits@N ≥ #{t true : R(t) ≤ N},   DCG@N ≥ Σ_{t true, R(t) ≤ N} 1 / log2(1 + R(t)),
+
+which give lower bounds of P@N, R@N, F1@N and NDCG@N (each is increasing in the hits and in
+the DCG). The bound is sound, not tight: overtakers are counted one at a time, while one
+perturbation must serve them all. Any attack's result is an upper bound of the true worst
+case, so the truth lies between the certificate and the best attack. Perturbations of the
+tag table change the scores non-linearly (and for every post at once): no certificate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robustag.attack import row_budget
+from robustag.errors import RobustagError
+from robustag.evaluation import CUTOFFS, post_tensors
+from robustag.preprocess import Posts
+
+# Elements of a (true tags × all tags) block, as for the attacks: memory stays bounded.
+BLOCK_ELEMENTS = 2 ** 24
+
+
+def certifiable(model) -> bool:
+    """Whether the model declares the linear score directions a certificate needs."""
+    return getattr(model, "score_directions", None) is not None and model.score_directions(model.tag.weight) is not None
+
+
+def certify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targets: str = "user+item",
+            device: torch.device | str = "cpu", cutoffs=CUTOFFS) -> dict[str, np.ndarray]:
+    """Per post, certified lower bounds of p@N, r@N, f1@N and ndcg@N under perturbations of
+    the user and/or item rows within `eps` (relative, as the attacks' budgets), and each true
+    tag's certified worst rank summary (`worst_rank@mean`)."""
+    tables = tuple(t for t in targets.split("+") if t)
+    if "tag" in tables or not set(tables) <= {"user", "item"}:
+        raise RobustagError(f"certify: targets={targets!r}; only user and item perturbations have a certificate")
+    directions = model.score_directions(model.tag.weight.detach())
+    if directions is None:
+        raise RobustagError(f"certify: model {getattr(model, 'name', type(model).__name__)!r} declares no linear "
+                            "score directions (score_directions); no certificate")
+    device = torch.device(device)
+    radius = {t: float(row_budget(model.tables()[t].weight, eps, norm)) if t in tables else 0.0 for t in ("user", "item")}
+    a, b = (d.detach().to(device, torch.float64) for d in directions)
+    users, items = post_tensors(posts, device)
+    with torch.no_grad():
+        scores = model.score(users, items).to(torch.float64)
+    rows = np.repeat(np.arange(len(posts)), posts.tag_counts())
+    true_tags = torch.as_tensor(posts.tag_indices, device=device)
+    worst = torch.empty(len(true_tags), dtype=torch.float64, device=device)
+    step = max(1, BLOCK_ELEMENTS // (n_tags * (1 if norm == "l2" else max(a.shape[1], 1))))
+    same = torch.equal(a, b)  # metric and FM: one direction for user and item
+    for start in range(0, len(true_tags), step):
+        stop = min(start + step, len(true_tags))
+        tags, post_rows = true_tags[start:stop], torch.as_tensor(rows[start:stop], device=device)
+        gap = scores[post_rows] - scores[post_rows].gather(1, tags.unsqueeze(1))  # s_j − s_t, (k, T)
+        if same:
+            reach = (radius["user"] + radius["item"]) * _dual_distances(a, tags, norm)
+        else:
+            reach = radius["user"] * _dual_distances(a, tags, norm) + radius["item"] * _dual_distances(b, tags, norm)
+        overtakes = gap + reach >= -1e-9 * (1 + scores[post_rows].abs().amax(1, keepdim=True))
+        worst[start:stop] = overtakes.sum(1).to(torch.float64)  # t itself is counted: rank = 1 + others
+    return bounds_from_ranks(worst.cpu().numpy(), posts, cutoffs)
+
+
+def _dual_distances(directions: torch.Tensor, tags: torch.Tensor, norm: str) -> torch.Tensor:
+    """(k, T): ‖d_j − d_t‖ in the dual norm of the budget (L2 for L2, L1 for L∞) between each
+    given tag t and every tag j; the L2 one by matrix products, with no (k, T, d) tensor."""
+    if norm == "linf":
+        return torch.linalg.vector_norm(directions.unsqueeze(0) - directions[tags].unsqueeze(1), ord=1, dim=-1)
+    squares = directions.pow(2).sum(1)
+    return (squares.unsqueeze(0) + squares[tags].unsqueeze(1) - 2 * directions[tags] @ directions.T).clamp_min(0).sqrt()
+
+
+def bounds_from_ranks(worst_rank: np.ndarray, posts: Posts, cutoffs=CUTOFFS) -> dict[str, np.ndarray]:
+    """Per post, the metric lower bounds implied by each true tag's certified worst rank."""
+    rows = np.repeat(np.arange(len(posts)), posts.tag_counts())
+    n_true = posts.tag_counts().astype(float)
+    out = {}
+    for n in cutoffs:
+        inside = worst_rank <= n
+        hits = np.bincount(rows, weights=inside.astype(float), minlength=len(posts))
+        dcg = np.bincount(rows, weights=np.where(inside, 1.0 / np.log2(1.0 + worst_rank), 0.0), minlength=len(posts))
+        ideal = np.cumsum(1.0 / np.log2(np.arange(2, n + 2)))[np.minimum(n_true, n).astype(int) - 1]
+        precision, recall = hits / n, hits / n_true
+        out[f"p@{n}"], out[f"r@{n}"] = precision, recall
+        out[f"f1@{n}"] = np.where(hits > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        out[f"ndcg@{n}"] = dcg / ideal
+    out["worst_rank@mean"] = np.bincount(rows, weights=worst_rank, minlength=len(posts)) / n_true
+    return out

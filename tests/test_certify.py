@@ -1,0 +1,115 @@
+"""Certified bounds: the closed form against brute force on tiny models, and the bound against
+every attack on a trained one (it must never exceed an attack's result)."""
+
+import numpy as np
+import pytest
+import torch
+
+from robustag.attack import ATTACKS, row_budget
+from robustag.certify import certify
+from robustag.errors import RobustagError
+from robustag.evaluation import evaluate_model
+from robustag.models.embedding import MetricModel, PITFModel
+from robustag.models.fm import FMModel
+from robustag.preprocess import Posts, load_split
+from robustag.robustness import evade
+from robustag.training import default_config, train
+
+CPU = torch.device("cpu")
+NETWORKS = {"metric": lambda: MetricModel(3, 3, 6, dim=4), "pitf": lambda: PITFModel(3, 3, 6, dim=4, init_std=0.5),
+            "fm": lambda: FMModel(3, 3, 6, dim=4, init_std=0.5)}
+
+
+def _scores(model, du, di, user=0, item=1):
+    u, i = model.user.weight[user] + du, model.item.weight[item] + di
+    return model.score_all(u.unsqueeze(0), i.unsqueeze(0), model.tag.weight)[0]
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_the_closed_form_is_the_exact_largest_score_difference(name, norm):
+    torch.manual_seed(0)
+    model = NETWORKS[name]()
+    a, b = (d.detach() for d in model.score_directions(model.tag.weight))
+    zero = torch.zeros(model.dim)
+    r_u, r_i = 0.3, 0.2
+    with torch.no_grad():
+        clean = _scores(model, zero, zero)
+        for t in range(6):
+            for j in range(6):
+                if j == t:
+                    continue
+                da, db = a[j] - a[t], b[j] - b[t]
+                dual = 1 if norm == "linf" else 2
+                bound = clean[j] - clean[t] + r_u * da.norm(p=dual) + r_i * db.norm(p=dual)
+                best_u = r_u * (da.sign() if norm == "linf" else da / da.norm())
+                best_i = r_i * (db.sign() if norm == "linf" else db / db.norm())
+                reached = _scores(model, best_u, best_i)
+                assert (reached[j] - reached[t]).item() == pytest.approx(bound.item(), rel=1e-5, abs=1e-6)
+                for _ in range(20):  # no perturbation in the budget goes beyond it
+                    du, di = torch.randn(model.dim), torch.randn(model.dim)
+                    if norm == "linf":
+                        du, di = r_u * torch.rand(model.dim).mul(2).sub(1), r_i * torch.rand(model.dim).mul(2).sub(1)
+                    else:
+                        du, di = r_u * torch.rand(1) * du / du.norm(), r_i * torch.rand(1) * di / di.norm()
+                    moved = _scores(model, du, di)
+                    assert (moved[j] - moved[t]).item() <= bound.item() + 1e-5
+
+
+def test_the_certified_rank_is_never_beaten_by_a_dense_search():
+    """A tiny case solved by brute force: 2-d embeddings, the user row moved over a fine grid of
+    its disc; no grid point ranks a true tag below its certified worst rank."""
+    torch.manual_seed(3)
+    model = MetricModel(1, 1, 8, dim=2)
+    posts = Posts(np.array([0]), np.array([0]), np.array([0, 2]), np.array([1, 5]))
+    eps = 0.4
+    bounds = certify(model, posts, 8, eps, targets="user")
+    radius = float(row_budget(model.user.weight, eps, "l2"))
+    angles, scales = torch.linspace(0, 2 * np.pi, 361), torch.linspace(0, 1, 21)
+    deltas = torch.stack([torch.cos(angles), torch.sin(angles)], 1)[:, None, :] * scales[None, :, None] * radius
+    with torch.no_grad():
+        scores = model.score_all(model.user.weight[0] + deltas.reshape(-1, 2), model.item.weight[0].expand(len(angles) * 21, 2),
+                                 model.tag.weight)
+    ranks = 1 + (scores.unsqueeze(2) > scores[:, [1, 5]].unsqueeze(1)).sum(1)  # (grid, 2 true tags)
+    hits3 = (ranks <= 3).sum(1).min().item()
+    assert bounds["p@3"][0] * 3 <= hits3  # the certificate never promises more hits than the worst grid point
+
+
+@pytest.fixture(scope="module")
+def trained(real_data_dir):
+    split = load_split("movielens", real_data_dir)
+    return split, {name: train(split, default_config(name, epochs=15), CPU).model for name in ("metric", "pitf", "fm")}
+
+
+@pytest.mark.parametrize("name", ["metric", "pitf", "fm"])
+def test_the_bound_never_exceeds_an_attack_and_is_exact_at_zero(trained, name):
+    split, models = trained
+    model = models[name]
+    clean = evaluate_model(model, split.test, split.n_tags)
+    at_zero = certify(model, split.test, split.n_tags, 0.0)
+    for key in ("p@3", "ndcg@3", "f1@10", "ndcg@10"):
+        assert np.allclose(at_zero[key], clean.per_post[key])
+    previous = at_zero["ndcg@3"]
+    for eps in (0.05, 0.2):
+        bound = certify(model, split.test, split.n_tags, eps)
+        assert (bound["ndcg@3"] <= previous + 1e-12).all()  # a larger budget certifies less
+        previous = bound["ndcg@3"]
+        for spec in ("fgsm", "pgd:steps=30", "mim", "label-free", "pgd:norm=linf"):
+            attack = ATTACKS.create(spec, eps=eps)
+            attacked = evade(model, split, attack, CPU).per_post
+            certified = bound if attack.norm == "l2" else certify(model, split.test, split.n_tags, eps, norm="linf")
+            for key in ("ndcg@3", "p@3", "f1@5", "ndcg@10"):
+                assert (certified[key] <= attacked[key] + 1e-9).all(), (spec, eps, key)
+
+
+def test_no_certificate_for_tag_perturbations_or_a_model_without_directions(trained):
+    split, models = trained
+    with pytest.raises(RobustagError, match="only user and item perturbations"):
+        certify(models["metric"], split.test, split.n_tags, 0.1, targets="user+item+tag")
+    model = models["metric"]
+    model.score_directions = lambda tag_table: None
+    try:
+        with pytest.raises(RobustagError, match="declares no linear score directions"):
+            certify(model, split.test, split.n_tags, 0.1)
+    finally:
+        del model.score_directions

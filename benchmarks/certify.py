@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import time
 
-from common import environment, parser, record, write
+from common import dataset_run, environment, record, write
 
-from robustag import paths
 from robustag.attack import ATTACKS
 from robustag.certify import certify
-from robustag.preprocess import load_split
 from robustag.robustness import evade
-from robustag.training import default_config, resolve_device, train
+from robustag.training import default_config, train
 
 
 def timed(work):
@@ -28,12 +26,7 @@ def timed(work):
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--dataset", default="lastfm")
-    options.add_argument("--epochs", type=int, default=10)
-    args = options.parse_args()
-    device = resolve_device(args.device)
-    split = load_split(args.dataset, paths.data_dir())
+    args, device, split = dataset_run(__doc__, epochs=10)
     per_1000 = 1000 / len(split.test)
     rows = []
     for name in ("metric", "pitf", "fm"):

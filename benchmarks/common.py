@@ -20,6 +20,20 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return made
 
 
+def dataset_run(doc: str, epochs: int):
+    """The options of a benchmark on one data set (--dataset, --epochs, --device, --compile,
+    --out): returns (args, device, split)."""
+    from robustag import paths
+    from robustag.preprocess import load_split
+    from robustag.training import resolve_device
+
+    options = parser(doc)
+    options.add_argument("--dataset", default="lastfm")
+    options.add_argument("--epochs", type=int, default=epochs)
+    args = options.parse_args()
+    return args, resolve_device(args.device), load_split(args.dataset, paths.data_dir())
+
+
 def record(rows: list[dict], row: dict) -> None:
     """Keep a measured row and show it at once (long benchmarks report as they go)."""
     rows.append(row)

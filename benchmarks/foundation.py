@@ -13,13 +13,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from common import environment, parser, record, write
+from common import dataset_run, environment, record, write
 
-from robustag import paths
 from robustag.evaluation import evaluate_model
 from robustag.models import declares
-from robustag.preprocess import load_split
-from robustag.training import default_config, resolve_device, train
+from robustag.training import default_config, train
 
 
 def best_of(repeats: int, fn) -> float:
@@ -51,12 +49,7 @@ def model_rows(split, device, epochs: int, compile: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--dataset", default="lastfm")
-    options.add_argument("--epochs", type=int, default=3)
-    args = options.parse_args()
-    device = resolve_device(args.device)
-    split = load_split(args.dataset, paths.data_dir())
+    args, device, split = dataset_run(__doc__, epochs=3)
     rows = model_rows(split, device, args.epochs, args.compile)
     report = {"dataset": args.dataset, "train_triples": split.train.n_assignments, "test_posts": len(split.test),
               "tags": split.n_tags, **environment(device, args.compile), "rows": rows}

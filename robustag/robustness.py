@@ -16,7 +16,8 @@ import torch
 
 from robustag.attack import AttackContext, DataAttack, EmbeddingAttack, row_budget
 from robustag.errors import RobustagError
-from robustag.evaluation import CUTOFFS, Evaluation, evaluate, evaluate_model, post_tensors, rank_tags
+from robustag.evaluation import (CUTOFFS, Evaluation, contains, evaluate, evaluate_model, metrics_from_hits, post_tensors,
+                                 rank_tags, relevance_keys)
 from robustag.models import EmbeddingModel
 from robustag.preprocess import Posts, TagSplit
 from robustag.training import TrainConfig, train
@@ -52,7 +53,7 @@ def true_tag_objective(model: EmbeddingModel, posts: Posts, base: dict[str, torc
     ideal = torch.cumsum(discount, 0)[counts - 1]
 
     def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
-        emb = {k: v + deltas[k] if k in deltas else v for k, v in base.items()}
+        emb = _moved(base, deltas)
         scores = model.score_all(emb["user"], emb["item"], emb["tag"])
         temperature = RANK_TEMPERATURE * scores.detach().std(dim=1, keepdim=True).clamp_min(1e-12)
         rows_scores = scores[rows]
@@ -106,7 +107,44 @@ def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, st
                                       np.zeros(0, dtype=np.int64))
     context = AttackContext(model, part, seen)
     deltas = attack.checked_perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius, context)
-    return {k: v + deltas[k] if k in deltas else v for k, v in part.items()}
+    return _moved(part, deltas)
+
+
+def _moved(base: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v + deltas[k] if k in deltas else v for k, v in base.items()}
+
+
+def margin_objective(context: AttackContext):
+    """Per post, the mean over its true tags of (best wrong tag's score − the true tag's score):
+    raising it pushes every true tag below the strongest competitor (a CW-style margin)."""
+    posts, base = context.posts, context.base
+    device = base["user"].device
+    rows = torch.as_tensor(np.repeat(np.arange(len(posts)), posts.tag_counts()), device=device)
+    tags = torch.as_tensor(posts.tag_indices, device=device)
+    counts = torch.as_tensor(posts.tag_counts(), device=device)
+    mask = torch.zeros(len(posts), len(base["tag"]), dtype=torch.bool, device=device)
+    mask[rows, tags] = True
+
+    def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
+        moved = _moved(base, deltas)
+        scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
+        best_wrong = scores.masked_fill(mask, float("-inf")).amax(1)
+        margins = best_wrong[rows] - scores[rows, tags]
+        return torch.zeros(len(posts), device=device, dtype=margins.dtype).index_add(0, rows, margins) / counts
+
+    return objective
+
+
+def post_metric(context: AttackContext, deltas: dict[str, torch.Tensor], metric: str = "ndcg@3") -> torch.Tensor:
+    """Each attacked post's metric under `deltas` (the posts' true tags: label-aware only)."""
+    moved, posts = _moved(context.base, deltas), context.posts
+    device = moved["user"].device
+    with torch.no_grad():
+        scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
+        top, _ = rank_tags(scores, min(max(CUTOFFS), scores.shape[1]))
+        index = torch.arange(len(posts), device=device).unsqueeze(1)
+        hits = contains(relevance_keys(posts, scores.shape[1], device), index * scores.shape[1] + top)
+        return metrics_from_hits(hits, torch.as_tensor(posts.tag_counts(), device=device))[metric]
 
 
 def own_top_objective(context: AttackContext, n: int):

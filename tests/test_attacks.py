@@ -307,3 +307,20 @@ def test_an_attack_gets_the_context_its_threat_model_allows(movielens, tmp_path)
     assert not blind and nothing is None and blind_context.posts.n_assignments == 0
     scores = model.score(torch.as_tensor(split.test.users), torch.as_tensor(split.test.items))
     assert torch.allclose(blind_context.clean_scores(), scores)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    from robustag.attacks.apgd import checkpoints
+
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_apgd_needs_no_step_size_and_auto_keeps_each_posts_worst(movielens):
+    split, model = movielens
+    per_post = {spec: evade(model, split, ATTACKS.create(spec, eps=0.1), CPU).per_post["ndcg@3"]
+                for spec in ("pgd", "pgd:steps=100", "apgd:steps=10", "apgd", "auto")}
+    mean = {spec: values.mean() for spec, values in per_post.items()}
+    assert mean["apgd:steps=10"] < mean["pgd"]  # 10 steps of APGD beat 10 of PGD
+    assert mean["apgd"] <= mean["pgd:steps=100"] + 1e-9
+    assert (per_post["auto"] <= per_post["apgd"] + 1e-12).all()  # its first member, same seed
+    assert mean["auto"] <= min(mean.values()) + 1e-12

@@ -79,6 +79,9 @@ class EmbeddingAttack(Attack):
     # The threat model: may the attacker see the test posts' true tags? A label-free attack
     # gets no objective in evaluation (it builds its own from the context) and posts without tags.
     knows_labels: ClassVar[bool] = True
+    # A bound, not an attack (`certified`): its `bound(model, posts, n_tags, device)` gives the
+    # per-post metrics; it never enters a worst case over attacks.
+    is_bound: ClassVar[bool] = False
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),

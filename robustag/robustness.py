@@ -161,6 +161,9 @@ def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation
     if not isinstance(model, EmbeddingModel):
         raise RobustagError(f"attack {attack.name}: perturbs embeddings, but model {model.name!r} has none")
     model.eval()
+    if attack.is_bound:  # the guarantee, per post; no ranking under a perturbation exists
+        bound = attack.bound(model, split.test, split.n_tags, device)
+        return Evaluation(bound, np.zeros((len(split.test), 0), dtype=np.int64), np.zeros((len(split.test), 0)))
     adv = attacked_embeddings(model, split.test, attack, device)
     score_fn = lambda users, items, index: model.score_all(adv["user"][index], adv["item"][index], adv["tag"])
     return evaluate(score_fn, split.test, split.n_tags, device)
@@ -193,7 +196,9 @@ def promotion_figures(attack, split: TagSplit, evaluation: Evaluation, prefix: s
 
 
 def overlap(clean: Evaluation, attacked: Evaluation, n: int) -> float:
-    """Mean share of the clean top-n that stays in the attacked top-n."""
+    """Mean share of the clean top-n that stays in the attacked top-n (NaN for a bound: no ranking)."""
+    if attacked.top_tags.shape[1] == 0:
+        return float("nan")
     a, b = clean.top_tags[:, :n], attacked.top_tags[:, :n]
     common = (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1)
     return float((common / a.shape[1]).mean())
@@ -220,7 +225,7 @@ def worst_cases(clean: Evaluation, outcomes: list[AttackOutcome]) -> list[dict]:
     over the evasion attacks under that threat (the AutoAttack rule), then averaged; `broken@N`:
     share of posts with a clean hit in the top N that some of those attacks leave with none.
     A larger budget is another threat, so a worst case never mixes budgets."""
-    evasions = [o for o in outcomes if o.surface == "embedding"]
+    evasions = [o for o in outcomes if o.surface == "embedding" and o.threat is not None]  # attacks, not bounds
     threats = list(dict.fromkeys(o.threat for o in evasions))
     return [{"eps": threat[0], "norm": threat[1], "targets": threat[2],
              **_worst_case(clean, [o for o in evasions if o.threat == threat])} for threat in threats]
@@ -246,7 +251,7 @@ def run_attack(
     if isinstance(attack, EmbeddingAttack):
         evaluation = evade(model, split, attack, device)
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
-                             threat=(attack.eps, attack.norm, attack.targets))
+                             threat=None if attack.is_bound else (attack.eps, attack.norm, attack.targets))
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
     evaluation = evaluate_model(retrained, split.test, split.n_tags, device)
     extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation)}

@@ -171,12 +171,16 @@ def _setup():
 
 
 def _variants(cls, params) -> list[dict]:
-    """The attack at each norm and with the tag table perturbed too, where it declares those."""
+    """The attack at each norm and with the tag table perturbed too, where it declares those
+    (and accepts them: a plugin may refuse a value it cannot serve)."""
     found = [params]
-    if "norm" in cls.params and "norm" not in params:
-        found.append({**params, "norm": "linf"})
-    if "targets" in cls.params and "targets" not in params:
-        found.append({**params, "targets": "user+item+tag"})
+    for key, value in (("norm", "linf"), ("targets", "user+item+tag")):
+        if key in cls.params and key not in params:
+            try:
+                cls(**{**params, key: value})
+            except PluginError:
+                continue
+            found.append({**params, key: value})
     return found
 
 

@@ -113,3 +113,36 @@ def test_no_certificate_for_tag_perturbations_or_a_model_without_directions(trai
             certify(model, split.test, split.n_tags, 0.1)
     finally:
         del model.score_directions
+
+
+def test_the_certified_bound_is_a_bench_column_below_every_attack(tmp_path, real_data_dir):
+    import pandas as pd
+
+    import robustag as rt
+
+    with rt.bench(datasets=["movielens"], models=["metric", "pitf", "pop"], defenses=["plain"],
+                  attacks=["pgd", "auto:steps=20", "certified"], eps=[0.05, 0.1], seeds=1, epochs=5, out=tmp_path / "run",
+                  data_dir=real_data_dir, device="cpu") as run:
+        cells = run.cells(status="done")
+        assert run.failed == 0 and set(cells[cells["model"] == "pop"]["attack_name"]) == {"clean"}
+        attacked = cells[cells["attack_name"] != "clean"]
+        for (model, eps), group in attacked.groupby(["model", "eps"]):
+            by_attack = group.set_index("attack_name")["ndcg@3"]
+            assert by_attack["certified"] <= min(by_attack["pgd"], by_attack["auto"]) + 1e-12
+            bound = run.per_post("ndcg@3")[group.set_index("attack_name").loc["certified", "key"]]
+            for attack in ("pgd", "auto"):
+                assert (bound <= run.per_post("ndcg@3")[group.set_index("attack_name").loc[attack, "key"]] + 1e-12).all()
+    table = pd.read_csv(tmp_path / "run" / "report" / "default-robustness.csv")
+    assert {"certified ε=0.05", "certified ε=0.1", "auto ε=0.1"} <= set(table.columns)
+
+
+def test_a_bound_is_never_part_of_the_worst_case(trained):
+    split, models = trained
+    import robustag as rt
+
+    trained_model = rt.Trained(models["metric"], default_config("metric"), "plain", CPU,
+                               evaluate_model(models["metric"], split.test, split.n_tags))
+    table = rt.attack(trained_model, split, ["fgsm", "certified"], eps=[0.1])
+    (worst,) = table.attrs["worst_case"]
+    assert worst["attacks"] == 1 and worst["worst_ndcg@3"] == table.loc[0, "attacked_ndcg@3"]
+    assert np.isnan(table.loc[1, "overlap@3"])

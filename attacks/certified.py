@@ -1,0 +1,24 @@
+"""certified: not an attack but the floor under all of them — the certified lower bound of
+every metric under this budget (`robustag.certify`), for models affine in the user and item
+rows (metric, PITF, FM). In a benchmark it is a column like an attack's: the robustness a
+model is guaranteed, to read beside what the attacks found (the truth lies between)."""
+
+from robustag.attack import EmbeddingAttack, PluginError
+from robustag.certify import certify
+
+
+class Certified(EmbeddingAttack):
+    name = "certified"
+    summary = "the certified lower bound under this budget (a floor no attack goes under; metric, pitf, fm)"
+    is_bound = True
+
+    def validate(self):
+        super().validate()
+        if "tag" in self.target_tables:
+            raise PluginError("certified: perturbed tag tables have no certificate; use targets=user+item")
+
+    def perturb(self, objective, deltas, radius):
+        return deltas  # nothing is searched: `bound` computes the guarantee
+
+    def bound(self, model, posts, n_tags, device) -> dict:
+        return certify(model, posts, n_tags, self.eps, self.norm, self.targets, device)

@@ -22,6 +22,7 @@ import pandas as pd
 from rich.table import Table
 
 from robustag import plots
+from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
 from robustag.errors import RobustagError
 from robustag.models import declares
@@ -100,6 +101,8 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     section.tables.append(clean_table(f"{slug}-clean", clean, tests, reference, published))
     if not attacked.empty:
         section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, tests, reference))
+        worst = worst_case_table(f"{slug}-worst-case", store, cells)
+        section.tables += [worst] if worst.rows else []
         section.figures += robustness_figures(clean, attacked, figures, slug)
     section.figures += training_figures(store, cells, figures, slug)
     section.figures += sensitivity_figures(clean, figures, slug)
@@ -299,6 +302,47 @@ def robustness_table(name: str, clean: pd.DataFrame, attacked: pd.DataFrame, tes
             f"under the same attack (Wilcoxon, Holm, p < {ALPHA}). ε is relative to the mean row norm of each perturbed "
             "table; poisoning attacks retrain on poisoned data and evaluate on the clean test posts.")
     return ReportTable(name, "Robustness: NDCG@3 under attack", header, rows, note)
+
+
+def worst_case_table(name: str, store: ResultStore, cells: pd.DataFrame) -> ReportTable:
+    """Per model and threat (budget, norm, perturbed tables): each post's worst NDCG@3 over all
+    the evasion attacks run under that threat (AutoAttack's rule; bounds such as `certified`
+    are not attacks), averaged over posts, mean ± std over seeds; and broken@3, the share of
+    posts with a clean hit in the top 3 that some attack leaves with none."""
+    evasion = cells[(cells["surface"] == "embedding") & ~cells["attack_name"].map(_is_bound)]
+    evasion = evasion.assign(norm=evasion["attack_params"].map(lambda p: p.get("norm")),
+                             targets=evasion["attack_params"].map(lambda p: p.get("targets")))
+    clean = cells[cells["surface"] == "none"].set_index(["dataset", "model", "params", "defense", "seed"])["key"]
+    rows = []
+    keys = ["dataset", "model", "params", "defense", "eps", "norm", "targets"]
+    for key, group in evasion.groupby(keys, sort=False):
+        worst, broken = [], []
+        for seed, per_seed in group.groupby("seed"):
+            clean_key = clean.get((*key[:4], seed))
+            if clean_key is None:
+                continue
+            ndcg = store.per_post_frame(list(per_seed["key"]), "ndcg@3").min(axis=1)
+            lost = (store.per_post_frame(list(per_seed["key"]), "p@3") == 0).any(axis=1)
+            had = store.per_post_frame([clean_key], "p@3")[clean_key] > 0
+            worst.append(ndcg.mean())
+            broken.append((had & lost).sum() / max(had.sum(), 1))
+        if worst:
+            first = group.iloc[0]
+            rows.append([*_label(first), f"ε={key[4]:g} {key[5]} {key[6]}", str(group["attack"].nunique()),
+                         f"{np.mean(worst):.4f} ± {np.std(worst, ddof=1) if len(worst) > 1 else 0:.4f}",
+                         f"{np.mean(broken):.1%}"])
+    header = ["dataset", "model", "defense", "threat", "attacks", "worst NDCG@3 per post", "broken@3"]
+    note = ("Each post's worst NDCG@3 over every evasion attack run under the same threat (budget, norm, perturbed "
+            "tables), averaged over posts, mean ± std over seeds; broken@3: share of posts with a clean hit in the "
+            "top 3 that some attack leaves with none. Certified bounds are not attacks and are left out.")
+    return ReportTable(name, "Worst case per post", header, rows, note)
+
+
+def _is_bound(attack_name: str) -> bool:
+    try:
+        return getattr(ATTACKS.get(attack_name), "is_bound", False)  # poisoning attacks have no such flag
+    except PluginError:
+        return False
 
 
 def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:

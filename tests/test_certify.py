@@ -132,8 +132,17 @@ def test_the_certified_bound_is_a_bench_column_below_every_attack(tmp_path, real
             bound = run.per_post("ndcg@3")[group.set_index("attack_name").loc["certified", "key"]]
             for attack in ("pgd", "auto"):
                 assert (bound <= run.per_post("ndcg@3")[group.set_index("attack_name").loc[attack, "key"]] + 1e-12).all()
+        means = attacked.groupby(["model", "eps", "attack_name"])["ndcg@3"].mean()
     table = pd.read_csv(tmp_path / "run" / "report" / "default-robustness.csv")
     assert {"certified ε=0.05", "certified ε=0.1", "auto ε=0.1"} <= set(table.columns)
+    worst = pd.read_csv(tmp_path / "run" / "report" / "default-worst-case.csv")
+    assert len(worst) == 4 and set(worst["attacks"]) == {2}  # pgd and auto; the bound is no attack
+    for _, row in worst.iterrows():
+        model, eps = row["model"].split(" ")[0], float(row["threat"].split()[0][2:])
+        value = float(row["worst NDCG@3 per post"].split(" ± ")[0])
+        assert value <= min(means[(model, eps, "pgd")], means[(model, eps, "auto")]) + 1e-4
+        assert value >= means[(model, eps, "certified")] - 1e-4
+        assert 0 <= float(row["broken@3"].rstrip("%")) <= 100
 
 
 def test_a_bound_is_never_part_of_the_worst_case(trained):

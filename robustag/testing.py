@@ -143,16 +143,23 @@ def _other_values(value) -> list:
 
 def _altered(cls, params: dict) -> list[dict]:
     """`params` with one declared parameter at another valid value, for each that has one."""
-    found = []
+    candidates = []
     for key, param in cls.params.items():
         value = params.get(key, param.default)
         options = [c for c in (param.choices or ()) if c != value] or _other_values(value)
-        for option in options[:1]:
-            try:
-                cls(**{**params, key: option})
-            except PluginError:
-                continue
-            found.append({**params, key: option})
+        candidates += [{**params, key: option} for option in options[:1]]
+    return _accepted(cls, candidates)
+
+
+def _accepted(cls, candidates: list[dict]) -> list[dict]:
+    """The parameter sets the plugin accepts (it may refuse a value it cannot serve)."""
+    found = []
+    for candidate in candidates:
+        try:
+            cls(**candidate)
+        except PluginError:
+            continue
+        found.append(candidate)
     return found
 
 
@@ -171,17 +178,11 @@ def _setup():
 
 
 def _variants(cls, params) -> list[dict]:
-    """The attack at each norm and with the tag table perturbed too, where it declares those
-    (and accepts them: a plugin may refuse a value it cannot serve)."""
-    found = [params]
-    for key, value in (("norm", "linf"), ("targets", "user+item+tag")):
-        if key in cls.params and key not in params:
-            try:
-                cls(**{**params, key: value})
-            except PluginError:
-                continue
-            found.append({**params, key: value})
-    return found
+    """The attack at each norm and with the tag table perturbed too, where it declares and
+    accepts those."""
+    changes = [(key, value) for key, value in (("norm", "linf"), ("targets", "user+item+tag"))
+               if key in cls.params and key not in params]
+    return [params, *_accepted(cls, [{**params, key: value} for key, value in changes])]
 
 
 def _perturbs_within_contract(cls, params) -> None:

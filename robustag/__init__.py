@@ -6,7 +6,8 @@ The public API (see `robustag.api`): `load_dataset`, `train`, `load`, `attack`, 
 
 __version__ = "0.1.0"
 
-from robustag.api import Trained, attack, bench, build_attacks, load, load_dataset, load_plugins, train  # noqa: E402
+from robustag.api import (Trained, attack, bench, build_attacks, load, load_dataset, load_plugins,  # noqa: E402
+                          sanity_checks, train)
 from robustag.attack import ATTACKS  # noqa: E402
 from robustag.defense import DEFENSES  # noqa: E402
 from robustag.errors import RobustagError  # noqa: E402
@@ -14,4 +15,4 @@ from robustag.models import MODELS  # noqa: E402
 from robustag.run import Run  # noqa: E402
 
 __all__ = ["ATTACKS", "DEFENSES", "MODELS", "RobustagError", "Run", "Trained", "__version__", "attack", "bench", "build_attacks",
-           "load", "load_dataset", "load_plugins", "train"]
+           "load", "load_dataset", "load_plugins", "sanity_checks", "train"]

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from robustag import paths
+from robustag import checks, paths
 from robustag.attack import ATTACKS, Attack, DataAttack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
 from robustag.certify import certifiable, certify
@@ -159,6 +159,15 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
     table.attrs["certified"] = certified_bounds(trained, split, table.attrs["worst_case"])
     table.attrs["clean"] = trained.metrics
     return table
+
+
+def sanity_checks(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack],
+                  eps: Sequence[float] | None = None) -> pd.DataFrame:
+    """The gradient-masking checklist (`robustag.checks`) for every evasion attack of `attacks`
+    (at each budget): a row per check with `passed` and what was measured."""
+    rows = [row for each in build_attacks(attacks, eps) if isinstance(each, EmbeddingAttack) and not each.is_bound
+            for row in checks.sanity_checks(trained.model, split, each.spec, trained.device)]
+    return pd.DataFrame(rows, columns=["attack", "eps", "check", "passed", "detail"])
 
 
 def certified_bounds(trained: Trained, split: TagSplit, worst: list[dict]) -> list[dict]:

@@ -282,6 +282,9 @@ def attack_command(
     load: Optional[Path] = typer.Option(None, "--load", help="Attack this saved model instead of training one."),
     save: Optional[Path] = typer.Option(None, "--save", help="Save the trained model here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
+    checks: bool = typer.Option(False, "--checks", help="Run the gradient-masking sanity checks of every evasion attack "
+                                "(monotone in ε, beats random noise, converged, large ε, below the certificate); "
+                                "exit 1 if one fails."),
     plugin: Optional[list[Path]] = PluginOption,
     params: dict = None,
 ):
@@ -327,6 +330,23 @@ def attack_command(
             "worst_case": worst,
             "certified": certified,
         })
+    if checks:
+        _report_checks(rt.sanity_checks(trained, split, attack_list))
+
+
+def _report_checks(results) -> None:
+    table = Table(title="sanity checks (Carlini et al. 2019)")
+    for column in ("attack", "ε", "check", "verdict", "measured"):
+        table.add_column(column)
+    for _, row in results.iterrows():
+        verdict = "[green]pass[/green]" if row["passed"] else "[bold red]FAIL[/bold red]"
+        table.add_row(row["attack"].split(":")[0], f"{row['eps']:g}", row["check"], verdict, escape(row["detail"]))
+    _stdout().print(table)
+    failed = results[~results["passed"]]
+    if len(failed):
+        console.print(f"[bold red]{len(failed)} sanity checks failed[/bold red]: "
+                      + "; ".join(f"{r['attack'].split(':')[0]} ε={r['eps']:g}: {r['check']}" for _, r in failed.iterrows()))
+        raise typer.Exit(1)
 
 
 def _attack_table(title: str, rows: list[dict], worst: list[dict], certified: list[dict]) -> Table:

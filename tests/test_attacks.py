@@ -324,3 +324,30 @@ def test_apgd_needs_no_step_size_and_auto_keeps_each_posts_worst(movielens):
     assert mean["apgd"] <= mean["pgd:steps=100"] + 1e-9
     assert (per_post["auto"] <= per_post["apgd"] + 1e-12).all()  # its first member, same seed
     assert mean["auto"] <= min(mean.values()) + 1e-12
+
+
+def test_sanity_checks_pass_a_sound_attack_and_fail_loudly_on_a_weak_one(movielens, tmp_path):
+    import robustag as rt
+    from robustag.checks import sanity_checks
+
+    split, model = movielens
+    checks = sanity_checks(model, split, "apgd:eps=0.1", CPU).copy()
+    assert {c["check"]: c["passed"] for c in checks} == {
+        "monotone in ε": True, "beats random noise": True, "converged": True, "large ε breaks the model": True,
+        "certificate below the attack": True}
+    pgd10 = {c["check"]: c for c in sanity_checks(model, split, "pgd:eps=0.1", CPU)}
+    assert not pgd10["converged"]["passed"]  # 10 steps are not enough here: said, not hidden
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text(textwrap.dedent("""
+        from robustag.attack import EmbeddingAttack
+
+        class Lazy(EmbeddingAttack):
+            name = "lazy-check"
+            summary = "moves nothing"
+
+            def perturb(self, objective, deltas, radius):
+                return deltas
+    """))
+    rt.load_plugins([lazy])
+    verdicts = {c["check"]: c["passed"] for c in sanity_checks(model, split, "lazy-check:eps=0.1", CPU)}
+    assert verdicts["beats random noise"] is False and verdicts["large ε breaks the model"] is False

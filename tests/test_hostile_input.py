@@ -428,3 +428,10 @@ def test_markdown_report_escapes_user_chosen_names(hostile_run):
     assert "<script>" not in rendered and "<img" not in rendered
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered
     assert settings.count("```") == 2  # the settings stay inside one code block, where nothing renders
+
+
+def test_attack_checks_fail_loudly_when_the_attack_is_not_converged(robustag, real_data_dir):
+    code, output = robustag("attack", "-d", "movielens", "--epochs", "5", "--attacks", "pgd", "--checks", "--device", "cpu",
+                            "--data-dir", real_data_dir)
+    assert code == 1 and "sanity checks failed: pgd ε=0.1: converged" in output
+    assert "beats random noise" in output and "Traceback" not in output

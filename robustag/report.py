@@ -92,6 +92,9 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     labels = short_labels(dict(zip(cells["defense"], cells["defense_params"])))
     cells = cells.assign(defense_label=cells["defense"].map(labels))
     table = aggregate(store, cells, HEADLINE, ci_metrics=TESTED)
+    capped = capped_units(store, cells)
+    unit_of = dict(zip(cells["key"], cells["unit"]))
+    table["capped"] = table["cells"].map(lambda keys: any(unit_of[key] in capped for key in keys))
     table["defense_label"] = table["defense"].map(labels)
     table["attack_label"] = attack_labels(table)
     tests = pd.concat([compare_to_reference(store, table, metric, reference) for metric in TESTED], ignore_index=True)
@@ -99,6 +102,9 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     attacked = table[table["surface"] != "none"]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
     section.tables.append(clean_table(f"{slug}-clean", clean, tests, reference, published))
+    if table["capped"].any():
+        section.text.append(f"{CAPPED} A seed of this configuration ran every epoch it was given: early stopping never "
+                            "triggered, so the model may not have converged; more epochs may change its figures.")
     if not attacked.empty:
         section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, tests, reference))
         worst = worst_case_table(f"{slug}-worst-case", store, cells)
@@ -209,9 +215,24 @@ def _mark(tests: pd.DataFrame, row, metric: str) -> str:
     return " ▲" if match.iloc[0]["mean_diff"] > 0 else " ▼"
 
 
+CAPPED = "†"
+
+
+def capped_units(store: ResultStore, cells: pd.DataFrame) -> set[str]:
+    """The trained models that ran all their epochs (early stopping never stopped them)."""
+    histories = store.histories()
+    if histories.empty:
+        return set()
+    epochs_run = histories.groupby("unit")["epoch"].max()
+    allowed = cells.drop_duplicates("unit").set_index("unit")["params"].map(lambda p: json.loads(p).get("epochs"))
+    both = pd.concat([epochs_run.rename("run"), allowed.rename("allowed")], axis=1, join="inner").dropna()
+    return set(both.index[both["run"] >= both["allowed"]])
+
+
 def _label(row) -> list[str]:
     params = json.loads(row["params"])
-    return [row["dataset"], row["model"] + _param_note(params, row["model"]), row["defense_label"]]
+    defense = row["defense_label"] + (f" {CAPPED}" if row.get("capped", False) else "")
+    return [row["dataset"], row["model"] + _param_note(params, row["model"]), defense]
 
 
 def _param_note(params: dict, model: str) -> str:

@@ -430,3 +430,15 @@ def test_report_curves_follow_each_attacks_declared_strength(finished):
     names = {path.stem for path in plots.glob("*.png")}
     assert any(re.search(r"-fgsm-\d+-eps$", name) for name in names)  # two budgets: a curve over ε
     assert any(re.search(r"-tag-replace-\d+-rate$", name) for name in names)  # poisoning: over its rate
+
+
+def test_models_that_ran_every_epoch_are_flagged(finished):
+    from robustag.report import CAPPED, capped_units
+
+    cells = done_cells(finished)
+    histories = finished.histories()
+    ran_all = set(histories.groupby("unit")["epoch"].max().loc[lambda epochs: epochs >= 3].index)
+    assert capped_units(finished, cells) == ran_all and ran_all  # 3 epochs allowed: early stopping rarely fires
+    folder = write_report(finished.folder)
+    markdown = (folder / "report.md").read_text()
+    assert f"plain {CAPPED}" in markdown and "early stopping never triggered" in markdown

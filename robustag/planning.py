@@ -21,10 +21,9 @@ from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.datasets import resolve_source
 from robustag.defense import DEFENSES
 from robustag.models import MODELS
-from robustag.plugins import spec_values
 from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
-from robustag.store import ResultStore
+from robustag.store import ResultStore, parsed_columns
 from robustag.training import SHARED_OPTIONS, TrainConfig, default_config
 
 
@@ -136,10 +135,7 @@ def _cell(unit: UnitTask, attack) -> dict:
         "params": json.dumps(params, sort_keys=True), "seed": unit.config.seed, "defense": unit.defense,
         "defense_name": unit.defense.split(":")[0], "attack": spec, "attack_name": spec.split(":")[0] if spec else None,
         "surface": surface, "eps": eps,
-        "attack_params": json.dumps(attack.config) if attack is not None else None,
-        "defense_params": json.dumps(spec_values(unit.defense)),
-        "strength": attack.config[attack.strength] if attack is not None and attack.strength else None,
-        "strength_name": attack.strength if attack is not None else None,
+        **parsed_columns(spec, unit.defense, attack.strength if attack is not None else None),
         "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": asdict(unit.options),
                                                               "defense": unit.defense, "poison": unit.poison},
                               "attack": spec}, sort_keys=True),

@@ -50,13 +50,17 @@ PARSED_COLUMNS = {"attack_params": "TEXT", "defense_params": "TEXT", "strength":
 LEGACY_STRENGTHS = {"tag-replace": "rate", "tag-promote": "fake_users"}
 
 
-def _parsed_legacy(attack: str | None, attack_name: str | None, defense: str, eps: float | None) -> tuple:
-    """The parsed columns of a cell stored before they existed, from its spec strings."""
+def parsed_columns(attack: str | None, defense: str, strength_name: str | None) -> dict:
+    """A cell's parsed columns, from its canonical spec strings: the planner's, and (once) the
+    upgrade's for cells stored before the columns existed."""
     attack_params = spec_values(attack) if attack else None
-    strength_name = "eps" if eps is not None else LEGACY_STRENGTHS.get(attack_name)
-    strength = eps if eps is not None else (attack_params or {}).get(strength_name)
-    return (json.dumps(attack_params) if attack is not None else None, json.dumps(spec_values(defense)),
-            strength, strength_name)
+    return {"attack_params": json.dumps(attack_params) if attack_params is not None else None,
+            "defense_params": json.dumps(spec_values(defense)),
+            "strength": (attack_params or {}).get(strength_name), "strength_name": strength_name if attack else None}
+
+
+def _legacy_strength(attack_name: str | None, eps: float | None) -> str | None:
+    return "eps" if eps is not None else LEGACY_STRENGTHS.get(attack_name)
 
 
 DB_NAME = "results.sqlite"
@@ -121,8 +125,10 @@ class ResultStore:
             for name in added:
                 db.execute(f"ALTER TABLE cells ADD COLUMN {name} {PARSED_COLUMNS[name]}")
             rows = db.execute("SELECT key, attack, attack_name, defense, eps FROM cells").fetchall()
-            db.executemany("UPDATE cells SET attack_params=?, defense_params=?, strength=?, strength_name=? WHERE key=?",
-                           [(*_parsed_legacy(attack, name, defense, eps), key) for key, attack, name, defense, eps in rows])
+            db.executemany("UPDATE cells SET attack_params=:attack_params, defense_params=:defense_params,"
+                           " strength=:strength, strength_name=:strength_name WHERE key=:key",
+                           [{"key": key, **parsed_columns(attack, defense, _legacy_strength(name, eps))}
+                            for key, attack, name, defense, eps in rows])
 
     @contextmanager
     def bench_lock(self):

@@ -16,7 +16,7 @@ import time
 from common import dataset_run, environment, record, write
 
 from robustag.evaluation import evaluate_model
-from robustag.models import declares
+from robustag.models import MODELS
 from robustag.training import default_config, train
 
 
@@ -33,7 +33,7 @@ def model_rows(split, device, epochs: int, compile: bool = False) -> list[dict]:
     """Training throughput and evaluation time of every model."""
     rows = []
     for model in ("metric", "pitf", "fm", "pop", "pop-user", "pop-item", "pop-mix"):
-        learned = declares(model, "learned")
+        learned = MODELS.declared(model, "learned", True)
         config = default_config(model, epochs=epochs, patience=epochs) if learned else default_config(
             model, **({"mix": 0.5} if model == "pop-mix" else {}))
         result = train(split, config, device, compile=compile)

@@ -264,6 +264,14 @@ class Registry:
         self._ensure_builtins()
         return dict(self._aliases)
 
+    def declared(self, name: str, attribute: str, unknown: Any = None) -> Any:
+        """What plugin `name` declares (a class attribute); `unknown` when no plugin of that
+        name is loaded here (a report read without the plugin file) or it declares no such thing."""
+        try:
+            return getattr(self.get(name), attribute, unknown)
+        except PluginError:
+            return unknown
+
     def origin(self, name: str) -> str:
         return self._origins[name]
 

@@ -25,8 +25,7 @@ from robustag import plots
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
 from robustag.errors import RobustagError
-from robustag.models import declares
-from robustag.plugins import PluginError
+from robustag.models import MODELS
 from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
@@ -161,7 +160,7 @@ def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Sec
     section = Section(title="Run time")
     cells = store.cells(status="done")
     histories = store.histories()
-    trained = cells[(cells["surface"] == "none") & cells["model"].map(lambda model: declares(model, "learned"))].drop_duplicates("unit")
+    trained = cells[(cells["surface"] == "none") & cells["model"].map(lambda model: MODELS.declared(model, "learned", True))].drop_duplicates("unit")
     if trained.empty or histories.empty or "seconds" not in histories:
         section.text.append("No trained models with a recorded history.")
         return section
@@ -195,7 +194,7 @@ def compute_table(store: ResultStore, specs: list[str]) -> ReportTable:
         cells = store.cells(spec=spec, status="done")
         for dataset, group in cells.groupby("dataset", sort=False):
             units = group.drop_duplicates("unit")
-            trained = units["model"].map(lambda model: declares(model, "learned")).sum()
+            trained = units["model"].map(lambda model: MODELS.declared(model, "learned", True)).sum()
             rows.append([spec, dataset, ", ".join(sorted(group["device"].unique())), str(len(group)), str(trained),
                          f"{units['train_seconds'].sum() / 3600:.2f}", f"{group['seconds'].sum() / 60:.1f}"])
     header = ["spec", "dataset", "device", "cells", "trained models", "training h", "evaluation min"]
@@ -236,7 +235,7 @@ def _label(row) -> list[str]:
 
 
 def _param_note(params: dict, model: str) -> str:
-    return f" (d={params['dim']})" if declares(model, "learned") else ""
+    return f" (d={params['dim']})" if MODELS.declared(model, "learned", True) else ""
 
 
 def short_labels(specs: dict[str, dict]) -> dict[str, str]:
@@ -249,7 +248,7 @@ def short_labels(specs: dict[str, dict]) -> dict[str, str]:
     for spec, (name, params) in parsed.items():
         siblings = [p for n, p in parsed.values() if n == name]
         same_attack = [p for p in siblings if p.get("attack") == params.get("attack")]
-        declared = _declared_params(name)
+        declared = DEFENSES.declared(name, "params")  # None (all count) for a plugin not loaded here
         varying = sorted(k for k in params if _varies(k, siblings if declared is None or k in declared else same_attack))
         labels[spec] = name + (" " + ",".join(f"{k}={params[k]}" for k in varying) if varying else "")
     return labels
@@ -330,7 +329,7 @@ def worst_case_table(name: str, store: ResultStore, cells: pd.DataFrame) -> Repo
     the evasion attacks run under that threat (AutoAttack's rule; bounds such as `certified`
     are not attacks), averaged over posts, mean ± std over seeds; and broken@3, the share of
     posts with a clean hit in the top 3 that some attack leaves with none."""
-    evasion = cells[(cells["surface"] == "embedding") & ~cells["attack_name"].map(_is_bound)]
+    evasion = cells[(cells["surface"] == "embedding") & ~cells["attack_name"].map(lambda name: ATTACKS.declared(name, "is_bound", False))]
     evasion = evasion.assign(norm=evasion["attack_params"].map(lambda p: p.get("norm")),
                              targets=evasion["attack_params"].map(lambda p: p.get("targets")))
     clean = cells[cells["surface"] == "none"].set_index(["dataset", "model", "params", "defense", "seed"])["key"]
@@ -357,13 +356,6 @@ def worst_case_table(name: str, store: ResultStore, cells: pd.DataFrame) -> Repo
             "tables), averaged over posts, mean ± std over seeds; broken@3: share of posts with a clean hit in the "
             "top 3 that some attack leaves with none. Certified bounds are not attacks and are left out.")
     return ReportTable(name, "Worst case per post", header, rows, note)
-
-
-def _is_bound(attack_name: str) -> bool:
-    try:
-        return getattr(ATTACKS.get(attack_name), "is_bound", False)  # poisoning attacks have no such flag
-    except PluginError:
-        return False
 
 
 def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
@@ -453,14 +445,6 @@ def sensitivity_figures(clean: pd.DataFrame, folder: Path, slug: str) -> list[tu
                             plots.curves(data, parameter, f"{name}: {dataset}", folder,
                                          f"{slug}-{dataset}-{name}-{parameter}-sensitivity")))
     return out
-
-
-def _declared_params(name: str) -> set[str] | None:
-    """The defense's own parameters; None (all of them count) for a plugin not loaded here."""
-    try:
-        return set(DEFENSES.get(name).params)
-    except PluginError:
-        return None
 
 
 def environment_info(store: ResultStore) -> dict:

@@ -8,18 +8,9 @@ from __future__ import annotations
 from robustag.models.base import Batch, BatchEmbeddings, EmbeddingModel, Model, TagRecommender
 from robustag.models.embedding import MetricModel, PITFModel
 from robustag.models.popularity import PopularityModel
-from robustag.plugins import PluginError, Registry
+from robustag.plugins import Registry
 
 MODELS = Registry("model", Model, "robustag.models", "robustag.models")
-
-
-def declares(name: str, attribute: str, unknown: bool = True) -> bool:
-    """What model `name` declares (`learned`, `embeddings`); `unknown` for a model whose plugin
-    is not loaded here (a report read without the plugin file)."""
-    try:
-        return getattr(MODELS.get(name), attribute)
-    except PluginError:
-        return unknown
 
 
 __all__ = [
@@ -32,5 +23,4 @@ __all__ = [
     "PITFModel",
     "PopularityModel",
     "TagRecommender",
-    "declares",
 ]

@@ -16,6 +16,7 @@ class LabelFree(IterativeAttack):
     params = {**iterative_params(steps=10, step_size=0.25, random_start_default=True),
               "n": Param(3, "how many of the clean top tags stand in for the unknown true ones", **positive("≥ 1"))}
     knows_labels = False
+    threat_model = "label-free"
 
     def schedule(self):
         return self.steps, self.step_size, self.random_start

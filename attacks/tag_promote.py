@@ -8,7 +8,7 @@ target tag enters the top-N of test posts that do not carry it (`promotion@N`).
 
 import numpy as np
 
-from robustag.attack import DataAttack, Param, PluginError, fraction, positive
+from robustag.attack import DataAttack, Param, chosen_tag, fraction, positive
 from robustag.preprocess import Posts, replace_train
 
 
@@ -24,17 +24,10 @@ class TagPromote(DataAttack):
     }
 
     def check(self, split) -> None:
-        if not -1 <= self.target < split.n_tags:
-            raise PluginError(f"tag-promote: target={self.target} is not a tag id of {split.name} "
-                              f"(0 to {split.n_tags - 1}, or -1)")
+        self.target_tag(split)
 
     def target_tag(self, split) -> int:
-        self.check(split)
-        if self.target >= 0:
-            return self.target
-        counts = np.bincount(split.train.tag_indices, minlength=split.n_tags)
-        order = np.argsort(counts, kind="stable")
-        return int(order[len(order) // 4])
+        return chosen_tag(self.target, split, self.name)
 
     def poison(self, split, seed):
         rng = np.random.default_rng(seed)

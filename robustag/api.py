@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from robustag import checks, paths
-from robustag.attack import ATTACKS, Attack, DataAttack, EmbeddingAttack
+from robustag.attack import ATTACKS, Attack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
 from robustag.certify import certifiable, certify
 from robustag.checkpoint import load_model
@@ -146,8 +146,7 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
     with the same configuration and defense."""
     built = build_attacks(attacks, eps, seed)
     for each in built:
-        if isinstance(each, DataAttack):
-            each.check(split)
+        each.check(split)
     outcomes = []
     for each in built:
         if on_attack:

@@ -26,6 +26,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 
 from robustag.plugins import Param, Plugin, PluginError, Registry, fraction, non_negative, positive
@@ -33,7 +34,7 @@ from robustag.preprocess import Posts, TagSplit
 
 # The API a plugin file imports from here (Param and the checks are re-exported for it).
 __all__ = [
-    "ATTACKS", "Attack", "AttackContext", "DataAttack", "EmbeddingAttack", "IterativeAttack", "Param", "PluginError", "fraction",
+    "ATTACKS", "Attack", "AttackContext", "DataAttack", "chosen_tag", "EmbeddingAttack", "IterativeAttack", "Param", "PluginError", "fraction",
     "gradients", "iterative_params", "non_negative", "positive", "project", "random_start", "row_budget", "steepest",
 ]
 
@@ -49,17 +50,23 @@ class Attack(Plugin):
     trainable: ClassVar[bool] = False  # may a defense use it to make adversarial samples?
     strength: ClassVar[str | None] = None  # the parameter that measures its strength (reports plot against it)
 
+    def check(self, split: TagSplit) -> None:
+        """Parameters that only make sense for a given data set (a tag id, say) are checked
+        here, before any training; raise PluginError naming the plugin."""
+
 
 @dataclass
 class AttackContext:
     """What an evasion attack may use besides its objective (an attack opts in by taking a
     `context` argument): the model under attack, the unperturbed rows that `deltas` add to
     (same keys), and in evaluation the attacked posts, whose true tags it sees only if its
-    threat model says so (`knows_labels`)."""
+    threat model says so (`knows_labels`), and the split they come from (its training posts:
+    what a white-box attacker knows of the data, e.g. to choose a target tag)."""
 
     model: object
     base: dict[str, torch.Tensor]
     posts: Posts | None = None
+    split: TagSplit | None = None
     _clean: torch.Tensor | None = field(default=None, repr=False)
 
     def clean_scores(self) -> torch.Tensor:
@@ -79,6 +86,9 @@ class EmbeddingAttack(Attack):
     # The threat model: may the attacker see the test posts' true tags? A label-free attack
     # gets no objective in evaluation (it builds its own from the context) and posts without tags.
     knows_labels: ClassVar[bool] = True
+    # What the attacker wants, for reports: label-aware (push the true tags down, the worst
+    # case), label-free (push the model's own top tags down), targeted (promote one tag).
+    threat_model: ClassVar[str] = "label-aware"
     # A bound, not an attack (`certified`): its `bound(model, posts, n_tags, device)` gives the
     # per-post metrics; it never enters a worst case over attacks.
     is_bound: ClassVar[bool] = False
@@ -132,12 +142,19 @@ class DataAttack(Attack):
 
     surface = "data"
 
-    def check(self, split: TagSplit) -> None:
-        """Parameters that only make sense for a given data set (a tag id, say) are checked
-        here, before any training; raise PluginError naming the plugin."""
-
     def poison(self, split: TagSplit, seed: int) -> TagSplit:
         raise NotImplementedError
+
+
+def chosen_tag(target: int, split: TagSplit, attack: str) -> int:
+    """The tag an attack promotes: `target` itself, or for -1 the training tag at the 25th
+    popularity percentile (rare enough that promoting it is a visible change)."""
+    if not -1 <= target < split.n_tags:
+        raise PluginError(f"{attack}: target={target} is not a tag id of {split.name} (0 to {split.n_tags - 1}, or -1)")
+    if target >= 0:
+        return target
+    counts = np.bincount(split.train.tag_indices, minlength=split.n_tags)
+    return int(np.argsort(counts, kind="stable")[split.n_tags // 4])
 
 
 # -- geometry shared by the embedding attacks ------------------------------------------------

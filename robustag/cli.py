@@ -21,7 +21,7 @@ from rich.table import Table
 
 import robustag as rt
 from robustag import paths
-from robustag.attack import ATTACKS, DataAttack, EmbeddingAttack
+from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checkpoint import save_model
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
@@ -299,8 +299,7 @@ def attack_command(
     config = _checked_training(model, defense, device, seed, params)
     split = _load(dataset, data_dir, p_core, split_seed)
     for each in attack_list:
-        if isinstance(each, DataAttack):
-            each.check(split)  # before training: a bad target tag must not cost a training run
+        each.check(split)  # before training: a bad target tag must not cost a training run
     if load:
         trained = rt.load(load, split, device, defense)
     else:

@@ -161,10 +161,12 @@ def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[U
 
 def check_data(units: list[UnitTask], data_dir: Path) -> None:
     """Every data set of these units loads (warming the split cache for the workers), and every
-    poisoning attack accepts it, before a run folder is touched: bad data fails the command,
+    attack accepts it, before a run folder is touched: bad data fails the command,
     not every cell."""
     for dataset, options in dict.fromkeys((u.dataset, u.options) for u in units):
         split = load_split(dataset, data_dir, options)
-        for poison in dict.fromkeys(u.poison for u in units if u.dataset == dataset and u.poison):
-            ATTACKS.create(poison).check(split)
+        same = [u for u in units if u.dataset == dataset]
+        attacks = [u.poison for u in same if u.poison] + [c.attack for u in same for c in u.cells if c.attack]
+        for attack in dict.fromkeys(attacks):
+            ATTACKS.create(attack).check(split)
 

@@ -55,14 +55,23 @@ def true_tag_objective(model: EmbeddingModel, posts: Posts, base: dict[str, torc
     def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = _moved(base, deltas)
         scores = model.score_all(emb["user"], emb["item"], emb["tag"])
-        temperature = RANK_TEMPERATURE * scores.detach().std(dim=1, keepdim=True).clamp_min(1e-12)
         rows_scores = scores[rows]
-        true_scores = rows_scores.gather(1, tags.unsqueeze(1))
-        soft_rank = torch.sigmoid((rows_scores - true_scores) / temperature[rows]).sum(1) + 0.5
-        gain = 1.0 / torch.log2(1.0 + soft_rank)
+        gain = smooth_gains(rows_scores, rows_scores.gather(1, tags.unsqueeze(1)), rank_temperature(scores)[rows])
         return -torch.zeros(len(posts), device=device, dtype=gain.dtype).index_add(0, rows, gain) / ideal
 
     return objective
+
+
+def rank_temperature(scores: torch.Tensor) -> torch.Tensor:
+    """(posts, 1): the soft rank's temperature τ of each post's ranking."""
+    return RANK_TEMPERATURE * scores.detach().std(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def smooth_gains(scores: torch.Tensor, tag_scores: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Per row, the smooth DCG gain 1/log2(1 + soft rank) of a tag scored `tag_scores` (rows, 1)
+    in the ranking `scores` (rows, all tags); soft rank = 1/2 + Σ_s σ((score_s − score_t)/τ)."""
+    soft_rank = torch.sigmoid((scores - tag_scores) / temperature).sum(1) + 0.5
+    return 1.0 / torch.log2(1.0 + soft_rank)
 
 
 # Posts attacked together: their soft-rank tensors (true tags × all tags) stay near this many elements.
@@ -70,7 +79,7 @@ ATTACK_ELEMENTS = 2 ** 25
 
 
 def attacked_embeddings(model: EmbeddingModel, posts: Posts, attack: EmbeddingAttack, device,
-                        max_elements: int = ATTACK_ELEMENTS) -> dict[str, torch.Tensor]:
+                        max_elements: int = ATTACK_ELEMENTS, split: TagSplit | None = None) -> dict[str, torch.Tensor]:
     """The test posts' user and item rows and the tag table, after the attack.
 
     Each post's loss depends on its own rows only, so posts are attacked in groups that bound
@@ -80,7 +89,7 @@ def attacked_embeddings(model: EmbeddingModel, posts: Posts, attack: EmbeddingAt
         base = {"user": model.user(users), "item": model.item(items), "tag": model.tag.weight.detach()}
     radius = {t: row_budget(model.tables()[t].weight, attack.eps, attack.norm) for t in attack.target_tables}
     ranges = [(0, len(posts))] if "tag" in radius else post_ranges(posts, len(base["tag"]), max_elements)
-    moved = [_attack_range(model, posts, base, attack, radius, start, stop) for start, stop in ranges]
+    moved = [_attack_range(model, posts, base, attack, radius, start, stop, split) for start, stop in ranges]
     return {k: torch.cat([m[k] for m in moved]) if k != "tag" else moved[0][k] for k in base}
 
 
@@ -95,7 +104,7 @@ def post_ranges(posts: Posts, n_tags: int, max_elements: int) -> list[tuple[int,
     return ranges
 
 
-def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, start: int, stop: int):
+def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, start: int, stop: int, split=None):
     """One group of posts. The threat model is enforced here: an attack that may not see the
     test labels gets no objective (it is built from them) and posts without tags."""
     part = {"user": base["user"][start:stop], "item": base["item"][start:stop], "tag": base["tag"]}
@@ -105,7 +114,7 @@ def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, st
     else:
         objective, seen = None, Posts(group.users, group.items, np.zeros(len(group) + 1, dtype=np.int64),
                                       np.zeros(0, dtype=np.int64))
-    context = AttackContext(model, part, seen)
+    context = AttackContext(model, part, seen, split)
     deltas = attack.checked_perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius, context)
     return _moved(part, deltas)
 
@@ -157,6 +166,35 @@ def own_top_objective(context: AttackContext, n: int):
     return true_tag_objective(context.model, pseudo, context.base)
 
 
+def promotion_objective(context: AttackContext, target: int, n: int):
+    """Per post, the target tag's score minus the n-th best other tag's (a CW margin):
+    positive once the target is in the top n; raising it promotes the target."""
+    device = context.base["user"].device
+    others = torch.ones(len(context.base["tag"]), dtype=torch.bool, device=device)
+    others[target] = False
+
+    def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
+        moved = _moved(context.base, deltas)
+        scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
+        nth_other = scores[:, others].topk(n, dim=1).values[:, -1]
+        return scores[:, target] - nth_other
+
+    return objective
+
+
+def absolute_budgets(model: EmbeddingModel, attack: EmbeddingAttack) -> dict[str, float]:
+    """The per-row radius of each table an evasion attack perturbs, in the model's own units
+    (ε is relative to each table's mean row norm; these say what it meant for this model)."""
+    return {f"budget_{t}": float(row_budget(model.tables()[t].weight, attack.eps, attack.norm)) for t in attack.target_tables}
+
+
+def evasion_figures(attack, model, split: TagSplit, evaluation: Evaluation) -> dict[str, float]:
+    """What a cell of an evasion attack stores besides its metrics: the absolute budgets, and
+    the promotion rates of an attack that promotes a tag."""
+    budgets = absolute_budgets(model, attack) if isinstance(model, EmbeddingModel) else {}
+    return {**budgets, **promotion_figures(attack, split, evaluation)}
+
+
 def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation:
     if not isinstance(model, EmbeddingModel):
         raise RobustagError(f"attack {attack.name}: perturbs embeddings, but model {model.name!r} has none")
@@ -164,7 +202,7 @@ def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation
     if attack.is_bound:  # the guarantee, per post; no ranking under a perturbation exists
         bound = attack.bound(model, split.test, split.n_tags, device)
         return Evaluation(bound, np.zeros((len(split.test), 0), dtype=np.int64), np.zeros((len(split.test), 0)))
-    adv = attacked_embeddings(model, split.test, attack, device)
+    adv = attacked_embeddings(model, split.test, attack, device, split=split)
     score_fn = lambda users, items, index: model.score_all(adv["user"][index], adv["item"][index], adv["tag"])
     return evaluate(score_fn, split.test, split.n_tags, device)
 
@@ -250,8 +288,10 @@ def run_attack(
     started = time.perf_counter()
     if isinstance(attack, EmbeddingAttack):
         evaluation = evade(model, split, attack, device)
+        extra = {**promotion_figures(attack, split, clean, "clean_"), **evasion_figures(attack, model, split, evaluation)}
+        threat = None if attack.is_bound else (attack.eps, attack.norm, attack.targets)
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
-                             threat=None if attack.is_bound else (attack.eps, attack.norm, attack.targets))
+                             extra, threat)
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
     evaluation = evaluate_model(retrained, split.test, split.n_tags, device)
     extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation)}

@@ -18,9 +18,11 @@ PACES = ("multiplicative", "quantile")
 
 
 def self_paced_weights(losses: torch.Tensor, lam: float, scheme: str, gamma: float = 1.0) -> torch.Tensor:
-    """v(ℓ; λ): hard 1[ℓ < λ]; linear max(0, 1 − ℓ/λ); log (0 < λ < 1) log(ℓ + ζ)/log ζ with
+    """v(ℓ; λ): none 1 (every triple, as AML); hard 1[ℓ < λ]; linear max(0, 1 − ℓ/λ); log (0 < λ < 1) log(ℓ + ζ)/log ζ with
     ζ = 1 − λ for ℓ < λ; mixture 1 below (λγ/(λ+γ))², 0 above λ², γ(1/√ℓ − 1/λ) between."""
     losses = losses.detach()
+    if scheme == "none":
+        return torch.ones_like(losses)
     if scheme == "hard":
         return (losses < lam).to(losses.dtype)
     if scheme == "linear":

@@ -188,14 +188,14 @@ def _variants(cls, params) -> list[dict]:
 def _perturbs_within_contract(cls, params) -> None:
     split, model = _setup()
     for variant in _variants(cls, params):
-        attacked = attacked_embeddings(model, split.test, cls(**variant), CPU)  # checks keys, shapes, NaN, budget
+        attacked = attacked_embeddings(model, split.test, cls(**variant), CPU, split=split)  # checks keys, shapes, NaN, budget
         if not all(torch.isfinite(v).all() for v in attacked.values()):
             _fail(cls, "perturbs_within_contract", f"{variant}: non-finite attacked embeddings")
 
 
 def _perturbs_reproducibly(cls, params) -> None:
     split, model = _setup()
-    first, second = (attacked_embeddings(model, split.test, cls(**params), CPU) for _ in range(2))
+    first, second = (attacked_embeddings(model, split.test, cls(**params), CPU, split=split) for _ in range(2))
     if not all(torch.equal(first[k], second[k]) for k in first):
         _fail(cls, "perturbs_reproducibly", "two instances with the same parameters perturb differently (seed it)")
 

@@ -19,7 +19,7 @@ from robustag.evaluation import evaluate_model
 from robustag.models import MODELS
 from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
-from robustag.robustness import evade, promotion_figures
+from robustag.robustness import evade, evasion_figures, promotion_figures
 from robustag.training import train
 
 EventFn = Callable[[str, dict], None]
@@ -85,10 +85,12 @@ def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_s
     emit("cell", {"unit": task.label, "attack": cell.attack or task.poison or "clean"})
     try:
         if cell.surface == "embedding":
-            evaluation = evade(model, split, ATTACKS.create(cell.attack), device)
+            attack = ATTACKS.create(cell.attack)
+            evaluation = evade(model, split, attack, device)
+            extra = evasion_figures(attack, model, split, evaluation)
         else:
             evaluation = evaluate_model(model, split.test, split.n_tags, device)
-        extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
+            extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
         return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
                 "extra": extra, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
     except Exception:

@@ -173,6 +173,23 @@ def test_tag_promote_pushes_its_target_into_the_top_n(movielens):
     assert promotion_rate(clean, split.test, target, 10) == outcome.extra["clean_promotion@10"]
 
 
+def test_targeted_evasion_promotes_its_tag_without_the_labels(movielens):
+    split, model = movielens
+    clean = evaluate_model(model, split.test, split.n_tags)
+    attack = ATTACKS.create("targeted:eps=0.5,steps=30")
+    outcome = run_attack(attack, model, split, default_config("metric"), CPU, clean)
+    target = attack.target_tag(split)
+    assert outcome.extra["target_tag"] == target and attack.threat_model == "targeted" and not attack.knows_labels
+    assert outcome.extra["promotion@3"] > outcome.extra["clean_promotion@3"] + 0.3
+    assert outcome.extra["promotion@3"] == promotion_rate(outcome.evaluation, split.test, target, 3)
+    assert outcome.extra["budget_user"] > 0 and outcome.extra["budget_item"] > 0
+    # the label-aware attack at the same budget promotes far less: the objective matters
+    label_aware = run_attack(ATTACKS.create("pgd:eps=0.5"), model, split, default_config("metric"), CPU, clean)
+    assert promotion_rate(label_aware.evaluation, split.test, target, 3) < outcome.extra["promotion@3"] - 0.2
+    with pytest.raises(PluginError, match=r"targeted: target=99999 is not a tag id of movielens"):
+        ATTACKS.create("targeted:target=99999").check(split)
+
+
 def test_worst_case_is_the_per_post_minimum_within_each_budget(movielens):
     split, model = movielens
     clean = evaluate_model(model, split.test, split.n_tags)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from robustag.attack import ATTACKS, row_budget
-from robustag.certify import certify
+from robustag.certify import certify, worst_case_pair_losses
 from robustag.errors import RobustagError
 from robustag.evaluation import evaluate_model
+from robustag.models import Batch
 from robustag.models.embedding import MetricModel, PITFModel
 from robustag.models.fm import FMModel
 from robustag.preprocess import Posts, load_split
@@ -54,6 +55,41 @@ def test_the_closed_form_is_the_exact_largest_score_difference(name, norm):
                         du, di = r_u * torch.rand(1) * du / du.norm(), r_i * torch.rand(1) * di / di.norm()
                     moved = _scores(model, du, di)
                     assert (moved[j] - moved[t]).item() <= bound.item() + 1e-5
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_the_worst_case_pair_loss_is_reached_and_never_exceeded(name, norm):
+    """The closed-form inner maximum of the `certified` defense, against the maximiser it
+    names and against random perturbations of the same budget (each pair on its own)."""
+    torch.manual_seed(1)
+    model = NETWORKS[name]()
+    batch = Batch(torch.tensor([0, 2]), torch.tensor([1, 0]), torch.tensor([3, 5]), torch.tensor([[0, 1, 2], [4, 3, 1]]))
+    radius = {"user": torch.tensor(0.3), "item": torch.tensor(0.2)}
+    embeddings = model.embed(batch)
+    with torch.no_grad():
+        worst = worst_case_pair_losses(model, embeddings, radius, norm)
+        a, b = model.score_directions(model.tag.weight)
+        for row in range(2):
+            for k in range(3):
+                p, n = batch.positives[row], batch.negatives[row, k]
+                da, db = a[n] - a[p], b[n] - b[p]
+                du = radius["user"] * (da.sign() if norm == "linf" else da / da.norm())
+                di = radius["item"] * (db.sign() if norm == "linf" else db / db.norm())
+
+                def loss(du, di):
+                    scores = _scores(model, du, di, batch.users[row], batch.items[row])
+                    return model.pair_loss(scores[p].reshape(1, 1), scores[n].reshape(1, 1)).item()
+
+                assert loss(du, di) == pytest.approx(worst[row, k].item(), rel=1e-5, abs=1e-6)
+                for _ in range(30):
+                    if norm == "linf":
+                        ru, ri = (radius[t] * torch.rand(model.dim).mul(2).sub(1) for t in ("user", "item"))
+                    else:
+                        ru, ri = (radius[t] * torch.rand(1) * v / v.norm()
+                                  for t, v in (("user", torch.randn(model.dim)), ("item", torch.randn(model.dim))))
+                    assert loss(ru, ri) <= worst[row, k].item() + 1e-6
+    assert torch.allclose(worst_case_pair_losses(model, embeddings, {}, norm), model.pair_losses(embeddings))
 
 
 def test_the_certified_rank_is_never_beaten_by_a_dense_search():

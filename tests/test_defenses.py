@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES, Defense
 from robustag.evaluation import evaluate_model
+from robustag.models import Batch
 from robustag.plugins import PluginError, Registry
 from robustag.robustness import evade
 from robustag.selfpaced import quantile_pace, quantile_threshold, self_paced_weights
@@ -88,7 +89,7 @@ def test_aml_with_beta_zero_reproduces_plain_exactly(planted, model):
         assert torch.equal(value, aml.model.state_dict()[key]), key
 
 
-@pytest.mark.parametrize("spec", ["aml:eps=0.5", "spaml-s:eps=0.5"])
+@pytest.mark.parametrize("spec", ["aml:eps=0.5", "spaml-s:eps=0.5", "certified:eps=0.5", "rank-adv:eps=0.5"])
 def test_adversarial_training_is_more_robust_to_pgd_than_plain(planted, spec):
     config = default_config("pitf", epochs=40, dim=16, lr=0.01, patience=40)
 
@@ -122,11 +123,22 @@ def test_every_defense_trains_and_records_its_figures(planted, model, spec):
         ("spaml-s:scheme=log,lambda=1.5", r"the log scheme needs 0 < lambda < 1"),
         ("spaml-s:gamma=x", r"spaml-s: parameter gamma='x' is not a valid float"),
         ("curriculum:bogus=1", r"curriculum: unknown parameter 'bogus'"),
+        ("certified:targets=tag", r"certified: parameter targets='tag' must be one of user, item, user\+item"),
+        ("rank-adv:targets=user+tag", r"rank-adv: its adversary moves user and item rows only"),
+        ("rank-adv:scheme=bogus", r"rank-adv: parameter scheme='bogus' must be one of none, hard"),
     ],
 )
 def test_bad_configurations_fail_before_training(spec, message):
     with pytest.raises(PluginError, match=message):
         DEFENSES.create(spec)
+
+
+def test_certified_training_needs_a_model_with_linear_score_directions(planted):
+    model = train(planted, default_config("metric", epochs=1, dim=8), CPU).model
+    batch = Batch(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.tensor([[1]]))
+    model.score_directions = lambda tag_table: None
+    with pytest.raises(PluginError, match="certified: model MetricModel declares no linear score directions"):
+        DEFENSES.create("certified").loss(model, batch)
 
 
 def test_a_third_party_defense_loads_from_a_file(tmp_path, planted):

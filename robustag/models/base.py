@@ -94,7 +94,7 @@ class EmbeddingModel(nn.Module, TagRecommender):
         """Per-pair loss from positive scores (B, 1) and negative scores (B, K) -> (B, K)."""
 
     def score_directions(self, tag_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(a, b), each (T, d): a model whose score is affine in the user and item rows,
+        """(a, b), each (..., d) for tag rows (..., d_tag): a model whose score is affine in the user and item rows,
         s_t(u + δu, i + δi) = s_t(u, i) + δu·a_t + δi·b_t + (terms the same for every tag),
         declares them, and gets certified bounds (`robustag.certify`); None: no certificate."""
         return None

@@ -86,7 +86,7 @@ class PITFModel(EmbeddingModel):
         return F.softplus(negative - positive)  # −log σ(s+ − s−)
 
     def score_directions(self, tag_table):
-        return tag_table[:, : self.dim], tag_table[:, self.dim :]  # s_t = u·t^U + i·t^I
+        return tag_table[..., : self.dim], tag_table[..., self.dim :]  # s_t = u·t^U + i·t^I
 
     def penalty(self, embeddings: BatchEmbeddings):
         return self.reg * mean_square_norm(embeddings)

@@ -42,7 +42,7 @@ class FMModel(EmbeddingModel):
         return F.softplus(negative - positive)  # BPR: −log σ(s+ − s−)
 
     def score_directions(self, tag_table):
-        factors = tag_table[:, : self.dim]
+        factors = tag_table[..., : self.dim]
         return factors, factors  # s_t = (u + i)·v_t + w_t
 
     def penalty(self, embeddings):

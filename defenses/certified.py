@@ -2,7 +2,7 @@
 
 For models whose score is affine in the user and item rows (metric, PITF, FM: those that
 declare `score_directions`), the largest loss any perturbation of a triple's user and item
-rows within the budget can cause has a closed form (`robustag.certify.worst_case_pair_losses`):
+rows within the budget can cause has a closed form (`robustag.certify.worst_case_shift`):
 each pair's score difference moves by at most the budget times the dual norm of the two tags'
 directions. L = L_model + β·mean ℓ_worst, as AML with its inner maximum solved exactly, at
 about the cost of `plain`. The budget is the evaluation attacks' (ε relative to each table's
@@ -10,7 +10,7 @@ mean row norm), so it trains against the threat that `auto` and the certificate 
 """
 
 from robustag.attack import row_budget
-from robustag.certify import worst_case_pair_losses
+from robustag.certify import worst_case_shift
 from robustag.defense import Defense
 from robustag.plugins import Param, PluginError, non_negative
 
@@ -30,7 +30,9 @@ class Certified(Defense):
             raise PluginError(f"certified: model {type(model).__name__} declares no linear score directions "
                               "(score_directions); its worst case has no closed form")
         embeddings = model.embed(batch)
-        clean = model.clean_loss(embeddings)
+        positive = model.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
+        negative = model.score_tags(embeddings.user, embeddings.item, embeddings.negative)
+        clean = model.pair_loss(positive, negative).mean() + model.penalty(embeddings)  # model.clean_loss, scores kept
         radius = {t: row_budget(model.tables()[t].weight, self.eps, self.norm) for t in self.targets.split("+")}
-        worst = worst_case_pair_losses(model, embeddings, radius, self.norm).mean()
+        worst = model.pair_loss(positive, negative + worst_case_shift(model, embeddings, radius, self.norm)).mean()
         return clean + self.beta * worst, {"loss": clean.detach(), "adv_loss": worst.detach()}

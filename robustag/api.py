@@ -119,9 +119,10 @@ def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str =
                    eval_seconds=time.perf_counter() - started)
 
 
-def build_attacks(specs: Sequence[str | Attack], eps: Sequence[float] | None = None, seed: int | None = None) -> list[Attack]:
+def build_attacks(specs: str | Attack | Sequence[str | Attack], eps: Sequence[float] | None = None, seed: int | None = None) -> list[Attack]:
     """Attacks from specs; every evasion attack runs at each of `eps` when given, and takes
-    `seed` unless its spec sets one."""
+    `seed` unless its spec sets one. One spec may be given alone."""
+    specs = [specs] if isinstance(specs, (str, Attack)) else specs
     if not specs:
         raise ParameterError("attacks", "no attack given")
     budgets = parse_budgets(list(eps), "eps") if eps is not None else [None]
@@ -164,7 +165,7 @@ def sanity_checks(trained: Trained, split: TagSplit, attacks: Sequence[str | Att
                   eps: Sequence[float] | None = None) -> pd.DataFrame:
     """The gradient-masking checklist (`robustag.checks`) for every evasion attack of `attacks`
     (at each budget): a row per check with `passed` and what was measured."""
-    rows = [row for each in build_attacks(attacks, eps) if isinstance(each, EmbeddingAttack) and not each.is_bound
+    rows = [row for each in build_attacks(attacks, eps) if checks.checkable(each)
             for row in checks.sanity_checks(trained.model, split, each.spec, trained.device)]
     return pd.DataFrame(rows, columns=["attack", "eps", "check", "passed", "detail"])
 

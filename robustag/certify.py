@@ -116,24 +116,35 @@ def bounds_from_ranks(worst_rank: np.ndarray, posts: Posts, cutoffs=CUTOFFS) -> 
     return out
 
 
-def worst_case_pair_losses(model, embeddings, radius: dict[str, torch.Tensor], norm: str = "l2") -> torch.Tensor:
-    """(B, K): each pair loss ℓ(s_p, s_n) of a batch at its exact worst case over perturbations
-    of the user and item rows within `radius` (absolute, keys "user" / "item"; a missing key:
-    that row is not perturbed).
+def worst_case_shift(model, embeddings, radius: dict[str, torch.Tensor], norm: str = "l2") -> torch.Tensor:
+    """(B, K): how far perturbations of the user and item rows within `radius` (absolute, keys
+    "user" / "item"; a missing key: that row is not perturbed) can raise each negative's score
+    above the positive's: r_u‖a_n − a_p‖_* + r_i‖b_n − b_p‖_*, the closed form above.
 
-    By the closed form above, max s_n − s_p = s_n − s_p + r_u‖a_n − a_p‖_* + r_i‖b_n − b_p‖_*,
-    and every built-in pair loss (hinge, BPR) is non-decreasing in s_n − s_p, so the worst case
-    of each pair is the loss at that shifted difference: no ascent steps. The maximum is per
+    Every built-in pair loss (hinge, BPR) is non-decreasing in s_n − s_p, so the exact worst
+    case of a pair's loss is `pair_loss(s_p, s_n + shift)`: no ascent steps. The maximum is per
     pair (each negative gets its own δ), an upper bound of the maximum over one δ shared by
     the K negatives of a triple. Its gradient is the loss's gradient at the maximiser
     (Danskin's theorem), as adversarial training needs; the budgets carry no gradient."""
-    a_positive, b_positive = model.score_directions(embeddings.positive.unsqueeze(1))  # (B, 1, d)
-    a_negative, b_negative = model.score_directions(embeddings.negative)  # (B, K, d)
-    order = 1 if norm == "linf" else 2
-    reach = torch.zeros(embeddings.negative.shape[:2], device=embeddings.negative.device, dtype=embeddings.negative.dtype)
-    for table, directions in (("user", (a_negative, a_positive)), ("item", (b_negative, b_positive))):
+    shift = embeddings.negative.new_zeros(embeddings.negative.shape[:2])
+    positive, negative = model.score_directions(embeddings.positive.unsqueeze(1)), model.score_directions(embeddings.negative)
+    for k, table in enumerate(("user", "item")):
         if table in radius:
-            reach = reach + radius[table] * torch.linalg.vector_norm(directions[0] - directions[1], ord=order, dim=-1)
+            shift = shift + radius[table] * _pair_dual_distances(negative[k], positive[k], norm)
+    return shift
+
+
+def _pair_dual_distances(negative: torch.Tensor, positive: torch.Tensor, norm: str) -> torch.Tensor:
+    """(B, K): ‖d_n − d_p‖ in the dual norm; the L2 one from the Gram identity, with no
+    (B, K, d) difference tensor to build and back-propagate through."""
+    if norm == "linf":
+        return torch.linalg.vector_norm(negative - positive, ord=1, dim=-1)
+    squares = negative.pow(2).sum(-1) + positive.pow(2).sum(-1) - 2 * (negative * positive).sum(-1)
+    return squares.clamp_min(1e-12).sqrt()  # the floor keeps the gradient finite when n and p coincide
+
+
+def worst_case_pair_losses(model, embeddings, radius: dict[str, torch.Tensor], norm: str = "l2") -> torch.Tensor:
+    """(B, K): each pair loss at its exact worst case (see `worst_case_shift`)."""
     positive = model.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
     negative = model.score_tags(embeddings.user, embeddings.item, embeddings.negative)
-    return model.pair_loss(positive, negative + reach)
+    return model.pair_loss(positive, negative + worst_case_shift(model, embeddings, radius, norm))

@@ -9,6 +9,9 @@ Carlini et al. (2019, "On evaluating adversarial robustness"), each a pass or a 
 - `large ε breaks the model`: at ε = 5 (five times the mean row norm) NDCG@3 is near zero;
 - `certificate below the attack`: for models with a certificate, no post's certified bound is
   above its attacked value (a violation would mean a bug in one or the other).
+
+`robustag bench` runs them on the first seed of every spec, for each evasion attack and budget,
+and stores them beside the cell; every report shows them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class RandomDirections(EmbeddingAttack):
         if self.norm == "linf":
             return {k: v.sign() * radius[k] for k, v in moved.items()}
         return {k: v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12) * radius[k] for k, v in moved.items()}
+
+
+def checkable(attack) -> bool:
+    """The checklist is about attacks that lower the metric: evasion attacks, not bounds, and
+    not a targeted attack (its goal is promotion; NDCG need not fall)."""
+    return isinstance(attack, EmbeddingAttack) and not attack.is_bound and attack.threat_model != "targeted"
 
 
 def sanity_checks(model, split, spec: str, device) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import robustag
 from robustag.attack import ATTACKS, EmbeddingAttack
+from robustag.checks import checkable
 from robustag.datasets import resolve_source
 from robustag.defense import DEFENSES
 from robustag.models import MODELS
@@ -37,6 +38,7 @@ class CellTask:
     attack: str | None  # canonical spec; None: clean
     surface: str  # "none", "embedding" or "data"
     eps: float | None
+    checks: bool = False  # run the attack's sanity checks too (the first seed of a spec)
 
 
 @dataclass
@@ -95,7 +97,8 @@ def plan(specs: list[BenchSpec]) -> Plan:
                             clean_unit = _unit(result, dataset, options, config, defense.spec, None)
                             rows.append(_cell(clean_unit, None))
                             if recipe.embeddings:
-                                rows += [_cell(clean_unit, attack) for attack in evasions]
+                                first_seed = seed == spec.seeds[0]
+                                rows += [_cell(clean_unit, attack, first_seed and checkable(attack)) for attack in evasions]
                             for poison in poisons:
                                 rows.append(_cell(_unit(result, dataset, options, config, defense.spec, poison.spec), poison))
     return result
@@ -122,13 +125,17 @@ def _unit(plan_: Plan, dataset, options, config, defense, poison) -> UnitTask:
     return plan_.units[key]
 
 
-def _cell(unit: UnitTask, attack) -> dict:
+def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
     spec = attack.spec if attack is not None else None
     surface = attack.surface if attack is not None else "none"
     eps = attack.eps if isinstance(attack, EmbeddingAttack) else None
     key = digest({"unit": unit.key, "attack": spec})
-    if all(c.key != key for c in unit.cells):
-        unit.cells.append(CellTask(key, spec if surface == "embedding" else None, surface, eps))
+    task = CellTask(key, spec if surface == "embedding" else None, surface, eps, checks)
+    known = [k for k, c in enumerate(unit.cells) if c.key == key]
+    if not known:
+        unit.cells.append(task)
+    elif checks:  # a spec that shares the cell wants its checks
+        unit.cells[known[0]] = task
     params = {k: v for k, v in unit.config.describe().items() if k not in ("seed", "model")}
     return {
         "key": key, "unit": unit.key, "dataset": unit.dataset, "model": unit.config.model,

@@ -44,6 +44,11 @@ class Run:
         frame = flat_cells(self.store.cells(spec=spec, status=status))
         return frame.assign(attack_name=frame["attack_name"].fillna("clean"))
 
+    def checks(self) -> pd.DataFrame:
+        """The attacks' sanity checks (run on the first seed of each spec): a row per check,
+        with the cell it checked, `passed` and what was measured."""
+        return self.store.checks()
+
     @property
     def failed(self) -> int:
         return len(self.store.cells(status="failed"))

@@ -4,7 +4,8 @@
   full config as JSON, config hash, status, timings, device, library versions and git revision;
 - `cell_specs`: which named specs a cell belongs to (specs can share cells);
 - `post_metrics`: every cell's per-post metric values, in long format (cell, metric, post, value);
-- `histories`: the per-epoch training record of each trained model (unit).
+- `histories`: the per-epoch training record of each trained model (unit);
+- `checks`: the sanity checks of an evasion cell's attack (`robustag.checks`), where it ran them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS post_metrics (
     cell TEXT, metric TEXT, post INTEGER, value REAL, PRIMARY KEY (cell, metric, post)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS histories (unit TEXT, epoch INTEGER, record TEXT, PRIMARY KEY (unit, epoch));
+CREATE TABLE IF NOT EXISTS checks (cell TEXT, name TEXT, passed INTEGER, detail TEXT, PRIMARY KEY (cell, name));
 CREATE INDEX IF NOT EXISTS cells_unit ON cells(unit);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -216,6 +218,9 @@ class ResultStore:
                 if not updated:
                     continue
                 db.execute("DELETE FROM post_metrics WHERE cell=?", (result["key"],))
+                db.execute("DELETE FROM checks WHERE cell=?", (result["key"],))
+                db.executemany("INSERT INTO checks VALUES (?, ?, ?, ?)",
+                               ((result["key"], c["check"], int(c["passed"]), c["detail"]) for c in result.get("checks", [])))
                 per_post = result.get("per_post") or {}
                 db.executemany(
                     "INSERT INTO post_metrics VALUES (?, ?, ?, ?)",
@@ -265,6 +270,12 @@ class ResultStore:
         return {key: frame[key].to_numpy() for key in cell_keys}
 
     @_named_errors
+    def checks(self) -> pd.DataFrame:
+        """Every stored sanity check: cell, check, passed, detail."""
+        frame = pd.read_sql_query("SELECT cell, name AS 'check', passed, detail FROM checks ORDER BY rowid", self.connection)
+        return frame.assign(passed=frame["passed"].astype(bool))
+
+    @_named_errors
     def histories(self) -> pd.DataFrame:
         rows = self.connection.execute("SELECT unit, epoch, record FROM histories ORDER BY unit, epoch").fetchall()
         return pd.DataFrame([{"unit": u, **json.loads(r)} for u, _, r in rows])
@@ -284,6 +295,7 @@ class ResultStore:
                 if db.execute("SELECT 1 FROM cell_specs WHERE cell=?", (key,)).fetchone() is None:
                     db.execute("DELETE FROM cells WHERE key=?", (key,))
                     db.execute("DELETE FROM post_metrics WHERE cell=?", (key,))
+                    db.execute("DELETE FROM checks WHERE cell=?", (key,))
             db.execute("DELETE FROM histories WHERE unit NOT IN (SELECT unit FROM cells)")
             return len(stale)
 

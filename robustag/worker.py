@@ -14,6 +14,7 @@ import torch
 
 from robustag.attack import ATTACKS
 from robustag.checkpoint import load_model, save_model
+from robustag.checks import sanity_checks
 from robustag.defense import DEFENSES
 from robustag.evaluation import evaluate_model
 from robustag.models import MODELS
@@ -88,15 +89,27 @@ def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_s
             attack = ATTACKS.create(cell.attack)
             evaluation = evade(model, split, attack, device)
             extra = evasion_figures(attack, model, split, evaluation)
+            checks = _sanity_checks(cell, model, split, device)
         else:
             evaluation = evaluate_model(model, split.test, split.n_tags, device)
             extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
+            checks = []
         return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
-                "extra": extra, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+                "extra": extra, "checks": checks, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
     except Exception:
         return {"key": cell.key, "status": "failed", "error": traceback.format_exc(),
                 "seconds": time.perf_counter() - started}
 
+
+def _sanity_checks(cell: CellTask, model, split, device) -> list[dict]:
+    """The cell's sanity checks, if it asks for them; checks that crash are a failed check (the
+    cell's result stands)."""
+    if not cell.checks:
+        return []
+    try:
+        return sanity_checks(model, split, cell.attack, device)
+    except Exception as error:
+        return [{"check": "sanity checks ran", "passed": False, "detail": f"{type(error).__name__}: {error}"}]
 
 
 def threads_per_worker(workers: int) -> int:

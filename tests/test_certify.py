@@ -191,3 +191,36 @@ def test_a_bound_is_never_part_of_the_worst_case(trained):
     (worst,) = table.attrs["worst_case"]
     assert worst["attacks"] == 1 and worst["worst_ndcg@3"] == table.loc[0, "attacked_ndcg@3"]
     assert np.isnan(table.loc[1, "overlap@3"])
+
+
+def test_bench_reports_state_the_threats_check_the_attacks_and_bound_the_worst_case(tmp_path, real_data_dir):
+    import pandas as pd
+
+    import robustag as rt
+
+    with rt.bench(datasets=["movielens"], models=["metric"], defenses=["plain"], seeds=2, epochs=5,
+                  attacks=["pgd", "auto:steps=20", "certified", "targeted:eps=0.5,steps=10"], out=tmp_path / "run",
+                  data_dir=real_data_dir, device="cpu") as run:
+        cells = run.cells(status="done").set_index("key")
+        checks = run.checks()
+    checked = cells.loc[checks["cell"].unique()]
+    assert set(checked["attack_name"]) == {"pgd", "auto"} and set(checked["seed"]) == {0}  # first seed; no bound, no target
+    by_attack = checks.assign(attack=checks["cell"].map(cells["attack_name"])).set_index(["attack", "check"])["passed"]
+    assert not by_attack[("pgd", "converged")] and by_attack[("auto", "converged")]  # PGD-10 is not converged
+    assert by_attack[("pgd", "certificate below the attack")] and by_attack[("auto", "beats random noise")]
+    folder = tmp_path / "run" / "report"
+    assert "FAILED sanity check: pgd ε=0.1 on movielens metric (d=128) plain: converged" in (folder / "report.md").read_text()
+    threats = pd.read_csv(folder / "default-threats.csv").set_index("attack")
+    assert threats.loc["pgd ε=0.1", "threat model"] == "label-aware"
+    assert threats.loc["certified ε=0.1", "threat model"] == "certified bound"
+    assert threats.loc["targeted ε=0.5", "threat model"] == "targeted"
+    budgets = cells[cells["attack_name"] == "pgd"]["budget_user"]
+    assert (budgets > 0).all() and f"user {budgets.min():.3g}–{budgets.max():.3g}" in threats.loc["pgd ε=0.1", "absolute budget per row"]
+    worst = pd.read_csv(folder / "default-worst-case.csv").set_index("threat")
+    row = worst.loc["ε=0.1 l2 user+item"]
+    attacked, bound = (float(row[c].split(" ± ")[0]) for c in ("worst NDCG@3 per post", "certified NDCG@3"))
+    assert bound <= attacked and float(row["attack gap"]) == pytest.approx(attacked - bound, abs=1e-3)
+    assert worst.loc["ε=0.5 l2 user+item", "certified NDCG@3"] == "—"  # no bound was run at that budget
+    promotion = pd.read_csv(folder / "default-promotion.csv")
+    targeted = cells[cells["attack_name"] == "targeted"]
+    assert promotion.loc[0, "promotion@3"].startswith(f"{targeted['promotion@3'].mean():.1%}")

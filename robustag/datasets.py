@@ -96,10 +96,15 @@ DATASETS: dict[str, DatasetSource] = {
 }
 
 TSV_PREFIX = "tsv:"
+SYNTHETIC_PREFIX = "synthetic:"  # generated in memory: robustag.synthetic
 
 
 def resolve_source(name: str) -> DatasetSource:
-    """A named data set, or `tsv:PATH` for any tab-separated user, item, tag[, timestamp] file."""
+    """A named data set, `tsv:PATH` for any tab-separated user, item, tag[, timestamp] file,
+    or `synthetic:users=...,items=...,tags=...,posts=...,seed=...` (generated, no file)."""
+    if name.startswith(SYNTHETIC_PREFIX):
+        return DatasetSource(name=name, folder="", filename="", separator="", has_header=None, encoding="utf-8",
+                             normalise_tags=False, description="synthetic power-law data (robustag.synthetic)")
     if name.startswith(TSV_PREFIX):
         path = Path(name[len(TSV_PREFIX):]).expanduser()
         return DatasetSource(
@@ -114,7 +119,7 @@ def resolve_source(name: str) -> DatasetSource:
             description=f"tab-separated file {path}",
         )
     if name not in DATASETS:
-        known = ", ".join(sorted(DATASETS)) + ", tsv:PATH"
+        known = ", ".join(sorted(DATASETS)) + ", tsv:PATH, synthetic:users=...,posts=..."
         raise RobustagError(f"unknown dataset {name!r}; known: {known}")
     return DATASETS[name]
 

@@ -65,5 +65,5 @@ def critical_difference(ranking: dict, title: str, folder: Path, name: str) -> s
 
     fig, ax = plt.subplots(figsize=(6, 2.2))
     sp.critical_difference_diagram(ranking["ranks"], ranking["nemenyi"], ax=ax)
-    ax.set_title(title + f"  (Friedman p = {ranking['p_value']:.3g}, {ranking['blocks']} blocks)", fontsize=9)
+    ax.set_title(title + f"  (Iman–Davenport p = {ranking['p_value']:.3g}, {ranking['blocks']} blocks)", fontsize=9)
     return save(fig, folder, name)

@@ -22,6 +22,7 @@ import pandas as pd
 from robustag.datasets import TagAssignments, file_sha256, load_assignments, resolve_source
 from robustag.errors import ParameterError, RobustagError
 from robustag.paths import cache_dir
+from robustag.synthetic import is_synthetic, synthetic_assignments, synthetic_sizes
 
 # Bump when the processing below changes, so that stale caches are rebuilt.
 PROCESSING_VERSION = 1
@@ -210,10 +211,15 @@ def load_split(
     source = resolve_source(name)
     if options.p_core < 1:
         raise ParameterError("p_core", "must be ≥ 1", options.p_core)
-    path = source.path(data_dir)
-    if not path.is_file():
-        load_assignments(source, data_dir)  # raises the clear "file not found" error
-    cache_file = _cache_path(name, path, source.normalise_tags, options)
+    if is_synthetic(name):
+        synthetic_sizes(name)  # bad parameters fail here, before any work
+        fingerprint, read = hashlib.sha256(name.encode()).hexdigest(), lambda: synthetic_assignments(name)
+    else:
+        path = source.path(data_dir)
+        if not path.is_file():
+            load_assignments(source, data_dir)  # raises the clear "file not found" error
+        fingerprint, read = file_sha256(path), lambda: load_assignments(source, data_dir)
+    cache_file = _cache_path(name, fingerprint, source.normalise_tags, options)
     if use_cache and cache_file.is_file():
         try:
             return _read_cache(cache_file, name, options)
@@ -221,16 +227,16 @@ def load_split(
             warnings.warn(f"split cache {cache_file} does not load ({type(error).__name__}: {error}); rebuilding it",
                           RuntimeWarning, stacklevel=2)
             cache_file.unlink(missing_ok=True)
-    split = build_split(load_assignments(source, data_dir), name, options)
+    split = build_split(read(), name, options)
     if use_cache:
         _write_cache(cache_file, split)
     return split
 
 
-def _cache_path(name: str, path: Path, normalise_tags: bool, options: SplitOptions) -> Path:
+def _cache_path(name: str, fingerprint: str, normalise_tags: bool, options: SplitOptions) -> Path:
     key = json.dumps(
         {
-            "source_sha256": file_sha256(path),
+            "source_sha256": fingerprint,
             "normalise_tags": normalise_tags,
             "options": asdict(options),
             "version": PROCESSING_VERSION,

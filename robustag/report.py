@@ -1,8 +1,10 @@
 """Reports of a benchmark run: `RUN/report/` with Markdown, one self-contained HTML page
 (plots embedded), LaTeX tables (booktabs) and CSV, one section per spec of the run.
 
-Every table marks significance against the reference defense: ▲/▼ when the Wilcoxon
-signed-rank test over test posts, Holm-corrected across the table, gives p < 0.05.
+Every table marks significance against the reference defense: ▲/▼ when the method-level
+comparison (`robustag.stats`: seeds and test posts both random), Holm-corrected within the
+table, gives p < 0.05 with at least 3 seeds; the comparisons table gives each difference with
+its interval.
 Everything a plugin or user names is HTML-escaped.
 """
 
@@ -26,7 +28,7 @@ from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
 from robustag.errors import RobustagError
 from robustag.models import MODELS
-from robustag.stats import ALPHA, aggregate, compare_to_reference, done_cells, friedman_ranking
+from robustag.stats import ALPHA, MIN_BLOCKS, MIN_SEEDS, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
 HEADLINE = ["f1@3", "ndcg@3", "f1@5", "ndcg@5", "f1@10", "ndcg@10"]
@@ -68,7 +70,8 @@ def write_report(run: Path, reference: str | None = None) -> Path:
     known = {spec["name"]: spec for spec in described}
     stored = store.specs()
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
-    sections = [spec_section(store, spec, reference, figures, known.get(spec, {})) for spec in order]
+    tested: set = set()  # a comparison is tested once per report, in the first section that shows it
+    sections = [spec_section(store, spec, reference, figures, known.get(spec, {}), tested) for spec in order]
     sections.append(runtime_section(store, reference, order))
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
@@ -81,7 +84,8 @@ def write_report(run: Path, reference: str | None = None) -> Path:
     return folder
 
 
-def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, described: dict) -> Section:
+def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, described: dict,
+                 tested: set | None = None) -> Section:
     section = Section(title=spec)
     published = described.get("published", {})
     cells = in_spec_order(done_cells(store, spec), described)
@@ -97,17 +101,22 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     table["capped"] = table["cells"].map(lambda keys: any(unit_of[key] in capped for key in keys))
     table["defense_label"] = table["defense"].map(labels)
     table["attack_label"] = attack_labels(table)
-    tests = pd.concat([compare_to_reference(store, table, metric, reference) for metric in TESTED], ignore_index=True)
     clean = table[table["surface"] == "none"]
     attacked = table[table["surface"] != "none"]
+    clean_tests = compare_to_reference(store, clean, list(TESTED), reference, tested=tested)
+    attack_tests = compare_to_reference(store, table, "ndcg@3", reference, change=True, tested=tested)
+    repeated = clean_tests.attrs["already_tested"] + attack_tests.attrs["already_tested"]
+    if repeated:
+        section.text.append(f"{repeated} comparisons were tested in an earlier section of this report (the same cells) "
+                            "and are not tested again here: they carry no mark and stay out of this section's Holm families.")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
-    section.tables.append(clean_table(f"{slug}-clean", clean, tests, reference, published))
+    section.tables.append(clean_table(f"{slug}-clean", clean, clean_tests, reference, published))
     if table["capped"].any():
         section.text.append(f"{CAPPED} A seed of this configuration ran every epoch it was given: early stopping never "
                             "triggered, so the model may not have converged; more epochs may change its figures.")
     if not attacked.empty:
         section.tables.append(threat_table(f"{slug}-threats", cells))
-        section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, tests, reference))
+        section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, attack_tests, reference))
         worst = worst_case_table(f"{slug}-worst-case", store, cells)
         section.tables += [worst] if worst.rows else []
         promoted = promotion_table(f"{slug}-promotion", attacked)
@@ -119,16 +128,9 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
         section.figures += robustness_figures(clean, attacked, figures, slug)
     section.figures += training_figures(store, cells, figures, slug)
     section.figures += sensitivity_figures(clean, figures, slug)
-    ranking = friedman_ranking(table, "ndcg@3")
-    if ranking is not None:
-        ranking["ranks"].index = ranking["ranks"].index.map(labels)
-        ranking["nemenyi"].index = ranking["nemenyi"].columns = ranking["nemenyi"].index.map(labels)
-        section.figures.append((f"Critical-difference diagram of the defenses over {ranking['blocks']} blocks "
-                                f"(NDCG@3; Nemenyi at α = {ALPHA})",
-                                plots.critical_difference(ranking, spec, figures, f"{slug}-cd")))
-        section.text.append(f"Friedman test over {ranking['blocks']} blocks (dataset × model × attack × budget): "
-                            f"χ² = {ranking['statistic']:.2f}, p = {ranking['p_value']:.3g}. Mean ranks (NDCG@3): "
-                            + ", ".join(f"{d} {r:.2f}" for d, r in ranking["ranks"].items()) + ".")
+    comparisons = comparisons_table(f"{slug}-comparisons", table, clean_tests, attack_tests, reference)
+    section.tables += [comparisons] if comparisons.rows else []
+    section.text += ranking_text(table, labels, spec, figures, slug, section)
     section.text += mixed_device_warnings(cells)
     failed = store.cells(spec=spec, status="failed")
     if len(failed):
@@ -213,13 +215,88 @@ def compute_table(store: ResultStore, specs: list[str]) -> ReportTable:
 
 
 def _mark(tests: pd.DataFrame, row, metric: str) -> str:
+    """▲/▼ where the method-level comparison of this row is significant (Holm, its table's family)."""
     if tests.empty:
         return ""
     match = tests[(tests["defense"] == row["defense"]) & (tests["dataset"] == row["dataset"]) & (tests["metric"] == metric)
-                  & (tests["attack"] == row["attack"]) & (tests["params"] == row["params"])]
-    if match.empty or not match.iloc[0]["wilcoxon_significant"]:
+                  & (tests["attack"] == row["attack"]) & (tests["params"] == row["params"]) & (tests["model"] == row["model"])]
+    if match.empty or not match.iloc[0]["significant"]:
         return ""
-    return " ▲" if match.iloc[0]["mean_diff"] > 0 else " ▼"
+    return " ▲" if match.iloc[0]["diff"] > 0 else " ▼"
+
+
+def _family_note(tests: pd.DataFrame, what: str) -> str:
+    """What the marks of a table mean, the family Holm corrects over, and the seeds rule."""
+    if tests.empty:
+        return ""
+    few = int((tests["seeds"] < MIN_SEEDS).sum())
+    text = (f" Holm family: the {len(tests)} comparisons of this table ({what}), method level: paired by seed, "
+            f"seeds and test posts both random (see the comparisons table).")
+    if few:
+        text += (f" {few} comparisons have fewer than {MIN_SEEDS} seeds: no method-level claim, so no mark, "
+                 "whatever their p-value.")
+    return text
+
+
+def ranking_text(table: pd.DataFrame, labels: dict, spec: str, figures: Path, slug: str, section: Section) -> list[str]:
+    """Mean ranks of the defenses over independent blocks; the Iman–Davenport test and the
+    critical-difference diagram only where enough blocks make them meaningful."""
+    ranking = friedman_ranking(table, "ndcg@3")
+    if ranking is None:
+        return []
+    ranks = ", ".join(f"{labels.get(d, d)} {r:.2f}" for d, r in ranking["ranks"].items())
+    head = f"Mean ranks of the defenses by clean NDCG@3 over {ranking['blocks']} independent blocks (data set × model): {ranks}."
+    if ranking["p_value"] is None:
+        return [head + f" No rank test: fewer than {MIN_BLOCKS} blocks (or too few for any p < {ALPHA} to be "
+                       "attainable), so the ranks describe these blocks and support no claim."]
+    ranking["nemenyi"].index = ranking["nemenyi"].columns = ranking["nemenyi"].index.map(lambda d: labels.get(d, d))
+    ranking["ranks"].index = ranking["ranks"].index.map(lambda d: labels.get(d, d))
+    section.figures.append((f"Critical-difference diagram of the defenses over {ranking['blocks']} blocks "
+                            f"(clean NDCG@3; Nemenyi at α = {ALPHA})",
+                            plots.critical_difference(ranking, spec, figures, f"{slug}-cd")))
+    return [head + f" Iman–Davenport F = {ranking['statistic']:.2f}, p = {ranking['p_value']:.3g}."]
+
+
+def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame, attack_tests: pd.DataFrame,
+                      reference: str) -> ReportTable:
+    """Every comparison against the reference at method level: the paired difference with its
+    95% CI, relative to the reference, the Holm-corrected p in its table's family, the seeds,
+    where the variance of the difference comes from; and the per-post test, labelled secondary."""
+    frames = [t for t in (clean_tests, attack_tests) if not t.empty]
+    if not frames:
+        return ReportTable(name, "", [], [])
+    tests = pd.concat(frames, ignore_index=True)
+    attack_of = dict(zip(table["attack"], table["attack_label"]))
+    label_of = dict(zip(table["defense"], table["defense_label"]))
+    rows = []
+    for _, test in tests.iterrows():
+        what = "clean" if test["kind"] == "level" else f"change under {attack_of.get(test['attack'], test['attack'])}"
+        mark = " ▲" if test["significant"] and test["diff"] > 0 else " ▼" if test["significant"] else ""
+        rows.append([test["dataset"], test["model"] + _param_note(json.loads(test["params"]), test["model"]),
+                     label_of.get(test["defense"], test["defense"]), what, test["metric"].upper(),
+                     f"{test['diff']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]{mark}",
+                     f"{test['rel_diff']:+.1%} [{test['rel_ci_low']:+.1%}, {test['rel_ci_high']:+.1%}]",
+                     _p_text(test["p_holm"]), str(test["seeds"]),
+                     f"{test['seed_share']:.0%} / {test['post_share']:.0%} / {test['residual_share']:.0%}"
+                     if pd.notna(test["seed_share"]) else "",
+                     _p_text(test["wilcoxon_p_holm"])])
+    header = ["dataset", "model", "defense", "comparison", "metric", f"Δ vs {reference} [95% CI]", "relative Δ [CI]",
+              "p (Holm)", "seeds", "Var(Δ): seeds / posts / residual", "per-post Wilcoxon p (Holm)"]
+    shares = tests["seed_share"].dropna()
+    note = (f"Δ: mean over seeds and test posts of the paired difference from {reference} (same seed: same "
+            "initialisation and batch order); under attack, the difference of the changes from clean (attacked − clean), "
+            "so ▲ means it loses significantly less. CI and p: crossed random effects of seed and post (Judd, Westfall "
+            f"& Kenny 2012), t with Satterthwaite's df capped at seeds − 1; Holm within each table's family (clean: "
+            f"{len(clean_tests)} comparisons; robustness: {len(attack_tests)}). No ▲/▼ with fewer than {MIN_SEEDS} seeds. "
+            "Var(Δ): the share of the variance of Δ due to seed-to-seed differences, to which posts are tested, and to "
+            "the rest; a large seed share says more seeds, not more posts, would narrow the interval"
+            + (f" (median seed share here: {shares.median():.0%})" if len(shares) else "") + ". The per-post Wilcoxon "
+            "test (seed-averaged values) is about these trained models on this split, not about the methods.")
+    return ReportTable(name, f"Method-level comparisons against {reference}", header, rows, note)
+
+
+def _p_text(p: float) -> str:
+    return "" if pd.isna(p) else f"{p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 CAPPED = "†"
@@ -303,7 +380,7 @@ def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: 
             cells.append(f"{paper['f1@3']:.3f} / {paper['ndcg@3']:.3f}" if paper else "")
         rows.append([*_label(row), *cells])
     note = (f"Mean ± std over seeds; [95% bootstrap CI over test posts]; ▲/▼: significantly above/below "
-            f"{reference} (Wilcoxon signed-rank over posts, Holm-corrected over the table, p < {ALPHA}).")
+            f"{reference} at method level (p < {ALPHA}, Holm)." + _family_note(tests, f"F1@3 and NDCG@3 against {reference}"))
     if published:
         note += " Paper: the figures published in the paper, on its own split and protocol."
     return ReportTable(name, "Clean test metrics", header, rows, note)
@@ -326,9 +403,12 @@ def robustness_table(name: str, clean: pd.DataFrame, attacked: pd.DataFrame, tes
             drop = 1 - row["ndcg@3_mean"] / base["ndcg@3_mean"] if base["ndcg@3_mean"] else 0.0
             cells.append(f"{row['ndcg@3_mean']:.4f} ± {row['ndcg@3_std']:.4f} ({-drop:+.1%})" + _mark(tests, row, "ndcg@3"))
         rows.append([*_label(base), f"{base['ndcg@3_mean']:.4f}", *cells])
-    note = (f"NDCG@3 under each attack, mean ± std over seeds (relative change from clean); ▲/▼ against {reference} "
-            f"under the same attack (Wilcoxon, Holm, p < {ALPHA}). ε is relative to the mean row norm of each perturbed "
-            "table; poisoning attacks retrain on poisoned data and evaluate on the clean test posts.")
+    note = (f"NDCG@3 under each attack, mean ± std over seeds (relative change from clean); ▲/▼: loses significantly "
+            f"less/more than {reference} under the same attack (the change attacked − clean, per seed and post, against "
+            f"{reference}'s; p < {ALPHA}, Holm)." + _family_note(tests, f"each defense's change under each attack against "
+                                                               f"{reference}'s") +
+            " ε is relative to the mean row norm of each perturbed table (absolute budgets: the threat-model table); "
+            "poisoning attacks retrain on poisoned data and evaluate on the clean test posts.")
     return ReportTable(name, "Robustness: NDCG@3 under attack", header, rows, note)
 
 

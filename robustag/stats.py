@@ -1,15 +1,44 @@
-"""Statistics over a run: mean ± std over seeds, bootstrap CIs over test posts, paired tests
-against a reference defense with Holm–Bonferroni correction, and a Friedman/Nemenyi ranking.
+"""Statistics over a run: mean ± std over seeds, method-level comparisons against a reference
+defense with Holm–Bonferroni correction per table, and a Friedman/Nemenyi ranking over
+independent blocks.
 
-All tests come from the field's libraries: scipy.stats (Wilcoxon, paired t, Friedman,
-bootstrap), statsmodels (Holm), scikit-posthocs (Nemenyi, critical-difference diagram).
-Per-post values are averaged over seeds before pairing (the test posts are the same for
-every seed: the split is fixed), so each test pairs one value per post.
+**The unit of a claim is a method (a configuration), not one trained model.** The replicates
+are seeds; the test posts are repeated measures within each seed, and the same posts serve
+every seed (the split is fixed). A comparison's paired differences d[s, p] (seed s, post p;
+the same seed means the same initialisation and batch order for both configurations) follow
+the crossed random-effects model
+
+    d[s, p] = μ + a_s + b_p + e_sp,   a ~ N(0, σ_seed²), b ~ N(0, σ_post²), e ~ N(0, σ_res²),
+
+the model of "stimuli as a random factor" (Clark 1973; Judd, Westfall & Kenny 2012), which
+Bouthillier et al. (2021, "Accounting for variance in machine learning benchmarks") argue a
+benchmark needs: a claim about μ must carry both the training randomness (seeds) and the
+sampling of the test set (posts). On the complete, balanced S × P table the variance
+components have closed-form ANOVA estimates (equal to REML's when none is negative), and
+
+    Var(μ̂) = σ_seed²/S + σ_post²/P + σ_res²/(S·P),
+
+with Satterthwaite's degrees of freedom for the t interval and p-value. With 3–5 seeds this
+is the calibrated choice: a hierarchical bootstrap resamples among only 10–126 seed multisets
+and its intervals under-cover; a per-post test over seed-averaged values ignores σ_seed and
+rejects far too often when seeds differ (the suite checks both calibration and power). The
+sums of squares are those of statsmodels' two-way `anova_lm` (a test checks it), computed
+directly because the layout is balanced (statsmodels' OLS would build a P-column design per
+comparison). The per-post Wilcoxon test over seed-averaged values is kept as a secondary,
+clearly labelled figure: it is about these trained models on this split.
+
+Under attack, a comparison tests the *change*: (attacked − clean) of the configuration against
+the same change of the reference, per seed and post (a difference in differences), so "loses
+less under attack X" is tested as stated. Fewer than `MIN_SEEDS` seeds: no method-level claim.
+
+Libraries: scipy.stats (t, Wilcoxon, Friedman, F), statsmodels (Holm), scikit-posthocs
+(Nemenyi, critical-difference diagram).
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -66,7 +95,8 @@ def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str], ci_me
     for key, group in cells.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key))
         first = group.iloc[0]  # what a configuration declares is the same for all its seeds
-        row.update({column: first[column] for column in CONFIGURATION}, seeds=len(group), cells=list(group["key"]))
+        row.update({column: first[column] for column in CONFIGURATION}, seeds=len(group), cells=list(group["key"]),
+                   cell_seeds=list(group["seed"]))
         for metric in metrics:
             row[f"{metric}_mean"] = float(group[metric].mean())
             row[f"{metric}_std"] = float(group[metric].std(ddof=1)) if len(group) > 1 else 0.0
@@ -77,8 +107,47 @@ def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str], ci_me
     return pd.DataFrame(rows)
 
 
+MIN_SEEDS = 3  # fewer: a seed-level variance is too poorly estimated for a method-level claim
+
+
+def crossed_test(diff: np.ndarray) -> dict[str, float]:
+    """Method-level test of the mean of paired differences `diff` (seeds × posts) under the
+    crossed random-effects model of the module docstring: the mean, its 95% t interval with
+    Satterthwaite's df, the two-sided p-value, and each component's share of Var(mean)."""
+    seeds, posts = diff.shape
+    mean = float(diff.mean())
+    if seeds < 2 or np.allclose(diff, diff.flat[0]):
+        return {"diff": mean, "ci_low": mean, "ci_high": mean, "p": 1.0 if np.allclose(diff, 0) else np.nan, "df": np.nan,
+                "seed_share": np.nan, "post_share": np.nan, "residual_share": np.nan}
+    by_seed, by_post = diff.mean(1), diff.mean(0)
+    ms_seed = posts * np.sum((by_seed - mean) ** 2) / (seeds - 1)
+    ms_post = seeds * np.sum((by_post - mean) ** 2) / (posts - 1)
+    df_res = (seeds - 1) * (posts - 1)
+    ms_res = np.sum((diff - by_seed[:, None] - by_post[None, :] + mean) ** 2) / df_res
+    # Var(mean) = σ_seed²/S + σ_post²/P + σ_res²/(SP) = [MS_seed + (MS_post − MS_res)] / (SP):
+    # MS_seed carries the seed and residual terms unbiased with S − 1 df; a post component
+    # estimated below zero is set to zero (dropping the bracket), never the seed term, which
+    # with 3–5 seeds would make the test reject too often. Satterthwaite: df = (Σ c·MS)² / Σ (c·MS)²/df.
+    seed_var, post_var = (ms_seed - ms_res) / posts, (ms_post - ms_res) / seeds
+    terms = [(ms_seed, seeds - 1)] + ([(ms_post, posts - 1), (-ms_res, df_res)] if post_var > 0 else [])
+    combined = sum(ms for ms, _ in terms)
+    variance = combined / (seeds * posts)
+    # Satterthwaite's df, computed from the estimates, is large exactly when MS_seed is small (so
+    # that the t is large): with few seeds it rejects too often. Capped at the seed term's S − 1.
+    df = min(combined ** 2 / sum(ms ** 2 / d for ms, d in terms), seeds - 1)
+    se = np.sqrt(max(variance, 0.0))
+    half = stats.t.ppf(0.975, df) * se
+    p = 2 * stats.t.sf(abs(mean) / se, df) if se > 0 else (0.0 if mean != 0 else 1.0)
+    parts = {"seed_share": max(seed_var, 0) / seeds, "post_share": max(post_var, 0) / posts,
+             "residual_share": ms_res / (seeds * posts)}
+    total = sum(parts.values()) or 1.0
+    return {"diff": mean, "ci_low": mean - half, "ci_high": mean + half, "p": float(p), "df": float(df),
+            **{k: float(v / total) for k, v in parts.items()}}
+
+
 def paired_test(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Wilcoxon signed-rank and paired t-test of per-post values, and Cohen's d_z."""
+    """The secondary, per-post figures (these trained models, this split): Wilcoxon
+    signed-rank and paired t over posts of seed-averaged values, and Cohen's d_z."""
     diff = values - reference
     if np.allclose(diff, 0):
         return {"wilcoxon_p": 1.0, "ttest_p": 1.0, "effect_size": 0.0, "mean_diff": 0.0}
@@ -89,23 +158,81 @@ def paired_test(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "effect_size": float(diff.mean() / sd) if sd > 0 else 0.0, "mean_diff": float(diff.mean())}
 
 
-def compare_to_reference(store: ResultStore, table: pd.DataFrame, metric: str, reference: str) -> pd.DataFrame:
+def seed_matrix(store: ResultStore, row, metric: str, seeds: list) -> np.ndarray:
+    """(seeds, posts): a group's per-post values, one row per given seed."""
+    key_of = dict(zip(row["cell_seeds"], row["cells"]))
+    values = store.per_post([key_of[s] for s in seeds], metric)
+    return np.stack([values[key_of[s]] for s in seeds])
+
+
+CONTEXT = ["dataset", "model", "params", "attack"]
+
+
+def _match(table: pd.DataFrame, row, defense_column: str, defense, attack) -> pd.Series | None:
+    found = table[(table[defense_column] == defense) & (table["attack"] == attack)
+                  & np.logical_and.reduce([table[c] == row[c] for c in CONTEXT[:3]])]
+    return None if found.empty else found.iloc[0]
+
+
+def compare_to_reference(store: ResultStore, table: pd.DataFrame, metrics: str | list[str], reference: str,
+                         change: bool = False, tested: set | None = None) -> pd.DataFrame:
     """Each group against the reference defense's group under the same dataset, model, attack
-    and budget; Holm–Bonferroni over all the comparisons of the table (one family)."""
+    and budget, paired by seed, for each metric: the method-level difference (`diff`, its 95%
+    CI, `p`, the relative difference `rel_diff` with its CI, the variance shares) and the
+    secondary per-post figures (`wilcoxon_p`, `mean_diff`). With `change`, only attacked groups,
+    compared by their change from clean (difference in differences); else every group by its
+    level. Holm over all the comparisons returned (one family: call it once per table);
+    `significant` also needs `MIN_SEEDS` seeds. Each comparison has an `id` (its cells and
+    metric); those in `tested` are left out, and the new ones are added to it, so that a report
+    tests a comparison once however many of its tables show it."""
     rows = []
-    context = ["dataset", "model", "params", "attack"]
+    for metric in [metrics] if isinstance(metrics, str) else metrics:
+        rows += _comparisons(store, table, metric, reference, change)
+    fresh = [row for row in rows if tested is None or row["id"] not in tested]
+    if tested is not None:
+        tested.update(row["id"] for row in fresh)
+    frame = holm(pd.DataFrame(fresh)) if fresh else pd.DataFrame()
+    frame.attrs["already_tested"] = len(rows) - len(fresh)
+    return frame
+
+
+def _comparisons(store: ResultStore, table: pd.DataFrame, metric: str, reference: str, change: bool) -> list[dict]:
+    rows = []
     for _, row in table.iterrows():
-        if row["defense_name"] == reference:
+        if row["defense_name"] == reference or (change and not row["attack"]):
             continue
-        match = table[(table["defense_name"] == reference) & np.logical_and.reduce([table[c] == row[c] for c in context])]
-        if match.empty:
+        theirs_row = _match(table, row, "defense_name", reference, row["attack"])
+        if theirs_row is None:
             continue
-        ours = seed_averaged(store, row["cells"], metric)
-        theirs = seed_averaged(store, match.iloc[0]["cells"], metric)
-        rows.append({**{c: row[c] for c in [*context, "defense", "eps"]}, "metric": metric, **paired_test(ours, theirs)})
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
+        pairs = [(row, theirs_row)]
+        if change:
+            pairs += [(_match(table, row, "defense", row["defense"], ""), _match(table, row, "defense", theirs_row["defense"], ""))]
+            if pairs[1][0] is None or pairs[1][1] is None:
+                continue
+        seeds = sorted(set.intersection(*(set(r["cell_seeds"]) for pair in pairs for r in pair)))
+        ours, theirs = (seed_matrix(store, r, metric, seeds) for r in pairs[0])
+        if len(pairs) > 1:
+            ours, theirs = ours - seed_matrix(store, pairs[1][0], metric, seeds), theirs - seed_matrix(store, pairs[1][1], metric, seeds)
+        method = crossed_test(ours - theirs)
+        level = float(seed_matrix(store, pairs[-1][1], metric, seeds).mean())  # the reference's clean level
+        relative = {f"rel_{k}": method[k] / level if level else np.nan for k in ("diff", "ci_low", "ci_high")}
+        identity = json.dumps([metric, [sorted(r["cells"]) for pair in pairs for r in pair]])
+        rows.append({"id": identity, **{c: row[c] for c in [*CONTEXT, "defense", "eps"]}, "metric": metric, "seeds": len(seeds),
+                     "kind": "change" if len(pairs) > 1 else "level", **method, **relative,
+                     **paired_test(ours.mean(0), theirs.mean(0))})
+    return rows
+
+
+def holm(frame: pd.DataFrame) -> pd.DataFrame:
+    """Holm–Bonferroni over the rows of `frame` (one declared family), for the method-level
+    p-values and for the secondary per-post ones."""
+    frame = frame.copy()
+    testable = frame["p"].notna()
+    frame["p_holm"], frame["significant"] = np.nan, False
+    if testable.any():
+        reject, corrected, _, _ = multipletests(frame.loc[testable, "p"], alpha=ALPHA, method="holm")
+        frame.loc[testable, "p_holm"] = corrected
+        frame.loc[testable, "significant"] = reject & (frame.loc[testable, "seeds"] >= MIN_SEEDS).to_numpy()
     for test in ("wilcoxon", "ttest"):
         reject, corrected, _, _ = multipletests(frame[f"{test}_p"], alpha=ALPHA, method="holm")
         frame[f"{test}_p_holm"] = corrected
@@ -113,19 +240,33 @@ def compare_to_reference(store: ResultStore, table: pd.DataFrame, metric: str, r
     return frame
 
 
+MIN_BLOCKS = 5
+
+
 def friedman_ranking(table: pd.DataFrame, metric: str) -> dict | None:
-    """Defenses ranked over blocks (dataset × model × attack × budget) by the seed-mean metric:
-    Friedman's test, mean ranks, and Nemenyi's pairwise p-values. None with < 3 defenses or
-    < 2 complete blocks."""
+    """Defenses ranked by the seed-mean clean metric over *independent* blocks: one per data
+    set × model, at its first setting (attacked cells of the same models, or several sizes of
+    one model, are not independent blocks). Mean ranks always; the Iman–Davenport F test and
+    Nemenyi's pairwise p-values only with at least `MIN_BLOCKS` blocks and when the exact test
+    could reach α at all (all blocks ranking alike has probability (k!)^(1−N)): with fewer, the
+    F approximation is poor (Demšar 2006 works from 5 data sets up) and a p-value would mislead.
+    None with < 3 defenses or < 2 complete blocks."""
     import scikit_posthocs as sp
 
-    pivot = table.pivot_table(index=["dataset", "model", "params", "attack"], columns="defense",
-                              values=f"{metric}_mean").dropna()
-    if pivot.shape[1] < 3 or pivot.shape[0] < 2:
+    clean = table[table["attack"] == ""]
+    first = clean.drop_duplicates(["dataset", "model"])[["dataset", "model", "params"]]
+    at_one_setting = clean.merge(first, on=["dataset", "model", "params"])
+    pivot = at_one_setting.pivot_table(index=["dataset", "model"], columns="defense", values=f"{metric}_mean").dropna()
+    blocks, k = pivot.shape
+    if k < 3 or blocks < 2:
         return None
-    statistic, p_value = stats.friedmanchisquare(*[pivot[c].to_numpy() for c in pivot.columns])
-    ranks = pivot.rank(axis=1, ascending=False).mean()
+    ranks = pivot.rank(axis=1, ascending=False).mean().sort_values()
+    result = {"blocks": int(blocks), "ranks": ranks, "statistic": None, "p_value": None, "nemenyi": None}
+    if blocks < MIN_BLOCKS or math.factorial(k) ** (1 - blocks) > ALPHA:
+        return result
+    chi2, _ = stats.friedmanchisquare(*[pivot[c].to_numpy() for c in pivot.columns])
+    f_value = (blocks - 1) * chi2 / (blocks * (k - 1) - chi2) if blocks * (k - 1) > chi2 else np.inf
     nemenyi = sp.posthoc_nemenyi_friedman(pivot.to_numpy())
     nemenyi.index = nemenyi.columns = pivot.columns
-    return {"statistic": float(statistic), "p_value": float(p_value), "blocks": int(pivot.shape[0]),
-            "ranks": ranks.sort_values(), "nemenyi": nemenyi}
+    return {**result, "statistic": float(f_value), "nemenyi": nemenyi,
+            "p_value": float(stats.f.sf(f_value, k - 1, (k - 1) * (blocks - 1)))}

@@ -87,3 +87,21 @@ def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(plant
     again = train(planted, config, CPU, regime=DEFENSES.create("aml"), compile=True)
     assert [r["loss"] for r in again.history] == [r["loss"] for r in compiled.history]  # reproducible within a mode
     assert torch.equal(again.model.tag.weight, compiled.model.tag.weight)
+
+
+def test_popularity_ties_go_to_the_most_popular_tag():
+    """A user whose own frequencies tie (0.5, 0.5) gets the globally more popular tag first,
+    even where float32 would swallow the tie-break (0.5 + 1e-6·f == 0.5)."""
+    from robustag.models.popularity import PopularityModel
+    from robustag.preprocess import Posts
+
+    # user 0 tags 1 and 3 once each; tag 3 is more popular overall (user 1), and 200 other tags
+    # keep every global frequency small (1e-6 · f below float32's resolution at 0.5)
+    other = np.arange(4, 204)
+    users = np.concatenate([[0, 0, 1, 1], np.full(len(other), 2)])
+    tags = np.concatenate([[1, 3, 3, 3], other])
+    train_posts = Posts.from_triples(users, np.zeros(len(users), dtype=np.int64), tags)
+    model = PopularityModel(train_posts, 3, 1, 204, user_weight=1.0, item_weight=0.0)
+    scores = model.score(torch.tensor([0]), torch.tensor([0]))
+    assert scores.dtype == torch.float64
+    assert torch.argsort(scores[0], descending=True, stable=True)[:2].tolist() == [3, 1]

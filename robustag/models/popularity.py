@@ -3,6 +3,8 @@
 They are the honesty check of every table: a learned model that does not beat `pop-mix`
 has learned little. Each row of counts is normalised into frequencies; ties are broken by a
 vanishing share of global popularity (1e-6), so that a user with no history still gets a ranking.
+Scores are float64: in float32 the tie-break vanishes beside any non-zero frequency
+(0.2 + 2e-9 == 0.2), and ties would go to the lowest tag id instead of the most popular tag.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class PopularityModel(TagRecommender):
 
     def __init__(self, train: Posts, n_users: int, n_items: int, n_tags: int, user_weight: float, item_weight: float):
         users, items, tags = train.triples()
-        self.global_freq = torch.from_numpy(np.bincount(tags, minlength=n_tags) / max(len(tags), 1)).float()
+        self.global_freq = torch.from_numpy(np.bincount(tags, minlength=n_tags) / max(len(tags), 1))
         self.user_freq = _frequencies(users, tags, n_users, n_tags).tocsr()
         self.item_freq = _frequencies(items, tags, n_items, n_tags).tocsr()
         self.user_weight, self.item_weight = user_weight, item_weight
@@ -42,7 +44,7 @@ class PopularityModel(TagRecommender):
         scores = TIE_BREAK * self.global_freq.expand(len(users), -1).clone()
         for weight, freq, rows in ((self.user_weight, self.user_freq, users), (self.item_weight, self.item_freq, items)):
             if weight:
-                scores += weight * torch.from_numpy(freq[rows.cpu().numpy()].toarray()).float()
+                scores += weight * torch.from_numpy(freq[rows.cpu().numpy()].toarray())
         return scores.to(users.device)
 
 

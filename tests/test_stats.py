@@ -1,0 +1,151 @@
+"""Method-level statistics: the crossed seed × post test against statsmodels, its calibration
+and power on simulated per-post values (seconds), the seeds and blocks rules, and an end-to-end
+null control: plain against plain from another initialisation gets no mark."""
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from robustag.stats import MIN_BLOCKS, crossed_test, friedman_ranking, holm
+
+POSTS = 933  # LastFM's test posts
+# Realistic sizes, from the committed runs: a model's mean NDCG@3 varies by 0.006–0.012 between
+# seeds; per-post NDCG@3 differences between two models have a std of about 0.2.
+SEED_SD, POST_SD, RESIDUAL_SD = 0.012, 0.1, 0.2
+
+
+def _simulate(rng, seeds, shift=0.0, seed_sd=SEED_SD, post_sd=POST_SD):
+    return (shift + rng.normal(0, seed_sd, (seeds, 1)) + rng.normal(0, post_sd, (1, POSTS))
+            + rng.normal(0, RESIDUAL_SD, (seeds, POSTS)))
+
+
+def test_the_variance_components_are_statsmodels_two_way_anova():
+    from statsmodels.formula.api import ols
+    from statsmodels.stats.anova import anova_lm
+
+    rng = np.random.default_rng(4)
+    diff = _simulate(rng, 4, seed_sd=0.3)[:, :12]  # small enough for an OLS with a column per post
+    long = pd.DataFrame({"d": diff.ravel(), "seed": np.repeat(np.arange(4), 12), "post": np.tile(np.arange(12), 4)})
+    anova = anova_lm(ols("d ~ C(seed) + C(post)", long).fit())
+    ms = (anova["sum_sq"] / anova["df"]).to_numpy()  # seed, post, residual
+    result = crossed_test(diff)
+    assert ms[0] > ms[2] and ms[1] > ms[2]  # both components positive: the full combination
+    combined = ms[0] + ms[1] - ms[2]
+    df = min(combined ** 2 / (ms[0] ** 2 / 3 + ms[1] ** 2 / 11 + ms[2] ** 2 / 33), 3)
+    se = np.sqrt(combined / 48)
+    assert result["p"] == pytest.approx(2 * stats.t.sf(abs(diff.mean()) / se, df), rel=1e-9)
+    assert result["ci_high"] - result["diff"] == pytest.approx(stats.t.ppf(0.975, df) * se, rel=1e-9)
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_the_method_level_test_is_calibrated_under_a_realistic_seed_effect(seeds):
+    """No true difference, a seed effect as measured: marks at α = 0.05 no more often than 5%
+    (binomial tolerance), where the per-post test over seed means is far off."""
+    rng = np.random.default_rng(seeds)
+    runs = 2000
+    method, per_post = 0, 0
+    for _ in range(runs):
+        diff = _simulate(rng, seeds)
+        method += crossed_test(diff)["p"] < 0.05
+        per_post += stats.ttest_1samp(diff.mean(0), 0).pvalue < 0.05
+    tolerance = 3 * np.sqrt(0.05 * 0.95 / runs)
+    assert method / runs <= 0.05 + tolerance
+    assert per_post / runs > 0.10  # why the per-post test is only a secondary figure
+
+
+def test_the_method_level_test_finds_a_real_difference():
+    rng = np.random.default_rng(7)
+    found = sum(crossed_test(_simulate(rng, 5, shift=0.04))["p"] < 0.05 for _ in range(300))
+    assert found / 300 >= 0.9  # Δ = 0.04 NDCG@3 with 5 seeds
+
+
+def test_no_mark_with_fewer_than_three_seeds():
+    frame = pd.DataFrame({"p": [1e-9, 1e-9], "seeds": [2, 3], "wilcoxon_p": [1e-9, 1e-9], "ttest_p": [1e-9, 1e-9]})
+    marked = holm(frame)
+    assert list(marked["significant"]) == [False, True]
+    assert marked["p_holm"].iloc[0] == pytest.approx(2e-9)
+
+
+def _ranking_table(blocks: int, rng) -> pd.DataFrame:
+    rows = []
+    for block in range(blocks):
+        for defense, strength in (("plain", 0.0), ("aml", 0.02), ("spaml-s", 0.04)):
+            rows.append({"dataset": f"d{block}", "model": "metric", "params": "{}", "attack": "", "defense": defense,
+                         "ndcg@3_mean": 0.3 + strength + rng.normal(0, 0.02)})
+            rows.append({"dataset": f"d{block}", "model": "metric", "params": "{}", "attack": "pgd", "defense": defense,
+                         "ndcg@3_mean": 0.1 + rng.normal(0, 0.05)})  # attacked: not an independent block
+    return pd.DataFrame(rows)
+
+
+def test_rank_tests_need_enough_independent_blocks():
+    rng = np.random.default_rng(0)
+    few = friedman_ranking(_ranking_table(MIN_BLOCKS - 1, rng), "ndcg@3")
+    assert few["blocks"] == MIN_BLOCKS - 1 and few["p_value"] is None and list(few["ranks"].index)[0] == "spaml-s"
+    table = _ranking_table(8, rng)
+    enough = friedman_ranking(table, "ndcg@3")
+    assert enough["blocks"] == 8  # clean cells only: the attacked ones are the same models
+    pivot = table[table["attack"] == ""].pivot_table(index="dataset", columns="defense", values="ndcg@3_mean")
+    chi2 = stats.friedmanchisquare(*[pivot[c] for c in pivot.columns]).statistic
+    f_value = 7 * chi2 / (8 * 2 - chi2)
+    assert enough["statistic"] == pytest.approx(f_value) and enough["p_value"] == pytest.approx(stats.f.sf(f_value, 2, 14))
+
+
+CONTROL = textwrap.dedent('''
+    """plain-again: plain training from another random initialisation (the null control)."""
+    import torch
+
+    from robustag.defense import Defense
+
+
+    class PlainAgain(Defense):
+        name = "plain-again"
+        summary = "plain, with every table re-drawn at the start (another initialisation)"
+
+        def begin_epoch(self, epoch, model):
+            if epoch == 0:
+                with torch.no_grad():
+                    for table in model.tables().values():
+                        table.weight.copy_(table.weight[torch.randperm(len(table.weight))])
+
+        def loss(self, model, batch):
+            loss = model.training_loss(batch)
+            return loss, {"loss": loss.detach()}
+''')
+
+
+def test_end_to_end_null_control_gets_no_mark(tmp_path, real_data_dir):
+    import robustag as rt
+
+    plugin = tmp_path / "plain_again.py"
+    plugin.write_text(CONTROL)
+    with rt.bench(datasets=["movielens"], models=["metric"], defenses=["plain", "plain-again"], attacks=["fgsm"],
+                  seeds=5, epochs=10, out=tmp_path / "run", data_dir=real_data_dir, device="cpu", plugins=[plugin]) as run:
+        cells = run.cells(status="done")
+        first = cells[(cells["attack_name"] == "clean") & (cells["seed"] == 0)].set_index("defense_name")["ndcg@3"]
+        assert first["plain"] != first["plain-again"]  # the control really trains another model
+    folder = tmp_path / "run" / "report"
+    for table in ("default-clean", "default-robustness"):
+        text = (folder / f"{table}.csv").read_text()
+        assert "▲" not in text and "▼" not in text
+    comparisons = pd.read_csv(folder / "default-comparisons.csv")
+    assert len(comparisons) == 3 and set(comparisons["seeds"]) == {5}  # F1@3, NDCG@3 clean; NDCG@3 change under fgsm
+    assert not comparisons["Δ vs plain [95% CI]"].str.contains("▲|▼").any()
+
+
+def test_a_comparison_is_tested_once_per_report(tmp_path, real_data_dir):
+    import robustag as rt
+    from robustag.spec import BenchSpec
+
+    specs = [BenchSpec(name=name, defenses=["plain", "aml"], attacks=attacks, seeds=[0, 1], params={"epochs": 2})
+             for name, attacks in (("first", ["fgsm"]), ("second", ["fgsm", "pgd"]))]
+    with rt.bench(specs, out=tmp_path / "run", data_dir=real_data_dir, device="cpu"):
+        pass
+    folder = tmp_path / "run" / "report"
+    first = pd.read_csv(folder / "first-comparisons.csv")
+    second = pd.read_csv(folder / "second-comparisons.csv")
+    assert len(first) == 3  # clean F1@3 and NDCG@3, and the change under fgsm
+    assert len(second) == 1 and second.loc[0, "comparison"] == "change under pgd ε=0.1"  # fgsm and clean: tested above
+    assert "3 comparisons were tested in an earlier section" in (folder / "report.md").read_text()

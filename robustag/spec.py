@@ -71,8 +71,8 @@ class BenchSpec:
 def default_spec() -> BenchSpec:
     """What `robustag bench` runs without a spec (benchmarks/default.toml says the same):
     a few minutes on CPU."""
-    return BenchSpec(name="default", defenses=["plain", "aml", "spaml-s"],
-                     attacks=["fgsm", "pgd", "auto", "certified", "tag-replace-20"], seeds=[0, 1], params={"epochs": 20})
+    return BenchSpec(name="default", defenses=["plain", "aml", "spaml-s", "certified", "rank-adv"],
+                     attacks=["fgsm", "pgd", "auto", "certified", "tag-replace-20"], seeds=[0, 1, 2], params={"epochs": 20})
 
 
 def expand_sweep(spec: str) -> list[str]:

@@ -117,27 +117,33 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class NegativeSampler:
-    """Draws K negatives per training triple uniformly from T \\ T+(u, i), by vectorised rejection."""
+    """Draws K negatives per training triple uniformly from T \\ T+(u, i), with no rejection loop
+    and no host round trip (nothing waits on the device's answer, so a GPU never stalls here).
+
+    Inverse transform over each post's complement: with the post's positive tags sorted,
+    p_0 < p_1 < ..., the r-th tag not among them (r uniform in [0, T − |T+|)) is
+    r + #{m : p_m − m ≤ r}, as every positive at or below the answer pushes it up by one. The
+    shifted positives p_m − m are non-decreasing within a post, so one sorted array of keys
+    (post·T + p_m − m) answers every count with a single searchsorted."""
 
     def __init__(self, train: Posts, n_tags: int, generator: torch.Generator, device: torch.device):
-        post_index = np.repeat(np.arange(len(train)), train.tag_counts())
-        self.post_index = torch.as_tensor(post_index, device=device)
+        counts = train.tag_counts()
+        post_index = np.repeat(np.arange(len(train)), counts)
+        rank_in_post = np.arange(len(post_index)) - np.repeat(train.tag_indptr[:-1], counts)
         # Posts are sorted and tags ascending within a post, so the keys are already sorted.
-        self.keys = torch.as_tensor(post_index * n_tags + train.tag_indices, device=device)
+        self.keys = torch.as_tensor(post_index * n_tags + train.tag_indices - rank_in_post, device=device)
+        self.post_index = torch.as_tensor(post_index, device=device)
+        self.first_key = torch.as_tensor(train.tag_indptr[:-1], device=device)
+        self.free = torch.as_tensor(n_tags - counts, device=device)  # the size of each post's complement
         self.n_tags, self.generator = n_tags, generator
 
     def sample(self, triple_index: torch.Tensor, k: int) -> torch.Tensor:
-        post = self.post_index[triple_index].unsqueeze(1) * self.n_tags
-        negatives = torch.randint(self.n_tags, (len(triple_index), k), generator=self.generator, device=post.device)
-        while True:
-            queries = post + negatives
-            slot = torch.searchsorted(self.keys, queries).clamp(max=len(self.keys) - 1)
-            clash = self.keys[slot] == queries
-            n_clash = int(clash.sum())
-            if n_clash == 0:
-                return negatives
-            redraw = torch.randint(self.n_tags, (n_clash,), generator=self.generator, device=post.device)
-            negatives[clash] = redraw
+        post = self.post_index[triple_index].unsqueeze(1)
+        free = self.free[post]
+        uniform = torch.rand((len(triple_index), k), generator=self.generator, device=post.device, dtype=torch.float64)
+        rank = torch.minimum((uniform * free).long(), free - 1)  # the rank-th tag of the complement
+        below = torch.searchsorted(self.keys, post * self.n_tags + rank, right=True) - self.first_key[post]
+        return rank + below
 
 
 class TrainingRegime:

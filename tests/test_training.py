@@ -5,6 +5,7 @@ on data with planted structure."""
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from robustag.evaluation import evaluate_model
 from robustag.training import NegativeSampler, default_config, train
@@ -105,3 +106,18 @@ def test_popularity_ties_go_to_the_most_popular_tag():
     scores = model.score(torch.tensor([0]), torch.tensor([0]))
     assert scores.dtype == torch.float64
     assert torch.argsort(scores[0], descending=True, stable=True)[:2].tolist() == [3, 1]
+
+
+def test_negatives_are_uniform_over_each_posts_complement():
+    """The inverse-transform sampler: every tag a post lacks equally often, its own tags never."""
+    from robustag.preprocess import Posts
+
+    # post 0 has tags {0, 2, 3, 7} of 9; post 1 has {8}
+    posts = Posts(np.array([0, 1]), np.array([0, 1]), np.array([0, 4, 5]), np.array([0, 2, 3, 7, 8]))
+    sampler = NegativeSampler(posts, 9, torch.Generator().manual_seed(0), CPU)
+    for triple, own in ((0, {0, 2, 3, 7}), (4, {8})):
+        draws = sampler.sample(torch.full((20000,), triple), 5).numpy().ravel()
+        counts = np.bincount(draws, minlength=9)
+        assert all(counts[t] == 0 for t in own)
+        free = [counts[t] for t in range(9) if t not in own]
+        assert stats.chisquare(free).pvalue > 0.001  # uniform over the complement

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from robustag import checks, paths
+from robustag import checks, paths, tuning
 from robustag.attack import ATTACKS, Attack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
 from robustag.certify import certifiable, certify
@@ -139,12 +139,14 @@ def build_attacks(specs: str | Attack | Sequence[str | Attack], eps: Sequence[fl
 
 
 def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], eps: Sequence[float] | None = None,
-           seed: int | None = None, on_attack: Callable[[Attack], None] | None = None) -> pd.DataFrame:
+           seed: int | None = None, on_attack: Callable[[Attack], None] | None = None,
+           poison_valid: bool = False) -> pd.DataFrame:
     """Each attack against the trained model: a row per attack (clean and attacked metrics,
     drops, overlap, seconds); `attrs["worst_case"]` holds one per-post worst case per threat
     (budget, norm, tables), `attrs["certified"]` the certified lower bounds and attack gaps
     where the model allows them, and `attrs["clean"]` the clean metrics. Poisoning attacks retrain
-    with the same configuration and defense."""
+    with the same configuration and defense, early-stopping on clean validation posts unless
+    `poison_valid` (then the attack changes them too)."""
     built = build_attacks(attacks, eps, seed)
     for each in built:
         each.check(split)
@@ -153,7 +155,7 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
         if on_attack:
             on_attack(each)
         outcomes.append(run_attack(each, trained.model, split, trained.config, trained.device, trained.evaluation,
-                                   lambda: DEFENSES.create(trained.defense)))
+                                   lambda: DEFENSES.create(trained.defense), poison_valid=poison_valid))
     table = pd.DataFrame([summarise(trained.evaluation, outcome) for outcome in outcomes])
     table.attrs["worst_case"] = worst_cases(trained.evaluation, outcomes)
     table.attrs["certified"] = certified_bounds(trained, split, table.attrs["worst_case"])
@@ -195,7 +197,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
           eps: list[float] | None = None, epochs: int | None = None, device: str = "auto", workers: int = 1,
           per_gpu: int = 1, executor: str = "local", address: str | None = None, plugins: Sequence[str | Path] = (),
           retry_failed: bool = False, prune: bool = False, reference: str | None = None, compile: bool = False,
-          report: bool = True, on_event: EventFn | None = None) -> Run:
+          report: bool = True, poison_valid: bool | None = None, on_event: EventFn | None = None) -> Run:
     """Run a benchmark matrix resumably and return its `Run` (open: close it, or use `with`).
 
     `spec` is a TOML file, a `BenchSpec` (or several), or None for the small default; the axis
@@ -208,6 +210,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
     specs = _specs(spec)
     for each in specs:
         _override(each, datasets, models, defenses, attacks, seeds, eps, epochs)
+        each.poison_valid = each.poison_valid if poison_valid is None else poison_valid
     the_plan = plan(specs)
     if reference is not None and reference not in the_plan.defense_names():
         raise ParameterError("reference", f"not a defense of this run ({', '.join(the_plan.defense_names())})",
@@ -236,6 +239,29 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
     if report:
         emit("report", {"folder": str(run.report())})
     return run
+
+
+def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: str | Path | None = None, *,
+         budget: int, seed: int = 0, data_dir: str | Path | None = None, datasets: list[str] | None = None,
+         models: list[str] | None = None, defenses: list[str] | None = None, epochs: int | None = None,
+         device: str = "auto", workers: int = 1, plugins: Sequence[str | Path] = (), compile: bool = False,
+         on_event: EventFn | None = None) -> tuning.Tuned:
+    """Give every defense of the spec the same tuning budget on validation NDCG@3
+    (`robustag.tuning`): at most `budget` configurations of each defense's sweep, trained as a
+    resumable bench in `out` (default runs/NAME-tune), every trial stored with its history;
+    returns the trials, each defense's best, and the tuned spec files written in `out`."""
+    load_plugins(plugins)
+    specs = _specs(spec)
+    for each in specs:
+        _override(each, datasets, models, defenses, None, None, None, epochs)
+    name = specs[0].name if len(specs) == 1 else "bench"
+    folder = Path(out) if out else Path("runs") / folder_name(f"{name}-tune")
+    trials = tuning.trial_specs(specs, budget, seed)
+    with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
+               report=False, on_event=on_event) as run:
+        scores = tuning.trial_scores(run.cells(status="done"), run.store.histories())
+    best = tuning.best_trials(scores)
+    return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget))
 
 
 def _specs(spec) -> list[BenchSpec]:

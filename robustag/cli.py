@@ -58,6 +58,9 @@ PluginOption = typer.Option(None, "--plugin", help="Load attack, defense and mod
                             "(repeatable).")
 
 
+POISON_VALID_HELP = ("Poisoning attacks change the validation posts too, so early stopping sees poisoned data "
+                     "(default: training posts only; early stopping on clean validation posts).")
+PoisonValidOption = typer.Option(None, "--poison-valid/--no-poison-valid", help=POISON_VALID_HELP + " Overrides the spec.")
 CompileOption = typer.Option(
     False, "--compile/--no-compile",
     help="Fuse the training loss with torch.compile (about 2.5× faster epochs on LastFM; needs a C++ "
@@ -285,6 +288,7 @@ def attack_command(
     checks: bool = typer.Option(False, "--checks", help="Run the gradient-masking sanity checks of every evasion attack "
                                 "(monotone in ε, beats random noise, converged, large ε, below the certificate); "
                                 "exit 1 if one fails."),
+    poison_valid: bool = typer.Option(False, "--poison-valid", help=POISON_VALID_HELP),
     plugin: Optional[list[Path]] = PluginOption,
     params: dict = None,
 ):
@@ -316,7 +320,7 @@ def attack_command(
             progress.update(task, description=f"attack {each.name}{budget}", completed=len(started))
             started.append(each)
 
-        table = rt.attack(trained, split, attack_list, on_attack=on_attack)
+        table = rt.attack(trained, split, attack_list, on_attack=on_attack, poison_valid=poison_valid)
         progress.update(task, completed=len(attack_list))
     rows, worst, certified = table.to_dict("records"), table.attrs["worst_case"], table.attrs["certified"]
     _stdout().print(_attack_table(f"{trained.config.model} on {dataset}: clean and attacked", rows, worst, certified))
@@ -467,6 +471,7 @@ def bench_command(
     prune: bool = typer.Option(False, "--prune", help="Drop stored cells of these specs that the plan no longer has."),
     reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against (default: the spec's, plain)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN/report at the end."),
+    poison_valid: Optional[bool] = PoisonValidOption,
     compile: bool = CompileOption,
     plugin: Optional[list[Path]] = PluginOption,
 ):
@@ -477,7 +482,7 @@ def bench_command(
             defenses=_names(defenses, "--defenses"), attacks=_names(attacks, "--attacks"), seeds=seeds,
             eps=_budgets(eps), epochs=epochs, device=device, workers=workers, per_gpu=per_gpu, executor=executor,
             address=address, plugins=plugin or (), retry_failed=retry_failed, prune=prune, reference=reference,
-            compile=compile, report=report, on_event=live.on_event)
+            compile=compile, report=report, poison_valid=poison_valid, on_event=live.on_event)
     with run:
         _stdout().print(summary_table(run.store))
         failed = run.failed
@@ -523,6 +528,40 @@ class BenchProgress:
             self.progress.console.print(f"[yellow]warning:[/yellow] {escape(data['message'])}")
         elif kind == "report":
             self.progress.console.print(f"report: {escape(data['folder'])}")
+
+
+@app.command("tune")
+def tune_command(
+    spec_file: Optional[Path] = typer.Argument(None, help="A TOML spec whose defenses give their parameters as sweeps."),
+    budget: int = typer.Option(..., min=1, help="Most configurations trained per defense (a seeded random subset)."),
+    datasets: Optional[str] = typer.Option(None, help="Comma-separated datasets (overrides the spec)."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated models."),
+    defenses: Optional[str] = typer.Option(None, help='Defense sweeps, e.g. "plain,aml:eps=[0.05,0.1],beta=[0.5,1,2]"'),
+    epochs: Optional[int] = typer.Option(None, help="Most training epochs."),
+    seed: int = typer.Option(0, help="Seed of the random subset (the trials train with the spec's first seed)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/SPEC_NAME-tune)."),
+    data_dir: Optional[Path] = DataDirOption,
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (CPU)."),
+    compile: bool = CompileOption,
+    plugin: Optional[list[Path]] = PluginOption,
+):
+    """Tune every defense with the same budget on validation NDCG@3; write the best as a spec."""
+    with BenchProgress() as live:
+        tuned = rt.tune(spec_file, out, budget=budget, seed=seed, data_dir=data_dir, datasets=_names(datasets, "--datasets"),
+                        models=_names(models, "--models"), defenses=_names(defenses, "--defenses"), epochs=epochs,
+                        device=device, workers=workers, plugins=plugin or (), compile=compile, on_event=live.on_event)
+    table = Table(title=f"Tuning trials: {len(tuned.trials)} (best of each defense marked ★)")
+    for column in ("dataset", "model", "defense", "valid NDCG@3", "epochs"):
+        table.add_column(column)
+    chosen = set(tuned.best["unit"])
+    for _, row in tuned.trials.sort_values(["dataset", "model", "defense_name", "valid_ndcg@3"], ascending=[True, True, True, False]).iterrows():
+        mark = " ★" if row["unit"] in chosen else ""
+        table.add_row(escape(row["dataset"]), escape(row["model"]), escape(row["defense"]) + mark,
+                      f"{row['valid_ndcg@3']:.4f}", str(int(row["epochs"])))
+    _stdout().print(table)
+    for path in tuned.specs:
+        _stdout().print(f"tuned spec: {escape(str(path))}")
 
 
 @app.command("results")

@@ -52,6 +52,7 @@ class UnitTask:
     defense: str
     poison: str | None
     cells: list[CellTask] = field(default_factory=list)
+    poison_valid: bool = False  # the poisoning attack changes the validation posts too
 
     @property
     def label(self) -> str:
@@ -100,7 +101,8 @@ def plan(specs: list[BenchSpec]) -> Plan:
                                 first_seed = seed == spec.seeds[0]
                                 rows += [_cell(clean_unit, attack, first_seed and checkable(attack)) for attack in evasions]
                             for poison in poisons:
-                                rows.append(_cell(_unit(result, dataset, options, config, defense.spec, poison.spec), poison))
+                                unit = _unit(result, dataset, options, config, defense.spec, poison.spec, spec.poison_valid)
+                                rows.append(_cell(unit, poison))
     return result
 
 
@@ -117,11 +119,15 @@ def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) 
     return [ATTACKS.create(a.spec, eps=eps) for a in evasions for eps in budgets]
 
 
-def _unit(plan_: Plan, dataset, options, config, defense, poison) -> UnitTask:
-    key = digest({"dataset": dataset, "split": asdict(options), "config": config.describe(), "defense": defense,
-                  "poison": poison, "version": robustag.__version__})
+def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: bool = False) -> UnitTask:
+    identity = {"dataset": dataset, "split": asdict(options), "config": config.describe(), "defense": defense,
+                "poison": poison, "version": robustag.__version__}
+    poison_valid = bool(poison and poison_valid)
+    if poison_valid:  # only then in the key: the keys of every other unit stay as they were
+        identity["poison_valid"] = True
+    key = digest(identity)
     if key not in plan_.units:
-        plan_.units[key] = UnitTask(key, dataset, options, config, defense, poison)
+        plan_.units[key] = UnitTask(key, dataset, options, config, defense, poison, poison_valid=poison_valid)
     return plan_.units[key]
 
 
@@ -144,7 +150,8 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
         "surface": surface, "eps": eps,
         **parsed_columns(spec, unit.defense, attack.strength if attack is not None else None),
         "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": asdict(unit.options),
-                                                              "defense": unit.defense, "poison": unit.poison},
+                                                              "defense": unit.defense, "poison": unit.poison,
+                                                              "poison_valid": unit.poison_valid},
                               "attack": spec}, sort_keys=True),
     }
 

@@ -115,7 +115,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
         section.text.append(f"{CAPPED} A seed of this configuration ran every epoch it was given: early stopping never "
                             "triggered, so the model may not have converged; more epochs may change its figures.")
     if not attacked.empty:
-        section.tables.append(threat_table(f"{slug}-threats", cells))
+        section.tables.append(threat_table(f"{slug}-threats", cells, described.get("poison_valid", False)))
         section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, attack_tests, reference))
         worst = worst_case_table(f"{slug}-worst-case", store, cells)
         section.tables += [worst] if worst.rows else []
@@ -471,7 +471,7 @@ KNOWS = {
 }
 
 
-def threat_table(name: str, cells: pd.DataFrame) -> ReportTable:
+def threat_table(name: str, cells: pd.DataFrame, poison_valid: bool = False) -> ReportTable:
     """What each attack column assumes: what the attacker knows, what it changes and how much,
     with the absolute per-row budgets the relative ε meant for these models (min–max)."""
     attacked = cells[cells["surface"] != "none"]
@@ -494,9 +494,12 @@ def threat_table(name: str, cells: pd.DataFrame) -> ReportTable:
                    for table in ("user", "item", "tag") if (column := f"budget_{table}") in group and group[column].notna().any()]
         rows.append([label, threat, knows, perturbs, f"{first['eps']:g}", ", ".join(budgets)])
     header = ["attack", "threat model", "the attacker knows", "it changes", "ε", "absolute budget per row"]
+    validation = ("the validation posts are poisoned too (poison_valid), so early stopping sees poisoned data"
+                  if poison_valid else "validation posts stay clean, so early stopping sees clean data (poison_valid = "
+                  "false; `--poison-valid` poisons them too)")
     note = ("Evasion attacks perturb the test posts' embedding rows after training; poisoning attacks change training "
-            "posts and the model is retrained (validation posts stay clean, so early stopping sees clean data). The "
-            "absolute budget is ε × the mean row norm of each table, per trained model (range over models).")
+            f"posts and the model is retrained ({validation}). The absolute budget is ε × the mean row norm of each "
+            "table, per trained model (range over models).")
     return ReportTable(name, "Threat models: what each attack assumes", header, rows, note)
 
 

@@ -8,6 +8,7 @@ data with the same configuration and seed, and are evaluated on the clean test p
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from robustag.errors import RobustagError
 from robustag.evaluation import (CUTOFFS, Evaluation, contains, evaluate, evaluate_model, metrics_from_hits, post_tensors,
                                  rank_tags, relevance_keys)
 from robustag.models import EmbeddingModel
-from robustag.preprocess import Posts, TagSplit
+from robustag.preprocess import Posts, TagSplit, replace_train
 from robustag.training import TrainConfig, train
 
 @dataclass
@@ -207,10 +208,22 @@ def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation
     return evaluate(score_fn, split.test, split.n_tags, device)
 
 
-def poison(split: TagSplit, attack: DataAttack, config: TrainConfig, device, new_regime=None, on_epoch=None):
+def poisoned_split(split: TagSplit, attack: DataAttack, seed: int, poison_valid: bool = False) -> TagSplit:
+    """The split with its training posts poisoned, and with `poison_valid` its validation posts
+    too (the same attack on them alone, with another seed; fake users keep the same ids, as
+    they are numbered from the clean split's users either way)."""
+    poisoned = attack.poison(split, seed=seed)
+    if not poison_valid or len(split.valid) == 0:
+        return poisoned
+    valid = attack.poison(replace_train(split, split.valid), seed=seed + 1).train
+    return dataclasses.replace(poisoned, valid=valid)
+
+
+def poison(split: TagSplit, attack: DataAttack, config: TrainConfig, device, new_regime=None, on_epoch=None,
+           poison_valid: bool = False):
     """Retrain on the poisoned training posts (with a fresh instance of the same defense);
     returns the poisoned split and the new model."""
-    poisoned = attack.poison(split, seed=config.seed)
+    poisoned = poisoned_split(split, attack, config.seed, poison_valid)
     regime = new_regime() if new_regime else None
     return poisoned, train(poisoned, config, device, regime=regime, on_epoch=on_epoch).model
 
@@ -281,7 +294,8 @@ def _worst_case(clean: Evaluation, evasions: list[AttackOutcome]) -> dict[str, f
 
 
 def run_attack(
-    attack, model, split: TagSplit, config: TrainConfig, device, clean: Evaluation, new_regime=None, on_epoch=None
+    attack, model, split: TagSplit, config: TrainConfig, device, clean: Evaluation, new_regime=None, on_epoch=None,
+    poison_valid: bool = False,
 ) -> AttackOutcome:
     """One attack against one trained model: evasion on the embeddings, or poison and retrain
     (`new_regime()` makes the training regime, i.e. the defense, for the retraining)."""
@@ -292,7 +306,7 @@ def run_attack(
         threat = None if attack.is_bound else (attack.eps, attack.norm, attack.targets)
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
                              extra, threat)
-    poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch)
+    poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch, poison_valid)
     evaluation = evaluate_model(retrained, split.test, split.n_tags, device)
     extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation)}
     return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started, extra)

@@ -9,6 +9,7 @@ read from a TOML file and/or CLI flags, with parameter sweeps written as lists.
     eps = [0.05, 0.1]                                  # every evasion attack at each budget
     seeds = 3                                          # 0, 1, 2 (or a list)
     reference = "plain"                                # the defense the tests compare against
+    poison_valid = false                               # poisoning changes validation posts too?
     [params]                                           # model/training options, lists sweep
     epochs = 30
     dim = [64, 128]
@@ -30,7 +31,7 @@ from robustag.plugins import _split_top_level, parse_spec
 from robustag.training import SHARED_OPTIONS
 
 SPEC_KEYS = ("name", "datasets", "models", "defenses", "attacks", "eps", "seeds", "reference", "params",
-             "p_core", "split_seed", "include", "published")
+             "p_core", "split_seed", "include", "published", "poison_valid")
 
 
 @dataclass
@@ -49,6 +50,9 @@ class BenchSpec:
     params: dict[str, Any] = field(default_factory=dict)
     p_core: int = 10
     split_seed: int = 0
+    # poisoning attacks change the validation posts too (early stopping then sees poisoned data);
+    # by default they change the training posts only and early stopping sees clean validation posts
+    poison_valid: bool = False
     # published figures to show beside ours: "dataset/model/defense" -> {"f1@3": 0.22, ...}
     published: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -141,6 +145,10 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
         if bad:
             raise RobustagError(f"spec {where}: [params] has unknown option {bad[0]!r}; known: {', '.join(sorted(allowed))}")
         spec.params = dict(raw["params"])
+    if "poison_valid" in raw:
+        if not isinstance(raw["poison_valid"], bool):
+            raise RobustagError(f"spec {where}: poison_valid must be true or false, got {raw['poison_valid']!r}")
+        spec.poison_valid = raw["poison_valid"]
     for key in ("reference", "p_core", "split_seed", "published"):
         if key in raw:
             setattr(spec, key, raw[key])

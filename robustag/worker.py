@@ -20,7 +20,7 @@ from robustag.evaluation import evaluate_model
 from robustag.models import MODELS
 from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
-from robustag.robustness import evade, evasion_figures, promotion_figures
+from robustag.robustness import evade, evasion_figures, poisoned_split, promotion_figures
 from robustag.training import train
 
 EventFn = Callable[[str, dict], None]
@@ -50,7 +50,8 @@ def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: Even
     warnings: list[str] = []
     try:
         split = load_split(task.dataset, Path(setup.data_dir), task.options)
-        train_split = ATTACKS.create(task.poison).poison(split, seed=task.config.seed) if task.poison else split
+        train_split = (poisoned_split(split, ATTACKS.create(task.poison), task.config.seed, task.poison_valid)
+                       if task.poison else split)
         model, history, train_seconds = _trained_model(task, train_split, setup, torch_device, emit, warnings)
     except Exception:  # the whole unit failed: every cell carries the traceback
         error = traceback.format_exc()

@@ -368,3 +368,19 @@ def test_sanity_checks_pass_a_sound_attack_and_fail_loudly_on_a_weak_one(moviele
     rt.load_plugins([lazy])
     verdicts = {c["check"]: c["passed"] for c in sanity_checks(model, split, "lazy-check:eps=0.1", CPU)}
     assert verdicts["beats random noise"] is False and verdicts["large ε breaks the model"] is False
+
+
+def test_poison_valid_poisons_the_validation_posts_too_and_is_its_own_unit(movielens):
+    from robustag.planning import plan
+    from robustag.robustness import poisoned_split
+    from robustag.spec import BenchSpec
+
+    split, _ = movielens
+    attack = ATTACKS.create("tag-replace-20")
+    train_only, both = poisoned_split(split, attack, 0), poisoned_split(split, attack, 0, poison_valid=True)
+    assert np.array_equal(train_only.valid.tag_indices, split.valid.tag_indices)
+    changed = (both.valid.tag_indices != split.valid.tag_indices).mean()
+    assert 0.1 < changed < 0.3 and np.array_equal(both.train.tag_indices, train_only.train.tag_indices)
+    assert np.array_equal(both.test.tag_indices, split.test.tag_indices)
+    keys = {flag: set(plan([BenchSpec(attacks=["fgsm", "tag-replace-20"], poison_valid=flag)]).units) for flag in (False, True)}
+    assert len(keys[True] - keys[False]) == 1 and len(keys[True] & keys[False]) == 1  # only the poisoned unit moves

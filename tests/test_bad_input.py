@@ -108,3 +108,14 @@ def test_an_unknown_model_lists_the_known_ones():
 def test_bad_device_is_rejected():
     with pytest.raises(ParameterError, match="^device: expected auto, cpu, cuda or cuda:N, got 'tpu'"):
         resolve_device("tpu")
+
+
+def test_spec_poison_valid_must_be_a_boolean(tmp_path):
+    from robustag.spec import load_specs
+
+    path = tmp_path / "spec.toml"
+    path.write_text('name = "x"\npoison_valid = "yes"\n')
+    with pytest.raises(RobustagError, match=r"spec .*spec.toml: poison_valid must be true or false, got 'yes'"):
+        load_specs(path)
+    path.write_text('name = "x"\npoison_valid = true\n')
+    assert load_specs(path)[0].poison_valid is True

@@ -128,3 +128,22 @@ def test_real_ten_core_split(name, real_data_dir):
         assert np.bincount(ids).min() >= 10
     assert stats["test_posts"] == len(np.unique(split.test.users)) > 0.9 * stats["users"]
     assert stats["assignments"] == len(users)
+
+
+def test_synthetic_data_is_reproducible_power_law_and_checked(tmp_path):
+    from robustag.errors import RobustagError
+    from robustag.preprocess import SplitOptions, load_split
+    from robustag.synthetic import synthetic_assignments
+
+    name = "synthetic:users=400,items=800,tags=200,posts=8000,seed=3"
+    first, second = synthetic_assignments(name), synthetic_assignments(name)
+    assert all(np.array_equal(getattr(first, f), getattr(second, f)) for f in ("users", "items", "tags"))
+    assert not np.array_equal(first.tags, synthetic_assignments(name.replace("seed=3", "seed=4")).tags)
+    activity = np.sort(np.bincount(first.users))[::-1]
+    assert activity[0] > 20 * np.median(activity)  # a few very active users, most rare: a power law
+    split = load_split(name, tmp_path, SplitOptions(p_core=5))
+    assert 0 < split.n_tags <= 200 and len(split.test) > 0
+    for bad, message in (("synthetic:users=0", "users=0 must be ≥ 1"), ("synthetic:posts=many", "is not a whole number"),
+                         ("synthetic:colour=1", "expected key=value with keys users, items, tags, posts, seed")):
+        with pytest.raises(RobustagError, match=message):
+            load_split(bad, tmp_path)

@@ -1,0 +1,102 @@
+"""Equal tuning budgets: search each defense's declared parameters on validation NDCG@3.
+
+A comparison in which only the reference was tuned favours it. `robustag tune` gives every
+defense of a spec the same budget: its parameters (and its attack's) are given as sweeps,
+
+    robustag tune --datasets movielens --budget 8 \\
+        --defenses "plain,aml:eps=[0.05,0.1,0.2],beta=[0.5,1,2],spaml-s:lambda=[0.5,1,2],mu=[1.05,1.1,1.2]"
+
+and at most `budget` configurations of each defense are trained: all of them when the sweep
+has no more, else a seeded random subset (random search, Bergstra & Bengio 2012, which at
+equal budget does as well as a grid when few parameters matter). Every trial is a unit of an
+ordinary bench in the run folder (resumable; stored with its per-epoch history in
+results.sqlite); its score is its best validation NDCG@3, the epoch early stopping keeps.
+Test posts are never looked at. The best configuration of each defense is written as a spec
+(`RUN/tuned-DATASET-MODEL.toml`) to run with more seeds. The model's own training options
+([params]) stay fixed: they were tuned once for `plain` (`robustag.training` defaults).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from robustag.errors import ParameterError
+from robustag.spec import BenchSpec, expand_sweep
+
+SCORE = "valid_ndcg@3"
+
+
+@dataclass
+class Tuned:
+    """What `robustag.tune` returns: every trial with its validation score, the best of each
+    defense, and the spec files written."""
+
+    folder: Path
+    trials: pd.DataFrame
+    best: pd.DataFrame
+    specs: list[Path]
+
+
+def trial_specs(specs: list[BenchSpec], budget: int, seed: int = 0) -> list[BenchSpec]:
+    """Each spec with every defense's sweep cut to at most `budget` configurations (a seeded
+    random subset, in sweep order), no attack and one seed (the spec's first)."""
+    if budget < 1:
+        raise ParameterError("budget", "must be ≥ 1", budget)
+    rng = np.random.default_rng(seed)
+    trials = []
+    for spec in specs:
+        swept = sorted(k for k, v in spec.params.items() if isinstance(v, list))
+        if swept:
+            raise ParameterError("params", f"tune searches defense parameters; give the model option {swept[0]!r} "
+                                           "one value (the models' training options are tuned for plain already)")
+        configurations = []
+        for defense in spec.defenses:
+            expanded = expand_sweep(defense)
+            if len(expanded) > budget:
+                expanded = [expanded[k] for k in sorted(rng.choice(len(expanded), budget, replace=False))]
+            configurations += expanded
+        trials.append(replace(spec, defenses=configurations, attacks=[], eps=None, seeds=spec.seeds[:1]))
+    return trials
+
+
+def trial_scores(cells: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained trial: its configuration, best validation NDCG@3 and epochs run."""
+    clean = cells[cells["attack_name"] == "clean"]
+    per_unit = histories.groupby("unit").agg(**{SCORE: (SCORE, "max"), "epochs": ("epoch", "max")})
+    columns = ["spec", "dataset", "model", "params", "defense_name", "defense", "seed", "unit"]
+    return clean[[c for c in columns if c in clean]].merge(per_unit, left_on="unit", right_index=True)
+
+
+def best_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trial with the best validation NDCG@3 of each data set, model and defense (the first
+    in sweep order on ties)."""
+    keys = ["dataset", "model", "params", "defense_name"]
+    return trials.loc[trials.groupby(keys, sort=False)[SCORE].idxmax()].reset_index(drop=True)
+
+
+def write_specs(folder: Path, specs: list[BenchSpec], best: pd.DataFrame, budget: int) -> list[Path]:
+    """One spec per data set and model: the best configuration of every defense."""
+    written = []
+    for (dataset, model), group in best.groupby(["dataset", "model"], sort=False):
+        source = next(s for s in specs if dataset in s.datasets and model in s.models)
+        path = Path(folder) / f"tuned-{_slug(dataset)}-{_slug(model)}.toml"
+        scores = ", ".join(f"{d} {v:.4f}" for d, v in zip(group["defense_name"], group[SCORE]))
+        lines = [f"# robustag tune: each defense's best of at most {budget} configurations on validation NDCG@3",
+                 f"# (seed {source.seeds[0]}; best scores: {scores}). Run it with more seeds.",
+                 f'name = "{source.name}-tuned"', f"datasets = {json.dumps([dataset])}", f"models = {json.dumps([model])}",
+                 f"defenses = {json.dumps(list(group['defense']))}", "attacks = []", "seeds = 5",
+                 f'reference = "{source.reference}"', f"p_core = {source.p_core}", f"split_seed = {source.split_seed}"]
+        if source.params:
+            lines += ["[params]", *(f"{k} = {json.dumps(v)}" for k, v in source.params.items())]
+        path.write_text("\n".join(lines) + "\n")
+        written.append(path)
+    return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)

@@ -1,0 +1,57 @@
+"""`robustag tune`: equal budgets per defense on validation NDCG@3, every trial in the store,
+the best written as a spec that loads; end to end through the CLI on both data sets."""
+
+import pandas as pd
+import pytest
+
+import robustag as rt
+from robustag.errors import ParameterError
+from robustag.spec import BenchSpec, load_specs
+from robustag.store import ResultStore
+from robustag.tuning import trial_specs
+
+from conftest import run_main
+
+
+def test_each_defense_gets_at_most_its_budget_of_a_seeded_subset():
+    spec = BenchSpec(defenses=["plain", "aml:eps=[0.05,0.1,0.2],beta=[0.5,1]", "spaml-s:lambda=[0.5,1]"],
+                     attacks=["pgd"], seeds=[3, 4])
+    (trials,) = trial_specs([spec], budget=4, seed=1)
+    names = [d.split(":")[0] for d in trials.defenses]
+    assert names.count("plain") == 1 and names.count("aml") == 4 and names.count("spaml-s") == 2
+    assert trials.attacks == [] and trials.seeds == [3]  # no attack, the first seed: test posts never looked at
+    assert trial_specs([spec], budget=4, seed=1)[0].defenses == trials.defenses  # seeded
+    assert trial_specs([spec], budget=4, seed=2)[0].defenses != trials.defenses
+    with pytest.raises(ParameterError, match="give the model option 'dim' one value"):
+        trial_specs([BenchSpec(params={"dim": [16, 32]})], budget=2)
+    with pytest.raises(ParameterError, match="budget"):
+        trial_specs([spec], budget=0)
+
+
+def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_data_dir):
+    tuned = rt.tune(datasets=["movielens"], defenses=["plain", "aml:beta=[0.25,1,4]"], budget=2, epochs=3,
+                    out=tmp_path / "tune", data_dir=real_data_dir, device="cpu")
+    assert len(tuned.trials) == 3 and set(tuned.trials["defense_name"]) == {"plain", "aml"}
+    store = ResultStore.existing(tmp_path / "tune")
+    histories = store.histories()
+    store.close()
+    for _, trial in tuned.trials.iterrows():  # the score is the stored history's best validation NDCG@3
+        assert trial["valid_ndcg@3"] == pytest.approx(histories[histories["unit"] == trial["unit"]]["valid_ndcg@3"].max())
+    aml = tuned.trials[tuned.trials["defense_name"] == "aml"]
+    best_aml = tuned.best.set_index("defense_name").loc["aml"]
+    assert best_aml["valid_ndcg@3"] == aml["valid_ndcg@3"].max()
+    (path,) = tuned.specs
+    (spec,) = load_specs(path)
+    assert spec.datasets == ["movielens"] and spec.defenses == list(tuned.best["defense"]) and spec.seeds == list(range(5))
+
+
+def test_tune_runs_end_to_end_on_both_data_sets(tmp_path, real_data_dir, capsys):
+    run_main("tune", "--datasets", "movielens,lastfm", "--defenses", "plain,spaml-s:lambda=[0.5,2]", "--budget", "1",
+             "--epochs", "1", "--out", tmp_path / "tune", "--data-dir", real_data_dir, "--device", "cpu")
+    printed = capsys.readouterr().out
+    assert "Tuning trials: 4" in printed and printed.count("★") == 1 + 4  # the title, and each best trial
+    for dataset in ("movielens", "lastfm"):
+        (spec,) = load_specs(tmp_path / "tune" / f"tuned-{dataset}-metric.toml")
+        assert [d.split(":")[0] for d in spec.defenses] == ["plain", "spaml-s"]
+    cells = pd.read_sql_query("SELECT dataset, attack FROM cells", ResultStore.existing(tmp_path / "tune").connection)
+    assert len(cells) == 4 and cells["attack"].isna().all()

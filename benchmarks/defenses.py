@@ -19,7 +19,7 @@ from robustag.preprocess import load_split
 from robustag.robustness import evade
 from robustag.training import default_config, resolve_device, train
 
-DEFENSE_SPECS = ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb")
+DEFENSE_SPECS = ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb", "certified", "rank-adv")
 
 
 def defense_rows(split, dataset: str, config, device, attack: str, compile: bool = False) -> list[dict]:

@@ -34,3 +34,18 @@ def test_self_paced_admission_is_split_between_replaced_and_intact_triples(plant
 def test_tracing_refuses_a_defense_without_self_paced_weights():
     with pytest.raises(SystemExit, match="aml: not a self-paced defense"):
         tracing("aml", torch.zeros(0, dtype=torch.long), 1, 1)
+
+
+def test_every_figure_the_readme_quotes_from_the_robust_training_report_is_in_its_tables():
+    """The README's section on the positive control quotes only what the committed report's
+    CSV tables hold (each number with 3 or more decimals, with its sign where it has one)."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("## Defenses that answer the evaluated threat"):readme.index("## Statistics and reports")]
+    tables = " ".join(p.read_text() for p in (repo / "reports" / "robust-training").rglob("*.csv"))
+    quoted = re.findall(r"[+-]?\d+\.\d{3,}", section)
+    assert len(quoted) >= 15
+    missing = [number for number in quoted if number not in tables]
+    assert not missing, f"quoted in README.md but in no table of reports/robust-training: {missing}"

@@ -1,0 +1,70 @@
+"""robustag's eager training epoch against a plain PyTorch loop doing the same work, side by
+side in one process: the metric model (d = 128, K = 16, margin 0.75, unit-ball clipping),
+Adam, batches of 1,024 on LastFM 10-core. The plain loop draws negatives uniformly from all
+tags (no rejection of a post's own tags) and validates nothing; robustag's figure is its
+training steps only (validation apart), as in every benchmark here.
+
+    python benchmarks/plain_loop.py [--dataset lastfm] [--epochs 3] --out FILE.json
+
+Numbers are measurements, never test assertions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from common import dataset_run, environment, record, write
+
+from robustag.training import default_config, train
+
+DIM, NEGATIVES, BATCH, MARGIN, LR = 128, 16, 1024, 0.75, 0.002
+
+
+def plain_loop_epochs(split, epochs: int, device) -> list[float]:
+    torch.manual_seed(0)
+    tables = [torch.nn.Embedding(n, DIM).to(device) for n in (split.n_users, split.n_items, split.n_tags)]
+    for table in tables:
+        torch.nn.init.normal_(table.weight, std=DIM ** -0.5)
+    user_table, item_table, tag_table = tables
+    optimizer = torch.optim.Adam([t.weight for t in tables], lr=LR)
+    users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for index in torch.randperm(len(users), device=device).split(BATCH):
+            u, i = user_table(users[index]), item_table(items[index])
+            positive, negative = tag_table(tags[index]).unsqueeze(1), tag_table(torch.randint(split.n_tags, (len(index), NEGATIVES), device=device))
+            both = u + i
+            const = u.pow(2).sum(1, keepdim=True) + i.pow(2).sum(1, keepdim=True)
+            score = lambda t: 2 * (t * both.unsqueeze(1)).sum(-1) - 2 * t.pow(2).sum(-1) - const
+            loss = F.relu(MARGIN - score(positive) + score(negative)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for table in tables:
+                    table.weight.renorm_(2, 0, 1.0)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def main() -> None:
+    args, device, split = dataset_run(__doc__, epochs=3)
+    rows = []
+    plain = plain_loop_epochs(split, args.epochs, device)
+    record(rows, {"what": "plain PyTorch loop", "epoch_s": statistics.median(plain), "epochs_s": plain})
+    config = default_config("metric", dim=DIM, negatives=NEGATIVES, batch_size=BATCH, margin=MARGIN, lr=LR,
+                            epochs=args.epochs, patience=args.epochs)
+    history = train(split, config, device, compile=args.compile).history
+    epochs = [r["seconds"] for r in history]
+    record(rows, {"what": "robustag train" + (" --compile" if args.compile else " (eager)"), "epoch_s": statistics.median(epochs),
+                  "epochs_s": epochs})
+    write(args.out, {"dataset": args.dataset, "environment": environment(device, args.compile), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -30,8 +30,7 @@ class Certified(Defense):
             raise PluginError(f"certified: model {type(model).__name__} declares no linear score directions "
                               "(score_directions); its worst case has no closed form")
         embeddings = model.embed(batch)
-        positive = model.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
-        negative = model.score_tags(embeddings.user, embeddings.item, embeddings.negative)
+        positive, negative = model.pair_scores(embeddings)
         clean = model.pair_loss(positive, negative).mean() + model.penalty(embeddings)  # model.clean_loss, scores kept
         radius = {t: row_budget(model.tables()[t].weight, self.eps, self.norm) for t in self.targets.split("+")}
         worst = model.pair_loss(positive, negative + worst_case_shift(model, embeddings, radius, self.norm)).mean()

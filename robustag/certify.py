@@ -145,6 +145,5 @@ def _pair_dual_distances(negative: torch.Tensor, positive: torch.Tensor, norm: s
 
 def worst_case_pair_losses(model, embeddings, radius: dict[str, torch.Tensor], norm: str = "l2") -> torch.Tensor:
     """(B, K): each pair loss at its exact worst case (see `worst_case_shift`)."""
-    positive = model.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
-    negative = model.score_tags(embeddings.user, embeddings.item, embeddings.negative)
+    positive, negative = model.pair_scores(embeddings)
     return model.pair_loss(positive, negative + worst_case_shift(model, embeddings, radius, norm))

@@ -381,11 +381,19 @@ def attacks_list(plugin: Optional[list[Path]] = PluginOption):
     """Every attack with its threat surface and parameters."""
     _load_plugins(plugin)
     extra = lambda cls: {"surface": cls.surface, "trainable": "yes" if cls.trainable else "no",
-                         "test labels": "" if cls.surface != "embedding" else "known" if cls.knows_labels else "not known"}
+                         "threat model": _threat_model(cls)}
     table = _plugin_table("attacks", ATTACKS, extra)
     for name, spec in ATTACKS.presets().items():
-        table.add_row(name, ATTACKS.resolve(spec)[0].surface, "", "", f"preset: {spec}", "built-in preset")
+        cls = ATTACKS.resolve(spec)[0]
+        table.add_row(name, cls.surface, "", _threat_model(cls), f"preset: {spec}", "built-in preset")
     _stdout().print(table)
+
+
+def _threat_model(cls) -> str:
+    """What an attack assumes, as the reports' threat table names it."""
+    if cls.surface != "embedding":
+        return "poisoning"
+    return "certified bound" if cls.is_bound else cls.threat_model
 
 
 @models_app.command("list")

@@ -123,6 +123,10 @@ def test_attacks_list_shows_surfaces_and_parameters():
     for name in ("fgsm", "pgd", "mim", "freelb", "tag-replace", "tag-promote", "tag-replace-20"):
         assert name in result.output
     assert "embedding" in result.output and "data" in result.output and "step_size" in result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
+    for name, threat in (("pgd", "label-aware"), ("label-free", "label-free"), ("targeted", "targeted"),
+                         ("certified", "certified bound"), ("tag-replace-20", "poisoning")):
+        assert threat in rows[name], name
 
 
 def test_load_rejects_a_checkpoint_of_another_dataset(tmp_path, real_data_dir):

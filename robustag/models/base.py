@@ -107,11 +107,16 @@ class EmbeddingModel(nn.Module, TagRecommender):
     def after_step(self) -> None:
         """Called after each optimiser step (e.g. to project embeddings back into the unit ball)."""
 
+    def pair_scores(self, embeddings: BatchEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of the positive (B, 1) and of the negatives (B, K) of a batch, up to a term
+        shared by every tag of a row (which the pair loss of s+ − s− never sees); a model may
+        leave that term out to save work."""
+        positive = self.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
+        return positive, self.score_tags(embeddings.user, embeddings.item, embeddings.negative)
+
     def pair_losses(self, embeddings: BatchEmbeddings) -> torch.Tensor:
         """The (B, K) per-quadruple losses of a batch's (possibly perturbed) embeddings."""
-        positive = self.score_tags(embeddings.user, embeddings.item, embeddings.positive.unsqueeze(1))
-        negative = self.score_tags(embeddings.user, embeddings.item, embeddings.negative)
-        return self.pair_loss(positive, negative)
+        return self.pair_loss(*self.pair_scores(embeddings))
 
     def clean_loss(self, embeddings: BatchEmbeddings) -> torch.Tensor:
         """The model's own loss of a batch's embeddings: mean pair loss plus its penalty."""

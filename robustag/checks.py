@@ -10,11 +10,16 @@ Carlini et al. (2019, "On evaluating adversarial robustness"), each a pass or a 
 - `certificate below the attack`: for models with a certificate, no post's certified bound is
   above its attacked value (a violation would mean a bug in one or the other).
 
+A targeted attack is held to the same list on its own goal, the promotion@3 of its target
+(rising in ε, above random noise's, converged within 0.005, at least 0.95 at ε = 5).
+
 `robustag bench` runs them on the first seed of every spec, for each evasion attack and budget,
 and stores them beside the cell; every report shows them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +27,7 @@ import torch
 from robustag.attack import ATTACKS, EmbeddingAttack, random_start
 from robustag.certify import certifiable, certify
 from robustag.evaluation import evaluate_model
-from robustag.robustness import evade
+from robustag.robustness import evade, promotion_rate
 
 TOLERANCE = 1e-3  # NDCG@3 a random start may move between runs
 CONVERGED = 0.005  # most NDCG@3 that 50 more steps may still gain
@@ -43,35 +48,71 @@ class RandomDirections(EmbeddingAttack):
         return {k: v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12) * radius[k] for k, v in moved.items()}
 
 
+@dataclass(frozen=True)
+class Goal:
+    """What an attack's strength is measured by: NDCG@3 for the attacks that lower the metric
+    (lower: stronger), promotion@3 of the target for a targeted one (higher: stronger), and
+    where a very large budget must drive it."""
+
+    name: str
+    lower_is_stronger: bool
+    at_large_eps: float  # NDCG@3 at most this, or promotion@3 at least this, at ε = 5
+
+    def stronger(self, a: float, b: float, tolerance: float = 0.0) -> bool:
+        """Is `a` at least as strong as `b` (within `tolerance`)?"""
+        return a <= b + tolerance if self.lower_is_stronger else a >= b - tolerance
+
+    def beats(self, a: float, b: float) -> bool:
+        """Is `a` strictly stronger than `b`, or at the end of the scale (nothing left to gain)?"""
+        if self.lower_is_stronger:
+            return a < b or a == 0.0
+        return a > b or a == 1.0
+
+    def gap(self, weaker: float, stronger: float) -> float:
+        """How much strength `weaker` leaves on the table against `stronger`."""
+        return weaker - stronger if self.lower_is_stronger else stronger - weaker
+
+
+NDCG = Goal("NDCG@3", lower_is_stronger=True, at_large_eps=BROKEN)
+PROMOTION = Goal("promotion@3", lower_is_stronger=False, at_large_eps=1 - BROKEN)
+
+
 def checkable(attack) -> bool:
-    """The checklist is about attacks that lower the metric: evasion attacks, not bounds, and
-    not a targeted attack (its goal is promotion; NDCG need not fall)."""
-    return isinstance(attack, EmbeddingAttack) and not attack.is_bound and attack.threat_model != "targeted"
+    """The checklist is about evasion attacks (not bounds); a targeted attack is checked on
+    how far it promotes its target, the others on how far they lower NDCG@3."""
+    return isinstance(attack, EmbeddingAttack) and not attack.is_bound
 
 
 def sanity_checks(model, split, spec: str, device) -> list[dict]:
     """The checks for the attack `spec` (at its ε) on `model`: rows of (check, passed, detail)."""
     attack = ATTACKS.create(spec)
+    goal = PROMOTION if attack.threat_model == "targeted" else NDCG
     at = lambda eps, **changes: evade(model, split, ATTACKS.create(spec, eps=eps, **changes), device)
-    ndcg = lambda evaluation: evaluation.summary()["ndcg@3"]
+
+    def measure(evaluation) -> float:
+        if goal is NDCG:
+            return evaluation.summary()["ndcg@3"]
+        return promotion_rate(evaluation, split.test, attack.target_tag(split), 3)
+
     rows = []
     as_run = at(attack.eps)  # the attack at its own budget and steps, evaluated once
-    series = [ndcg(at(attack.eps / 2)), ndcg(as_run), ndcg(at(attack.eps * 2))]
-    rows.append(_row("monotone in ε", all(b <= a + TOLERANCE for a, b in zip(series, series[1:])),
-                     f"NDCG@3 at ε/2, ε, 2ε: {', '.join(f'{v:.4f}' for v in series)}"))
-    noise = ndcg(evade(model, split, RandomDirections(eps=attack.eps, norm=attack.norm, targets=attack.targets), device))
-    clean = evaluate_model(model, split.test, split.n_tags, device).summary()["ndcg@3"]
-    rows.append(_row("beats random noise", series[1] < min(noise, clean) or series[1] == 0.0,  # finding nothing fails
-                     f"attack {series[1]:.4f}, random {noise:.4f}, clean {clean:.4f}"))
+    series = [measure(at(attack.eps / 2)), measure(as_run), measure(at(attack.eps * 2))]
+    rows.append(_row("monotone in ε", all(goal.stronger(b, a, TOLERANCE) for a, b in zip(series, series[1:])),
+                     f"{goal.name} at ε/2, ε, 2ε: {', '.join(f'{v:.4f}' for v in series)}"))
+    noise = measure(evade(model, split, RandomDirections(eps=attack.eps, norm=attack.norm, targets=attack.targets), device))
+    clean = measure(evaluate_model(model, split.test, split.n_tags, device))
+    baseline = min(noise, clean) if goal.lower_is_stronger else max(noise, clean)
+    rows.append(_row("beats random noise", goal.beats(series[1], baseline),  # finding nothing fails
+                     f"attack {series[1]:.4f}, random {noise:.4f}, clean {clean:.4f} ({goal.name})"))
     if "steps" in attack.params:
         counts = sorted({10, 50, 100, attack.steps})
-        steps = {k: series[1] if k == attack.steps else ndcg(at(attack.eps, steps=k)) for k in counts}
-        longest = max(counts)
-        rows.append(_row("converged", steps[attack.steps] - steps[longest] <= CONVERGED,
-                         f"NDCG@3 at {', '.join(f'{k}: {v:.4f}' for k, v in steps.items())} steps "
+        steps = {k: series[1] if k == attack.steps else measure(at(attack.eps, steps=k)) for k in counts}
+        rows.append(_row("converged", goal.gap(steps[attack.steps], steps[max(counts)]) <= CONVERGED,
+                         f"{goal.name} at {', '.join(f'{k}: {v:.4f}' for k, v in steps.items())} steps "
                          f"(as run: {attack.steps})"))
-    large = ndcg(at(5.0))
-    rows.append(_row("large ε breaks the model", large <= BROKEN, f"NDCG@3 at ε = 5: {large:.4f}"))
+    large = measure(at(5.0))
+    rows.append(_row("large ε breaks the model", goal.stronger(large, goal.at_large_eps),
+                     f"{goal.name} at ε = 5: {large:.4f}"))
     if certifiable(model) and "tag" not in attack.target_tables:
         bound = certify(model, split.test, split.n_tags, attack.eps, attack.norm, attack.targets, device)["ndcg@3"]
         above = int(np.sum(bound > as_run.per_post["ndcg@3"] + 1e-9))

@@ -534,8 +534,9 @@ def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> ReportTa
                      *["" if n not in marks else "✓" if marks[n] else "✗ FAILED" for n in names]])
     note = ("The gradient-masking checklist of Carlini et al. (2019) on the first seed: attacked NDCG@3 not rising from "
             "ε/2 to ε to 2ε; the attack below random directions of the same norm; converged (within 0.005 of the "
-            "same attack at 100 steps); NDCG@3 ≤ 0.05 at ε = 5; no post's certified bound above the attack. A ✗ means "
-            "the attack's figures may overstate robustness (or a bug): see the lines below the table.")
+            "same attack at 100 steps); NDCG@3 ≤ 0.05 at ε = 5; no post's certified bound above the attack. A targeted attack "
+            "is checked on its own goal, the promotion@3 of its target (rising in ε, above random noise, converged, ≥ 0.95 "
+            "at ε = 5). A ✗ means the attack's figures may overstate robustness (or a bug): see the lines below the table.")
     return ReportTable(name, "Sanity checks of the attacks", ["dataset", "model", "defense", "attack", *names], rows, note)
 
 

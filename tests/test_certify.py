@@ -204,10 +204,13 @@ def test_bench_reports_state_the_threats_check_the_attacks_and_bound_the_worst_c
         cells = run.cells(status="done").set_index("key")
         checks = run.checks()
     checked = cells.loc[checks["cell"].unique()]
-    assert set(checked["attack_name"]) == {"pgd", "auto"} and set(checked["seed"]) == {0}  # first seed; no bound, no target
+    assert set(checked["attack_name"]) == {"pgd", "auto", "targeted"} and set(checked["seed"]) == {0}  # first seed, no bound
     by_attack = checks.assign(attack=checks["cell"].map(cells["attack_name"])).set_index(["attack", "check"])["passed"]
     assert not by_attack[("pgd", "converged")] and by_attack[("auto", "converged")]  # PGD-10 is not converged
     assert by_attack[("pgd", "certificate below the attack")] and by_attack[("auto", "beats random noise")]
+    targeted = checks[checks["cell"].map(cells["attack_name"]) == "targeted"].set_index("check")
+    assert targeted["passed"][["monotone in ε", "beats random noise", "large ε breaks the model"]].all()
+    assert targeted.loc["monotone in ε", "detail"].startswith("promotion@3 at ε/2, ε, 2ε")  # judged on its own goal
     folder = tmp_path / "run" / "report"
     assert "FAILED sanity check: pgd ε=0.1 on movielens metric (d=128) plain: converged" in (folder / "report.md").read_text()
     threats = pd.read_csv(folder / "default-threats.csv").set_index("attack")

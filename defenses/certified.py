@@ -10,7 +10,7 @@ mean row norm), so it trains against the threat that `auto` and the certificate 
 """
 
 from robustag.attack import row_budget
-from robustag.certify import worst_case_shift
+from robustag.certify import certifiable, worst_case_shift
 from robustag.defense import Defense
 from robustag.plugins import Param, PluginError, non_negative
 
@@ -25,10 +25,12 @@ class Certified(Defense):
         "beta": Param(1.0, "weight β of the worst-case loss", **non_negative()),
     }
 
-    def loss(self, model, batch):
-        if model.score_directions(model.tag.weight[:1]) is None:
+    def begin_epoch(self, epoch, model):
+        if epoch == 0 and not certifiable(model):  # once, before the first step
             raise PluginError(f"certified: model {type(model).__name__} declares no linear score directions "
                               "(score_directions); its worst case has no closed form")
+
+    def loss(self, model, batch):
         embeddings = model.embed(batch)
         positive, negative = model.pair_scores(embeddings)
         clean = model.pair_loss(positive, negative).mean() + model.penalty(embeddings)  # model.clean_loss, scores kept

@@ -8,8 +8,6 @@ trains on its pair losses at those rows: L = L_model + β·Σ v_j ℓ_j(Δ*) / M
 are 1 (scheme none, as AML) or SPAML's self-paced ones (hard, linear, log, mixture) with its paces.
 """
 
-from robustag.attack import AttackContext
-from robustag.models import BatchEmbeddings
 from robustag.plugins import Param, PluginError
 from robustag.robustness import rank_temperature, smooth_gains
 from robustag.selfpaced import SCHEMES, SelfPacedDefense
@@ -27,17 +25,12 @@ class RankAdversarial(SelfPacedDefense):
         if "tag" in self.adversary.target_tables:
             raise PluginError(f"{self.name}: its adversary moves user and item rows only (targets={self.adversary.targets})")
 
-    def perturbation(self, model, embeddings, eps=None):
-        radius = self.field_budgets(model, self.adversary.eps if eps is None else eps)
-        base = {"user": embeddings.user.detach(), "item": embeddings.item.detach()}
-        positive, tags = embeddings.positive.detach().unsqueeze(1), model.tag.weight.detach()
+    def adversary_objective(self, model, base):
+        positive, tags = base["positive"].unsqueeze(1), model.tag.weight.detach()
 
         def objective(deltas):
             user, item = base["user"] + deltas.get("user", 0), base["item"] + deltas.get("item", 0)
             scores = model.score_all(user, item, tags)
             return -smooth_gains(scores, model.score_tags(user, item, positive), rank_temperature(scores))
 
-        deltas = self.adversary.checked_perturb(objective, {t: base[t].new_zeros(base[t].shape) for t in radius}, radius,
-                                                AttackContext(model, base))
-        zeros = {k: v.new_zeros(v.shape) for k, v in vars(embeddings).items()}
-        return BatchEmbeddings(**{**zeros, **deltas})
+        return objective

@@ -50,6 +50,11 @@ class Attack(Plugin):
     trainable: ClassVar[bool] = False  # may a defense use it to make adversarial samples?
     strength: ClassVar[str | None] = None  # the parameter that measures its strength (reports plot against it)
 
+    @classmethod
+    def threat_label(cls) -> str:
+        """What the attack assumes, as `attacks list` and the reports' threat table name it."""
+        return "poisoning"
+
     def check(self, split: TagSplit) -> None:
         """Parameters that only make sense for a given data set (a tag id, say) are checked
         here, before any training; raise PluginError naming the plugin."""
@@ -97,6 +102,10 @@ class EmbeddingAttack(Attack):
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),
         "targets": Param("user+item", "embeddings to perturb: user, item, tag joined by +"),
     }
+
+    @classmethod
+    def threat_label(cls) -> str:
+        return "certified bound" if cls.is_bound else cls.threat_model
 
     def validate(self) -> None:
         chosen = self.target_tables

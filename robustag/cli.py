@@ -381,19 +381,12 @@ def attacks_list(plugin: Optional[list[Path]] = PluginOption):
     """Every attack with its threat surface and parameters."""
     _load_plugins(plugin)
     extra = lambda cls: {"surface": cls.surface, "trainable": "yes" if cls.trainable else "no",
-                         "threat model": _threat_model(cls)}
+                         "threat model": cls.threat_label()}
     table = _plugin_table("attacks", ATTACKS, extra)
     for name, spec in ATTACKS.presets().items():
         cls = ATTACKS.resolve(spec)[0]
-        table.add_row(name, cls.surface, "", _threat_model(cls), f"preset: {spec}", "built-in preset")
+        table.add_row(name, cls.surface, "", cls.threat_label(), f"preset: {spec}", "built-in preset")
     _stdout().print(table)
-
-
-def _threat_model(cls) -> str:
-    """What an attack assumes, as the reports' threat table names it."""
-    if cls.surface != "embedding":
-        return "poisoning"
-    return "certified bound" if cls.is_bound else cls.threat_model
 
 
 @models_app.command("list")

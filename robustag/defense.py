@@ -94,14 +94,19 @@ class AdversarialDefense(Defense):
         """Δ* for a batch: the adversary maximises the per-triple training losses within budget."""
         radius = self.field_budgets(model, self.adversary.eps if eps is None else eps)
         base = {k: v.detach() for k, v in vars(embeddings).items()}
-
-        def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
-            moved = BatchEmbeddings(**{k: v + deltas[k] if k in deltas else v for k, v in base.items()})
-            return model.pair_losses(moved)
-
-        deltas = self.adversary.checked_perturb(objective, {f: torch.zeros_like(base[f]) for f in radius}, radius,
+        deltas = self.adversary.checked_perturb(self.adversary_objective(model, base),
+                                                {f: torch.zeros_like(base[f]) for f in radius}, radius,
                                                 AttackContext(model, base))
         return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
+
+    def adversary_objective(self, model: EmbeddingModel, base: dict[str, torch.Tensor]):
+        """What the adversary raises, given perturbations of `base` (a batch's detached rows,
+        keyed as `BatchEmbeddings`): by default the per-triple training losses."""
+
+        def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model.pair_losses(BatchEmbeddings(**{k: v + deltas[k] if k in deltas else v for k, v in base.items()}))
+
+        return objective
 
     def adversarial_losses(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> torch.Tensor:
         """ℓ_j(Δ*) for every quadruple of the batch, (B, K), differentiable in the parameters."""

@@ -121,10 +121,10 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
         section.tables += [worst] if worst.rows else []
         promoted = promotion_table(f"{slug}-promotion", attacked)
         section.tables += [promoted] if promoted.rows else []
-        checked = checks_table(f"{slug}-checks", store, cells)
+        checked, failures = checks_table(f"{slug}-checks", store, cells)
         if checked.rows:
             section.tables.append(checked)
-            section.text += failed_check_lines(store, cells)
+            section.text += failures
         section.figures += robustness_figures(clean, attacked, figures, slug)
     section.figures += training_figures(store, cells, figures, slug)
     section.figures += sensitivity_figures(clean, figures, slug)
@@ -485,9 +485,9 @@ def threat_table(name: str, cells: pd.DataFrame, poison_valid: bool = False) -> 
                          f"training posts ({first['strength_name']} = {first['strength']:g})"
                          if pd.notna(first["strength"]) else "training posts", "", ""])
             continue
-        bound = _is_bound(first["attack_name"])
-        threat = "certified bound" if bound else ATTACKS.declared(first["attack_name"], "threat_model", "label-aware")
-        knows = ("none: a guarantee over every perturbation in the budget" if bound
+        threat_label = ATTACKS.declared(first["attack_name"], "threat_label")  # None: a plugin not loaded here
+        threat = threat_label() if threat_label else "label-aware"
+        knows = ("none: a guarantee over every perturbation in the budget" if threat == "certified bound"
                  else KNOWS.get(threat, "declared by the plugin"))
         perturbs = f"{params.get('targets')} rows; {params.get('norm')} per row ≤ ε × the table's mean row norm"
         budgets = [f"{table} {group[column].min():.3g}–{group[column].max():.3g}"
@@ -517,12 +517,13 @@ def promotion_table(name: str, attacked: pd.DataFrame) -> ReportTable:
     return ReportTable(name, "Targeted attacks: promotion of a chosen tag", header, rows, note)
 
 
-def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> ReportTable:
-    """The stored sanity checks (`robustag.checks`, run on the first seed): ✓ or ✗ per check."""
+def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> tuple[ReportTable, list[str]]:
+    """The stored sanity checks (`robustag.checks`, run on the first seed): ✓ or ✗ per check,
+    and a loud line for each failure, to print under the table."""
     checks = store.checks()
     checks = checks[checks["cell"].isin(cells["key"])]
     if checks.empty:
-        return ReportTable(name, "", [], [])
+        return ReportTable(name, "", [], []), []
     names = list(dict.fromkeys(checks["check"]))
     by_cell = cells.set_index("key")
     labels = attack_labels(by_cell)
@@ -532,23 +533,15 @@ def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> ReportTa
         row = by_cell.loc[cell]
         rows.append([*_label(row), f"{labels[cell]} (seed {row['seed']})",
                      *["" if n not in marks else "✓" if marks[n] else "✗ FAILED" for n in names]])
+    failures = [f"FAILED sanity check: {labels[row['cell']]} on {' '.join(_label(by_cell.loc[row['cell']]))}: "
+                f"{row['check']} ({row['detail']})." for _, row in checks[~checks["passed"]].iterrows()]
     note = ("The gradient-masking checklist of Carlini et al. (2019) on the first seed: attacked NDCG@3 not rising from "
             "ε/2 to ε to 2ε; the attack below random directions of the same norm; converged (within 0.005 of the "
             "same attack at 100 steps); NDCG@3 ≤ 0.05 at ε = 5; no post's certified bound above the attack. A targeted attack "
             "is checked on its own goal, the promotion@3 of its target (rising in ε, above random noise, converged, ≥ 0.95 "
             "at ε = 5). A ✗ means the attack's figures may overstate robustness (or a bug): see the lines below the table.")
-    return ReportTable(name, "Sanity checks of the attacks", ["dataset", "model", "defense", "attack", *names], rows, note)
-
-
-def failed_check_lines(store: ResultStore, cells: pd.DataFrame) -> list[str]:
-    checks = store.checks()
-    failed = checks[checks["cell"].isin(cells["key"]) & ~checks["passed"]]
-    if failed.empty:
-        return []
-    by_cell = cells.set_index("key")
-    labels = attack_labels(by_cell)
-    return [f"FAILED sanity check: {labels[row['cell']]} on {' '.join(_label(by_cell.loc[row['cell']]))}: "
-            f"{row['check']} ({row['detail']})." for _, row in failed.iterrows()]
+    table = ReportTable(name, "Sanity checks of the attacks", ["dataset", "model", "defense", "attack", *names], rows, note)
+    return table, failures
 
 
 def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:

@@ -170,14 +170,13 @@ def own_top_objective(context: AttackContext, n: int):
 def promotion_objective(context: AttackContext, target: int, n: int):
     """Per post, the target tag's score minus the n-th best other tag's (a CW margin):
     positive once the target is in the top n; raising it promotes the target."""
-    device = context.base["user"].device
-    others = torch.ones(len(context.base["tag"]), dtype=torch.bool, device=device)
-    others[target] = False
+    is_target = torch.zeros(len(context.base["tag"]), dtype=torch.bool, device=context.base["user"].device)
+    is_target[target] = True
 
     def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
         moved = _moved(context.base, deltas)
         scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
-        nth_other = scores[:, others].topk(n, dim=1).values[:, -1]
+        nth_other = scores.masked_fill(is_target, float("-inf")).topk(n, dim=1).values[:, -1]  # as margin_objective
         return scores[:, target] - nth_other
 
     return objective

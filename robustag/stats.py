@@ -210,11 +210,12 @@ def _comparisons(store: ResultStore, table: pd.DataFrame, metric: str, reference
             if pairs[1][0] is None or pairs[1][1] is None:
                 continue
         seeds = sorted(set.intersection(*(set(r["cell_seeds"]) for pair in pairs for r in pair)))
-        ours, theirs = (seed_matrix(store, r, metric, seeds) for r in pairs[0])
+        matrices = [[seed_matrix(store, r, metric, seeds) for r in pair] for pair in pairs]  # each read once
+        ours, theirs = matrices[0]
         if len(pairs) > 1:
-            ours, theirs = ours - seed_matrix(store, pairs[1][0], metric, seeds), theirs - seed_matrix(store, pairs[1][1], metric, seeds)
+            ours, theirs = ours - matrices[1][0], theirs - matrices[1][1]
         method = crossed_test(ours - theirs)
-        level = float(seed_matrix(store, pairs[-1][1], metric, seeds).mean())  # the reference's clean level
+        level = float(matrices[-1][1].mean())  # the reference's clean level
         relative = {f"rel_{k}": method[k] / level if level else np.nan for k in ("diff", "ci_low", "ci_high")}
         identity = json.dumps([metric, [sorted(r["cells"]) for pair in pairs for r in pair]])
         rows.append({"id": identity, **{c: row[c] for c in [*CONTEXT, "defense", "eps"]}, "metric": metric, "seeds": len(seeds),

@@ -68,8 +68,8 @@ def trial_scores(cells: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     """One row per trained trial: its configuration, best validation NDCG@3 and epochs run."""
     clean = cells[cells["attack_name"] == "clean"]
     per_unit = histories.groupby("unit").agg(**{SCORE: (SCORE, "max"), "epochs": ("epoch", "max")})
-    columns = ["spec", "dataset", "model", "params", "defense_name", "defense", "seed", "unit"]
-    return clean[[c for c in columns if c in clean]].merge(per_unit, left_on="unit", right_index=True)
+    columns = ["dataset", "model", "params", "defense_name", "defense", "seed", "unit"]
+    return clean[columns].merge(per_unit, left_on="unit", right_index=True)
 
 
 def best_trials(trials: pd.DataFrame) -> pd.DataFrame:

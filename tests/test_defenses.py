@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES, Defense
 from robustag.evaluation import evaluate_model
-from robustag.models import Batch
 from robustag.plugins import PluginError, Registry
 from robustag.robustness import evade
 from robustag.selfpaced import quantile_pace, quantile_threshold, self_paced_weights
@@ -135,10 +134,9 @@ def test_bad_configurations_fail_before_training(spec, message):
 
 def test_certified_training_needs_a_model_with_linear_score_directions(planted):
     model = train(planted, default_config("metric", epochs=1, dim=8), CPU).model
-    batch = Batch(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.tensor([[1]]))
     model.score_directions = lambda tag_table: None
     with pytest.raises(PluginError, match="certified: model MetricModel declares no linear score directions"):
-        DEFENSES.create("certified").loss(model, batch)
+        DEFENSES.create("certified").begin_epoch(0, model)  # refused before the first training step
 
 
 def test_a_third_party_defense_loads_from_a_file(tmp_path, planted):

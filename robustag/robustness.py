@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robustag.allocator import keep_step_memory
 from robustag.attack import AttackContext, DataAttack, EmbeddingAttack, row_budget
 from robustag.errors import RobustagError
 from robustag.evaluation import (CUTOFFS, Evaluation, contains, evaluate, evaluate_model, metrics_from_hits, post_tensors,
@@ -198,6 +199,7 @@ def evasion_figures(attack, model, split: TagSplit, evaluation: Evaluation) -> d
 def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation:
     if not isinstance(model, EmbeddingModel):
         raise RobustagError(f"attack {attack.name}: perturbs embeddings, but model {model.name!r} has none")
+    keep_step_memory()
     model.eval()
     if attack.is_bound:  # the guarantee, per post; no ranking under a perturbation exists
         bound = attack.bound(model, split.test, split.n_tags, device)

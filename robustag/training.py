@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from robustag.allocator import keep_step_memory
 from robustag.errors import ParameterError
 from robustag.evaluation import evaluate_model
 from robustag.models import MODELS, Batch, EmbeddingModel, Model
@@ -188,6 +189,7 @@ def train(
     floating-point rounding, not bit for bit.
     """
     config.validate()
+    keep_step_memory()
     recipe = config.recipe()
     if not recipe.learned:
         return fit_untrained(recipe, split, config, device)

@@ -121,3 +121,31 @@ def test_negatives_are_uniform_over_each_posts_complement():
         assert all(counts[t] == 0 for t in own)
         free = [counts[t] for t in range(9) if t not in own]
         assert stats.chisquare(free).pvalue > 0.001  # uniform over the complement
+
+
+def test_the_allocator_keeps_step_memory_on_glibc_unless_the_user_set_it_and_results_do_not_change(planted):
+    """In a fresh process (the setting is per process) glibc takes both settings, and with the
+    user's own MALLOC_* variables there is nothing to set; training gives the same numbers either way."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator settings are glibc's")
+    code = ("import robustag.allocator as a, robustag.training as t, sys; "
+            "print(a.keep_step_memory(), a._applied)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split() == ["True", "True"]
+    mine = {**env, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    assert subprocess.run([sys.executable, "-c", code], env=mine, capture_output=True, text=True, check=True).stdout.split() == ["True", "True"]
+    import robustag.allocator as allocator
+
+    config = default_config("metric", dim=8, epochs=2, patience=2)
+    applied, allocator._applied = allocator._applied, True  # as if already applied: train leaves malloc as it is
+    try:
+        before = train(planted, config, torch.device("cpu")).history
+    finally:
+        allocator._applied = applied
+    assert allocator.keep_step_memory()
+    after = train(planted, config, torch.device("cpu")).history
+    assert [r["loss"] for r in before] == [r["loss"] for r in after]

@@ -16,13 +16,14 @@ def parser(doc: str) -> argparse.ArgumentParser:
     made = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     made.add_argument("--device", default="auto")
     made.add_argument("--out", type=Path)
-    made.add_argument("--compile", action="store_true", help="train with torch.compile (robustag train --compile)")
+    made.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                      help="train compiled or eager (default: robustag's, compiled where the compiler works)")
     return made
 
 
-def dataset_run(doc: str, epochs: int):
+def dataset_run(doc: str, epochs: int, add_options=None):
     """The options of a benchmark on one data set (--dataset, --epochs, --device, --compile,
-    --out): returns (args, device, split)."""
+    --out, and what `add_options(parser)` adds): returns (args, device, split)."""
     from robustag import paths
     from robustag.preprocess import load_split
     from robustag.training import resolve_device
@@ -30,6 +31,8 @@ def dataset_run(doc: str, epochs: int):
     options = parser(doc)
     options.add_argument("--dataset", default="lastfm")
     options.add_argument("--epochs", type=int, default=epochs)
+    if add_options:
+        add_options(options)
     args = options.parse_args()
     return args, resolve_device(args.device), load_split(args.dataset, paths.data_dir())
 
@@ -40,8 +43,11 @@ def record(rows: list[dict], row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def environment(device, compile: bool = False) -> dict:
-    return {"device": str(device), "compile": compile, "torch": torch.__version__, "threads": torch.get_num_threads(),
+def environment(device, compile: bool | None = None) -> dict:
+    """The machine and mode of a measurement (compile None: robustag's default, see compile_mode)."""
+    from robustag.training import compile_mode
+
+    return {"device": str(device), "compile": compile_mode(compile, device)[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
 
 

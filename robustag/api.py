@@ -18,6 +18,7 @@ Errors are `RobustagError`s whose message names the parameter, file or plugin at
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -79,6 +80,7 @@ class Trained:
     best_valid: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    compiled: bool = False  # whether training ran its losses compiled (results differ from eager by rounding)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -94,7 +96,7 @@ def make_defense(spec: str, model: str) -> Defense:
 
 
 def train(split: TagSplit, model: str = "metric", defense: str = "plain", seed: int = 0, device: str = "auto",
-          compile: bool = False, on_epoch: Callable[[dict], None] | None = None, **params) -> Trained:
+          compile: bool | None = None, on_epoch: Callable[[dict], None] | None = None, **params) -> Trained:
     """Train `model` under `defense` on the split's training posts (early stopping on its
     validation posts) and evaluate it on its test posts. `params` are training options
     (dim, lr, epochs, batch_size, negatives, margin, norm, reg, patience, mix); None keeps a default."""
@@ -102,10 +104,12 @@ def train(split: TagSplit, model: str = "metric", defense: str = "plain", seed: 
     regime = make_defense(defense, model)
     torch_device = resolve_device(device)
     result = fit(split, config, torch_device, regime=regime, on_epoch=on_epoch, compile=compile)
+    for note in result.notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
     started = time.perf_counter()
     evaluation = evaluate_model(result.model, split.test, split.n_tags, torch_device)
     return Trained(result.model, result.config, regime.spec, torch_device, evaluation, result.history,
-                   result.best_epoch, result.best_valid, result.train_seconds, time.perf_counter() - started)
+                   result.best_epoch, result.best_valid, result.train_seconds, time.perf_counter() - started, result.compiled)
 
 
 def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str = "plain") -> Trained:
@@ -196,7 +200,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
           defenses: list[str] | None = None, attacks: list[str] | None = None, seeds: int | list[int] | None = None,
           eps: list[float] | None = None, epochs: int | None = None, device: str = "auto", workers: int = 1,
           per_gpu: int = 1, executor: str = "local", address: str | None = None, plugins: Sequence[str | Path] = (),
-          retry_failed: bool = False, prune: bool = False, reference: str | None = None, compile: bool = False,
+          retry_failed: bool = False, prune: bool = False, reference: str | None = None, compile: bool | None = None,
           report: bool = True, poison_valid: bool | None = None, on_event: EventFn | None = None) -> Run:
     """Run a benchmark matrix resumably and return its `Run` (open: close it, or use `with`).
 
@@ -244,7 +248,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
 def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: str | Path | None = None, *,
          budget: int, seed: int = 0, data_dir: str | Path | None = None, datasets: list[str] | None = None,
          models: list[str] | None = None, defenses: list[str] | None = None, epochs: int | None = None,
-         device: str = "auto", workers: int = 1, plugins: Sequence[str | Path] = (), compile: bool = False,
+         device: str = "auto", workers: int = 1, plugins: Sequence[str | Path] = (), compile: bool | None = None,
          on_event: EventFn | None = None) -> tuning.Tuned:
     """Give every defense of the spec the same tuning budget on validation NDCG@3
     (`robustag.tuning`): at most `budget` configurations of each defense's sweep, trained as a

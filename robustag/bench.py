@@ -31,7 +31,7 @@ class RunSettings:
     address: str | None = None
     plugins: tuple[str, ...] = ()
     retry_failed: bool = False
-    compile: bool = False
+    compile: bool | None = None  # None: compiled where the compiler works (training.compile_mode)
 
     def worker_setup(self) -> WorkerSetup:
         return WorkerSetup(str(self.data_dir), str(self.out / "models"), self.plugins, None, self.compile)
@@ -70,7 +70,7 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
     (settings.out / "models").mkdir(parents=True, exist_ok=True)
 
     def store_unit(unit: UnitTask, result: dict, device: str) -> None:
-        store.write_unit(unit.key, result["results"], result["history"], run_info(unit, device, settings.compile))
+        store.write_unit(unit.key, result["results"], result["history"], run_info(device, result.get("compiled", False)))
         for message in result.get("warnings", []):
             on_event("warning", {"unit": unit.label, "message": message})
         failed = sum(r["status"] == "failed" for r in result["results"])

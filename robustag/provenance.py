@@ -9,13 +9,11 @@ from pathlib import Path
 import torch
 
 import robustag
-from robustag.models import MODELS
 
 
-def run_info(unit, device: str, compile: bool = False) -> dict:
+def run_info(device: str, compiled: bool = False) -> dict:
     """How a unit ran, stored with its cells; compiled training matches eager only to rounding
-    (popularity models train nothing, so nothing of theirs is compiled)."""
-    compiled = compile and MODELS.declared(unit.config.model, "learned", True)
+    (popularity models train nothing, so nothing of theirs is ever compiled)."""
     return {"device": f"{device}+compile" if compiled else device, "versions": versions(), "git": git_revision()}
 
 

@@ -8,6 +8,7 @@ gives the same numbers on CPU.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -169,6 +170,8 @@ class TrainResult:
     best_epoch: int | None = None
     best_valid: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    compiled: bool = False  # whether the losses ran compiled (the store records the mode)
+    notes: list[str] = field(default_factory=list)  # what a user should hear (a compile fallback)
 
 
 EpochCallback = Callable[[dict], None]
@@ -180,23 +183,59 @@ def train(
     device: torch.device,
     regime: TrainingRegime | None = None,
     on_epoch: EpochCallback | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> TrainResult:
     """Train the configured model on `split.train`; popularity baselines are fitted instead.
 
-    `compile=True` runs the model's per-pair losses through `torch.compile` (fused kernels for
-    the (B, K, d) products that dominate an epoch); results then match the eager ones to
-    floating-point rounding, not bit for bit.
+    Compiled by default (`compile=None`, see `compile_mode`): the model's per-pair losses run
+    through `torch.compile` (fused kernels for the (B, K, d) products that dominate an epoch);
+    results then match eager ones to floating-point rounding, not bit for bit.
     """
     config.validate()
     keep_step_memory()
     recipe = config.recipe()
     if not recipe.learned:
         return fit_untrained(recipe, split, config, device)
+    compiled, note = compile_mode(compile, device)
     torch.manual_seed(config.seed)
     model = build_model(split, config).to(device)
-    with compiled_losses(model, compile):
-        return _fit(model, split, config, device, regime or TrainingRegime(), on_epoch)
+    with compiled_losses(model, compiled):
+        result = _fit(model, split, config, device, regime or TrainingRegime(), on_epoch)
+    result.compiled, result.notes = compiled, [note] if note else []
+    return result
+
+
+COMPILE_VARIABLE = "ROBUSTAG_COMPILE"
+_compiler_problems: dict[str, str | None] = {}  # device type -> why torch.compile fails there (None: it works)
+_noted: set[str] = set()
+
+
+def compile_mode(requested: bool | None, device: torch.device) -> tuple[bool, str | None]:
+    """Whether training compiles, and the one-line note to give (once per process) when the
+    default wanted to but cannot. `requested` None is the default: compile unless
+    ROBUSTAG_COMPILE=0, and only where a tiny function compiles and runs on `device` (a C++
+    compiler on CPU, Triton on GPU); False never compiles; True compiles or fails loudly."""
+    if requested is not None:
+        return requested, None
+    if os.environ.get(COMPILE_VARIABLE, "1").strip().lower() in ("0", "off", "false", "no"):
+        return False, None
+    problem = compiler_problem(device)
+    if problem is None:
+        return True, None
+    note = None if device.type in _noted else f"torch.compile does not work on {device.type} here ({problem}); training eagerly"
+    _noted.add(device.type)
+    return False, note
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why `torch.compile` fails on this device type, or None; probed once per process."""
+    if device.type not in _compiler_problems:
+        try:
+            torch.compile(lambda x: (x * x).sum())(torch.ones(8, device=device))
+            _compiler_problems[device.type] = None
+        except Exception as error:  # any failure of the compiler stack means: train eagerly
+            _compiler_problems[device.type] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return _compiler_problems[device.type]
 
 
 @contextmanager
@@ -209,8 +248,9 @@ def compiled_losses(model: EmbeddingModel, enabled: bool):
     model.pair_losses = torch.compile(model.pair_losses)
     try:
         # FreeLB back-propagates each ascent step's loss twice (retain_graph), which buffers
-        # donated to the compiled backward would forbid.
-        with torch._functorch.config.patch(donated_buffer=False):
+        # donated to the compiled backward would forbid. A plugin model whose losses the
+        # compiler cannot take runs them eagerly instead of failing (torch logs why).
+        with torch._functorch.config.patch(donated_buffer=False), torch._dynamo.config.patch(suppress_errors=True):
             yield
     finally:
         del model.pair_losses

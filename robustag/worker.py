@@ -34,7 +34,7 @@ class WorkerSetup:
     model_dir: str
     plugins: tuple[str, ...] = ()
     threads: int | None = None
-    compile: bool = False
+    compile: bool | None = None
 
 
 def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> dict:
@@ -52,13 +52,13 @@ def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: Even
         split = load_split(task.dataset, Path(setup.data_dir), task.options)
         train_split = (poisoned_split(split, ATTACKS.create(task.poison), task.config.seed, task.poison_valid)
                        if task.poison else split)
-        model, history, train_seconds = _trained_model(task, train_split, setup, torch_device, emit, warnings)
+        model, history, train_seconds, compiled = _trained_model(task, train_split, setup, torch_device, emit, warnings)
     except Exception:  # the whole unit failed: every cell carries the traceback
         error = traceback.format_exc()
         return {"unit": task.key, "history": [], "warnings": warnings, "results": [
             {"key": c.key, "status": "failed", "error": error, "seconds": time.perf_counter() - started} for c in task.cells]}
     results = [_evaluate_cell(cell, task, model, split, torch_device, train_seconds, emit) for cell in task.cells]
-    return {"unit": task.key, "history": history, "warnings": warnings, "results": results}
+    return {"unit": task.key, "history": history, "warnings": warnings, "results": results, "compiled": compiled}
 
 
 def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, emit: EventFn, warnings: list[str]):
@@ -69,7 +69,7 @@ def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.devi
     if learned and path.is_file():
         try:
             model, _, extra = load_model(path, split, device, with_extra=True)
-            return model, extra.get("history", []), extra.get("train_seconds", 0.0)
+            return model, extra.get("history", []), extra.get("train_seconds", 0.0), extra.get("compiled", bool(setup.compile))  # a checkpoint older than the record: as asked
         except Exception as error:
             warnings.append(f"{task.label}: cached model {path} does not load ({error}); discarded, retraining")
             path.unlink(missing_ok=True)
@@ -78,8 +78,9 @@ def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.devi
                    on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
     if learned:
         save_model(path, result.model, result.config, split,
-                   extra={"history": result.history, "train_seconds": result.train_seconds})
-    return result.model, result.history, result.train_seconds
+                   extra={"history": result.history, "train_seconds": result.train_seconds, "compiled": result.compiled})
+    warnings += [f"{task.label}: {note}" for note in result.notes]
+    return result.model, result.history, result.train_seconds, result.compiled
 
 
 def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_seconds: float, emit: EventFn) -> dict:

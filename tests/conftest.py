@@ -13,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Tests and CI read the real data sets from ../shared/data unless told otherwise.
 os.environ.setdefault("ROBUSTAG_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# Training compiles by default; the suite trains hundreds of tiny models, for which the
+# compiler's warm-up costs more than it saves. The tests of the default path unset this.
+os.environ["ROBUSTAG_COMPILE"] = "0"
 
 
 def pytest_collection_modifyitems(items):

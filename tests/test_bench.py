@@ -318,9 +318,11 @@ def test_report_states_the_training_cost_of_each_defense(finished):
 
 
 @pytest.mark.needs_compiler
-def test_compiled_bench_says_so_and_matches_eager(planted_path, tmp_path):
+def test_a_bench_compiles_by_default_says_so_and_matches_eager(planted_path, tmp_path, monkeypatch):
     spec = small_spec(planted_path, models=["metric", "pop"], defenses=["plain", "aml"], attacks=["fgsm"], seeds=[0])
-    eager, compiled = run(spec, tmp_path / "eager"), run(spec, tmp_path / "compiled", compile=True)
+    eager = run(spec, tmp_path / "eager", compile=False)
+    monkeypatch.delenv("ROBUSTAG_COMPILE")  # the default, as a user gets it
+    compiled = run(spec, tmp_path / "compiled")
     assert set(eager.cells()["device"]) == {"cpu"}
     devices = compiled.cells().groupby("model")["device"].unique()
     assert list(devices["metric"]) == ["cpu+compile"] and list(devices["pop"]) == ["cpu"]  # pop has nothing to compile

@@ -90,6 +90,28 @@ def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(plant
     assert torch.equal(again.model.tag.weight, compiled.model.tag.weight)
 
 
+def test_without_a_working_compiler_the_default_trains_eagerly_with_one_note(planted, monkeypatch, recwarn):
+    import robustag as rt
+    from robustag import training
+
+    monkeypatch.delenv("ROBUSTAG_COMPILE")
+    monkeypatch.setattr(training, "_compiler_problems", {"cpu": "InvalidCxxCompiler: no working C++ compiler found"})
+    monkeypatch.setattr(training, "_noted", set())
+    config = default_config("metric", epochs=1, dim=8)
+    first, second = train(planted, config, CPU), train(planted, config, CPU)
+    assert not first.compiled and not second.compiled
+    assert first.notes == ["torch.compile does not work on cpu here (InvalidCxxCompiler: no working C++ compiler found); "
+                           "training eagerly"] and second.notes == []  # once per process
+    with pytest.raises(Exception):  # asked for explicitly, a broken compiler is an error, not a fallback
+        monkeypatch.setattr(torch, "compile", lambda fn: (_ for _ in ()).throw(RuntimeError("no compiler")))
+        train(planted, config, CPU, compile=True)
+    monkeypatch.setattr(training, "_noted", set())
+    trained = rt.train(planted, "metric", epochs=1, dim=8, device="cpu")  # the API passes the note on as a warning
+    assert not trained.compiled and [str(w.message) for w in recwarn] == [first.notes[0]]
+    monkeypatch.setenv("ROBUSTAG_COMPILE", "0")
+    assert training.compile_mode(None, CPU) == (False, None)  # turned off: nothing probed, nothing to say
+
+
 def test_popularity_ties_go_to_the_most_popular_tag():
     """A user whose own frequencies tie (0.5, 0.5) gets the globally more popular tag first,
     even where float32 would swallow the tie-break (0.5 + 1e-6·f == 0.5)."""

@@ -4,7 +4,7 @@ The public API (see `robustag.api`): `load_dataset`, `train`, `load`, `attack`, 
 `Run`, and the plugin registries `ATTACKS`, `DEFENSES` and `MODELS`.
 """
 
-__version__ = "0.2.2"
+__version__ = "0.2.3"
 
 from robustag.api import (Trained, attack, bench, build_attacks, load, load_dataset, load_plugins,  # noqa: E402
                           sanity_checks, train, tune)

@@ -128,6 +128,9 @@ def worst_case_shift(model, embeddings, radius: dict[str, torch.Tensor], norm: s
     (Danskin's theorem), as adversarial training needs; the budgets carry no gradient."""
     shift = embeddings.negative.new_zeros(embeddings.negative.shape[:2])
     positive, negative = model.score_directions(embeddings.positive.unsqueeze(1)), model.score_directions(embeddings.negative)
+    if negative[0] is negative[1] and positive[0] is positive[1]:  # one direction (the metric model): one distance
+        total = sum(radius[t] for t in ("user", "item") if t in radius)
+        return shift + total * _pair_dual_distances(negative[0], positive[0], norm)
     for k, table in enumerate(("user", "item")):
         if table in radius:
             shift = shift + radius[table] * _pair_dual_distances(negative[k], positive[k], norm)

@@ -96,7 +96,8 @@ class EmbeddingModel(nn.Module, TagRecommender):
     def score_directions(self, tag_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(a, b), each (..., d) for tag rows (..., d_tag): a model whose score is affine in the user and item rows,
         s_t(u + δu, i + δi) = s_t(u, i) + δu·a_t + δi·b_t + (terms the same for every tag),
-        declares them, and gets certified bounds (`robustag.certify`); None: no certificate."""
+        declares them, and gets certified bounds (`robustag.certify`); None: no certificate. Where
+        a and b are the same (metric, FM), return one tensor twice: distances are then formed once."""
         return None
 
     def penalty(self, embeddings: BatchEmbeddings) -> torch.Tensor:

@@ -52,7 +52,8 @@ class MetricModel(EmbeddingModel):
         return score(embeddings.positive.unsqueeze(1)), score(embeddings.negative)
 
     def score_directions(self, tag_table):
-        return 2 * tag_table, 2 * tag_table  # s_t = 2(u + i)·t − 2‖t‖² − ‖u‖² − ‖i‖²
+        both = 2 * tag_table  # s_t = 2(u + i)·t − 2‖t‖² − ‖u‖² − ‖i‖²: one direction for user and item,
+        return both, both  # returned as one tensor, so the certificate forms its distances once
 
     def penalty(self, embeddings: BatchEmbeddings):
         if self.norm != "reg" or self.reg == 0:

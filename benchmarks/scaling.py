@@ -1,5 +1,6 @@
 """How robustag's costs grow with the data: synthetic power-law data sets (`robustag.synthetic`)
-from 10^4 to 10^6 posts (1,000 tags) and from 10^3 to 10^5 tags (10^5 posts).
+from 10^4 to 10^6 posts (1,000 tags) and from 10^3 to 10^5 tags (10^5 posts); and the real
+data sets, the largest being MovieLens 10M's tags with a 5-core and with no p-core.
 
 Per size, in a fresh process (so that its peak resident memory is its own): building the split,
 one training epoch of the metric model (plain, d = 64, K = 16, batch 1,024), ranking every test
@@ -7,7 +8,7 @@ post, PGD-10 and `auto` (20 APGD steps per member; cost is linear in the steps) 
 sample of test posts, and the certificate on every test post; seconds, and seconds per 1,000
 posts where the work is per post; and the process's peak memory.
 
-    python benchmarks/scaling.py --out reports/benchmarks/scaling-cpu.json [--device auto]
+    python benchmarks/scaling.py --out reports/benchmarks/scaling-cpu.json [--device auto] [--axes posts,tags,real]
 
 Writes the JSON and a plot beside it (same name, .png). Numbers are measurements, never test
 assertions.
@@ -27,6 +28,7 @@ from common import environment, parser, write
 
 POSTS_AXIS = [(10_000, 1_000), (100_000, 1_000), (1_000_000, 1_000)]
 TAGS_AXIS = [(100_000, 1_000), (100_000, 10_000), (100_000, 100_000)]
+REAL_CASES = [("movielens", 10), ("lastfm", 10), ("ml10m", 5), ("ml10m", 1)]  # (data set, p-core)
 ATTACK_SAMPLE = 500  # test posts attacked (the attacks' cost per post does not depend on how many)
 
 
@@ -45,6 +47,7 @@ def measure(name: str, p_core: int, device_name: str) -> dict:
     import numpy as np
     import torch
 
+    from robustag import paths
     from robustag.attack import ATTACKS
     from robustag.certify import certify
     from robustag.evaluation import evaluate_model
@@ -53,9 +56,10 @@ def measure(name: str, p_core: int, device_name: str) -> dict:
     from robustag.training import default_config, resolve_device, train
 
     device = resolve_device(device_name)
-    split, split_seconds = timed(lambda: load_split(name, Path("."), SplitOptions(p_core=p_core), use_cache=False))
+    data_dir = Path(".") if name.startswith("synthetic:") else paths.data_dir()
+    split, split_seconds = timed(lambda: load_split(name, data_dir, SplitOptions(p_core=p_core), use_cache=False))
     config = default_config("metric", dim=64, epochs=1, seed=0)
-    result = train(split, config, device)
+    result = train(split, config, device, compile=False)  # one epoch: a compile's warm-up would be most of it
     model = result.model
     per_1000 = lambda seconds, n: seconds * 1000 / max(n, 1)
     _, evaluation_seconds = timed(lambda: evaluate_model(model, split.test, split.n_tags, device))
@@ -110,23 +114,27 @@ def main() -> None:
     options = parser(__doc__)
     options.add_argument("--one", help="internal: measure one data set in this process")
     options.add_argument("--p-core", type=int, default=10)
+    options.add_argument("--axes", default="posts,tags,real", help="which cases: posts, tags (synthetic), real")
     args = options.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.p_core, args.device)))
         return
     rows = []
     # the tag axis without the p-core filter: with 10^5 tags most would fall under 10 uses
-    for axis, sizes, p_core in (("posts", POSTS_AXIS, 10), ("tags", TAGS_AXIS, 1)):
-        for posts, tags in sizes:
-            done = subprocess.run([sys.executable, __file__, "--one", dataset(posts, tags), "--p-core", str(p_core),
+    cases = {"posts": [(dataset(posts, tags), 10, posts) for posts, tags in POSTS_AXIS],
+             "tags": [(dataset(posts, tags), 1, posts) for posts, tags in TAGS_AXIS],
+             "real": [(name, p_core, None) for name, p_core in REAL_CASES]}
+    for axis in args.axes.split(","):
+        for name, p_core, generated in cases[axis]:
+            done = subprocess.run([sys.executable, __file__, "--one", name, "--p-core", str(p_core),
                                    "--device", args.device], capture_output=True, text=True, check=True)
-            row = {"axis": axis, "generated_posts": posts, **json.loads(done.stdout.strip().splitlines()[-1])}
+            row = {"axis": axis, "generated_posts": generated, **json.loads(done.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(json.dumps(row), flush=True)
     from robustag.training import resolve_device
 
-    write(args.out, {"environment": environment(resolve_device(args.device)), "rows": rows})
-    if args.out:
+    write(args.out, {"environment": environment(resolve_device(args.device), False), "rows": rows})
+    if args.out and {"posts", "tags"} <= {r["axis"] for r in rows}:
         plot(rows, args.out.with_suffix(".png"))
 
 

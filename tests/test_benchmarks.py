@@ -10,6 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from paper_claims import claims, marked_cells  # noqa: E402
 from selfpaced_noise import replaced_keys, tracing  # noqa: E402
 
 from robustag.attack import ATTACKS  # noqa: E402
@@ -49,3 +50,24 @@ def test_every_figure_the_readme_quotes_from_the_robust_training_report_is_in_it
     assert len(quoted) >= 15
     missing = [number for number in quoted if number not in tables]
     assert not missing, f"quoted in README.md but in no table of reports/robust-training: {missing}"
+
+
+def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():
+    import pandas as pd
+
+    earlier = pd.DataFrame({"dataset": ["lastfm"] * 4, "model": ["metric (d=128)"] * 4,
+                            "defense": ["aml", "spaml-h", "spaml-s", "curriculum"],
+                            "NDCG@3": ["0.55 ± 0.01 ▲", "0.56 ± 0.01 ▼", "0.57 ± 0.01 ▲", "0.58 ± 0.01 ▲"],
+                            "F1@3": ["0.39", "0.39", "0.39", "0.39"]})
+    before = marked_cells(earlier, "paper-main")
+    assert list(before["before_direction"]) == [1, -1, 1, 1] and set(before["column"]) == {"NDCG@3"}
+    rerun = pd.DataFrame({"dataset": ["lastfm"] * 3, "model": ["metric (d=128)"] * 3,
+                          "defense": ["aml (eps=0.2, beta=2)", "spaml-h", "spaml-s"],
+                          "comparison": ["clean"] * 3, "metric": ["NDCG@3"] * 3,
+                          "Δ vs plain [95% CI]": ["+0.0200 [+0.0100, +0.0300] ▲", "+0.0100 [+0.0050, +0.0150]",
+                                                  "+0.0040 [-0.0100, +0.0180]"],
+                          "p (Holm)": ["< 0.001", "0.2", "1"], "seeds": ["5"] * 3})
+    verdicts = list(claims(before, rerun)["verdict"])
+    assert verdicts[0] == "holds (method level)"  # a tuned defense's label still finds its comparison
+    assert verdicts[1] == "reversed"  # marked ▼, the rerun's CI lies above 0
+    assert verdicts[2].startswith("not supported (same direction") and verdicts[3] == "not rerun"

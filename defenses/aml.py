@@ -6,6 +6,7 @@ from robustag.defense import AdversarialDefense
 class AML(AdversarialDefense):
     name = "aml"
     summary = "adversarial metric learning: L + β·mean adversarial loss, fixed attack strength"
+    stacks = True
 
     def loss(self, model, batch):
         embeddings = model.embed(batch)

@@ -9,7 +9,7 @@ about the cost of `plain`. The budget is the evaluation attacks' (ε relative to
 mean row norm), so it trains against the threat that `auto` and the certificate evaluate.
 """
 
-from robustag.attack import row_budget
+from robustag.attack import batch_budget
 from robustag.certify import certifiable, worst_case_shift
 from robustag.defense import Defense
 from robustag.plugins import Param, PluginError, non_negative
@@ -18,6 +18,7 @@ from robustag.plugins import Param, PluginError, non_negative
 class Certified(Defense):
     name = "certified"
     summary = "exact worst-case training: L + β·mean worst pair loss over user/item perturbations (closed form)"
+    stacks = True
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),
@@ -34,6 +35,7 @@ class Certified(Defense):
         embeddings = model.embed(batch)
         positive, negative = model.pair_scores(embeddings)
         clean = model.pair_loss(positive, negative).mean() + model.penalty(embeddings)  # model.clean_loss, scores kept
-        radius = {t: row_budget(model.tables()[t].weight, self.eps, self.norm) for t in self.targets.split("+")}
+        radius = {t: batch_budget(model, t, self.eps, self.norm) for t in self.targets.split("+")}
+        radius = {t: r if r.dim() == 0 else r.unsqueeze(1) for t, r in radius.items()}  # a stack's: per row, over its K negatives
         worst = model.pair_loss(positive, negative + worst_case_shift(model, embeddings, radius, self.norm)).mean()
         return clean + self.beta * worst, {"loss": clean.detach(), "adv_loss": worst.detach()}

@@ -10,6 +10,7 @@ from robustag.plugins import Param, PluginError, fraction, positive
 class Curriculum(AdversarialDefense):
     name = "curriculum"
     summary = "adversarial training with attack strength rising from weak to strong"
+    stacks = True
     params = {
         **AdversarialDefense.params,
         "grow": Param("eps", "what rises: eps or steps", choices=("eps", "steps")),

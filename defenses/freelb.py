@@ -17,6 +17,7 @@ from robustag.plugins import Param, PluginError
 class FreeLBTraining(AdversarialDefense):
     name = "freelb"
     summary = "FreeLB: parameter gradients averaged over K ascent steps from a random start"
+    stacks = True
     params = {**AdversarialDefense.params, "attack": Param("freelb:eps=0.1,steps=3", "the ascent (an iterative attack)")}
 
     def validate(self):

@@ -7,3 +7,4 @@ class Plain(Defense):
     name = "plain"
     summary = "the model's own loss alone, no adversarial training"
     params = {}
+    stacks = True

@@ -19,6 +19,7 @@ class RankAdversarial(SelfPacedDefense):
     params = {**SelfPacedDefense.params,
               "scheme": Param("none", "weights of the adversarial triples: none (all 1) or a self-paced scheme",
                               choices=("none", *SCHEMES))}
+    stacks = False  # its adversary ranks every row of the tag table, which in a stack holds every member's tags
 
     def validate(self):
         super().validate()

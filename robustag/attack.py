@@ -22,7 +22,9 @@ implement one method. Load it with `--plugin file.py` or the entry-point group
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -35,7 +37,8 @@ from robustag.preprocess import Posts, TagSplit
 # The API a plugin file imports from here (Param and the checks are re-exported for it).
 __all__ = [
     "ATTACKS", "Attack", "AttackContext", "DataAttack", "chosen_tag", "EmbeddingAttack", "IterativeAttack", "Param", "PluginError", "fraction",
-    "gradients", "iterative_params", "non_negative", "positive", "project", "random_start", "row_budget", "steepest",
+    "batch_budget", "gradients", "iterative_params", "non_negative", "positive", "project", "random_start", "replicated",
+    "row_budget", "steepest",
 ]
 
 Objective = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -48,6 +51,9 @@ class Attack(Plugin):
 
     surface: ClassVar[str] = ""
     trainable: ClassVar[bool] = False  # may a defense use it to make adversarial samples?
+    # Does it draw random numbers only through `random_start`? Then in stacked training each
+    # model's perturbations are those it would get alone (see `replicated`).
+    replicable: ClassVar[bool] = False
     strength: ClassVar[str | None] = None  # the parameter that measures its strength (reports plot against it)
 
     @classmethod
@@ -138,11 +144,13 @@ class EmbeddingAttack(Attack):
                                   f"expected {tuple(deltas[key].shape)}")
             if not torch.isfinite(delta).all():
                 raise PluginError(f"attack {self.name}: perturbation {key!r} holds NaN or infinite values")
-            size = delta.abs().amax() if self.norm == "linf" else delta.norm(dim=-1).amax()
-            limit = radius[key].max()
-            if size > limit * (1 + BUDGET_TOLERANCE) + 1e-6:
-                raise PluginError(f"attack {self.name}: perturbation {key!r} reaches {float(size):.4g}, over its "
-                                  f"{self.norm} budget {float(limit):.4g} (eps={self.eps})")
+            size = delta.abs() if self.norm == "linf" else delta.norm(dim=-1, keepdim=True)
+            over = size - radius[key] * (1 + BUDGET_TOLERANCE) - 1e-6  # per row: the radius may differ by row
+            if over.amax() > 0:
+                row = int(over.flatten().argmax())
+                limit = torch.broadcast_to(radius[key], size.shape).flatten()[row]
+                raise PluginError(f"attack {self.name}: perturbation {key!r} reaches {float(size.flatten()[row]):.4g}, "
+                                  f"over its {self.norm} budget {float(limit):.4g} (eps={self.eps})")
         return moved
 
 
@@ -169,9 +177,20 @@ def chosen_tag(target: int, split: TagSplit, attack: str) -> int:
 # -- geometry shared by the embedding attacks ------------------------------------------------
 
 def row_budget(table: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Absolute per-row radius: eps × the table's mean row L2 norm (÷ √d for L∞, per coordinate)."""
-    scale = table.detach().norm(dim=-1).mean()
+    """Absolute per-row radius: eps × the table's mean row L2 norm (÷ √d for L∞, per coordinate);
+    for a stack of tables (M, n, d), one radius per table (M,)."""
+    scale = table.detach().norm(dim=-1).mean(-1)
     return eps * scale / (table.shape[-1] ** 0.5 if norm == "linf" else 1.0)
+
+
+def batch_budget(model, table: str, eps: float, norm: str) -> torch.Tensor:
+    """The radius of a training batch's rows of `table`: one value for a model alone; for a
+    stacked model (`model.replicas`), each row gets its own model's, (rows,)."""
+    weight, replicas = model.tables()[table].weight, getattr(model, "replicas", None)
+    if replicas is None:
+        return row_budget(weight, eps, norm)
+    per_model = row_budget(weight.view(replicas.count, -1, weight.shape[-1]), eps, norm)
+    return per_model[replicas.active].repeat_interleave(replicas.rows)
 
 
 def steepest(gradient: torch.Tensor, norm: str) -> torch.Tensor:
@@ -189,14 +208,33 @@ def project(delta: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tenso
     return delta * scale
 
 
+_replicas = contextvars.ContextVar("robustag_replicas", default=1)
+
+
+@contextmanager
+def replicated(count: int):
+    """Within this block every batch is `count` replicas of one layout, one after another
+    (stacked training: each model's rows in turn). `random_start` draws for one replica and
+    repeats the draw, so each model gets the random numbers it would draw alone."""
+    token = _replicas.set(count)
+    try:
+        yield
+    finally:
+        _replicas.reset(token)
+
+
 def random_start(like: torch.Tensor, radius: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
     """A uniform draw inside the per-row ball."""
+    count = _replicas.get()
+    shape = (like.shape[0] // count, *like.shape[1:])
+    draw = lambda sampler, size: sampler(size, generator=generator, device=like.device, dtype=like.dtype).repeat(
+        count, *([1] * (len(size) - 1)))
     if norm == "linf":
-        unit = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype) * 2 - 1
+        unit = draw(torch.rand, shape) * 2 - 1
         return unit * radius
-    direction = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    direction = draw(torch.randn, shape)
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    u = torch.rand((*like.shape[:-1], 1), generator=generator, device=like.device, dtype=like.dtype)
+    u = draw(torch.rand, (*shape[:-1], 1))
     return direction * radius * u ** (1.0 / like.shape[-1])
 
 
@@ -214,6 +252,8 @@ class IterativeAttack(EmbeddingAttack):
 
     Subclasses fix the number of steps, the step size and the start, or change `direction`.
     """
+
+    replicable = True
 
     def schedule(self) -> tuple[int, float, bool]:
         """(steps, step size relative to the radius, random start)."""

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustag.attack import ATTACKS, AttackContext, EmbeddingAttack, row_budget
+from robustag.attack import ATTACKS, AttackContext, EmbeddingAttack, batch_budget
 from robustag.models import BatchEmbeddings, EmbeddingModel
 from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative
 from robustag.training import TrainingRegime
@@ -30,6 +30,15 @@ class Defense(Plugin, TrainingRegime):
     """Base of all defenses: `loss(model, batch) -> (loss, figures)`, `begin_epoch(epoch, model)`."""
 
     uses_attack: ClassVar[bool] = False
+    # May models of one configuration train as one stack under this defense (`robustag.stacking`)?
+    # Only if its loss is a mean over the batch's rows of terms computed row by row (budgets
+    # through `batch_budget`, random numbers through `random_start`), and `begin_epoch` depends
+    # on the epoch alone: then each stacked model gets the gradient it would get alone.
+    stacks: ClassVar[bool] = False
+
+    def can_stack(self) -> bool:
+        """Whether this configured defense may train a stack (see `stacks`)."""
+        return self.stacks
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines this defense, as plain values (for configs and hashes)."""
@@ -83,12 +92,21 @@ class AdversarialDefense(Defense):
     def eps(self) -> float:
         return self.adversary.eps
 
+    def can_stack(self) -> bool:
+        return self.stacks and self.adversary.replicable
+
     def field_budgets(self, model: EmbeddingModel, eps: float) -> dict[str, torch.Tensor]:
         """The absolute per-row radius of each perturbed field of a batch (`BatchEmbeddings`
-        names): tag rows, positive and negative, share the tag table's budget."""
-        tables, norm = model.tables(), self.adversary.norm
+        names): tag rows, positive and negative, share the tag table's budget. A stacked
+        model's radii are per row, shaped to broadcast over each field's rows."""
         fields = {"user": ("user",), "item": ("item",), "tag": ("positive", "negative")}
-        return {f: row_budget(tables[t].weight, eps, norm) for t in self.adversary.target_tables for f in fields[t]}
+        extra_axes = {"user": 1, "item": 1, "positive": 1, "negative": 2}  # a field's axes after its rows
+        budgets = {}
+        for table in self.adversary.target_tables:
+            radius = batch_budget(model, table, eps, self.adversary.norm)
+            for f in fields[table]:
+                budgets[f] = radius if radius.dim() == 0 else radius.view(-1, *([1] * extra_axes[f]))
+        return budgets
 
     def perturbation(self, model: EmbeddingModel, embeddings: BatchEmbeddings, eps: float | None = None) -> BatchEmbeddings:
         """Δ* for a batch: the adversary maximises the per-triple training losses within budget."""

@@ -76,6 +76,12 @@ class SelfPacedDefense(AdversarialDefense):
         "ramp": Param(10, "epochs for the admitted fraction to reach 1 (quantile pace)", **positive()),
     }
 
+    stacks = True
+
+    def can_stack(self) -> bool:
+        # the quantile pace takes its threshold from the whole batch, which in a stack would mix models
+        return super().can_stack() and self.pace == "multiplicative"
+
     def validate(self):
         if self.mu < 1:
             raise PluginError(f"{self.name}: parameter mu={self.mu} must be ≥ 1 (λ may not shrink)")

@@ -139,10 +139,12 @@ class NegativeSampler:
         self.free = torch.as_tensor(n_tags - counts, device=device)  # the size of each post's complement
         self.n_tags, self.generator = n_tags, generator
 
-    def sample(self, triple_index: torch.Tensor, k: int) -> torch.Tensor:
+    def sample(self, triple_index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """K negatives for each triple, drawn from `generator` (default: the sampler's own)."""
         post = self.post_index[triple_index].unsqueeze(1)
         free = self.free[post]
-        uniform = torch.rand((len(triple_index), k), generator=self.generator, device=post.device, dtype=torch.float64)
+        uniform = torch.rand((len(triple_index), k), generator=generator or self.generator, device=post.device,
+                             dtype=torch.float64)
         rank = torch.minimum((uniform * free).long(), free - 1)  # the rank-th tag of the complement
         below = torch.searchsorted(self.keys, post * self.n_tags + rank, right=True) - self.first_key[post]
         return rank + below
@@ -262,9 +264,7 @@ def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
     sampler = NegativeSampler(split.train, split.n_tags, generator, device)
     users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    result = TrainResult(model=model, config=config)
-    best_state, best_score, stale = None, -1.0, 0
-    started = time.perf_counter()
+    stopping = EarlyStopping(TrainResult(model=model, config=config), config.patience)
     for epoch in range(config.epochs):
         epoch_start = time.perf_counter()
         model.train()
@@ -279,27 +279,52 @@ def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
             loss.backward()
             optimizer.step()
             model.after_step()
-            for key, value in figures.items():  # summed on the device: one host sync per epoch
-                sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float64) * len(index)
+            add_figures(sums, figures, len(index))
         record = {"epoch": epoch + 1, **{k: float(v) / len(users) for k, v in sums.items()}}
         record["seconds"] = time.perf_counter() - epoch_start
+        if stopping.end_epoch(model, record, split, device, on_epoch):
+            break
+    return stopping.finish(model)
+
+
+def add_figures(sums: dict[str, torch.Tensor], figures: dict, rows: int) -> None:
+    """Add a batch's figures (means over its `rows`) to the epoch's sums, on the device: one
+    host sync per epoch, not per batch."""
+    for key, value in figures.items():
+        sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float64) * rows
+
+
+class EarlyStopping:
+    """Validates after each epoch, keeps the parameters of the best epoch by validation NDCG@3,
+    and says when `patience` epochs have passed without a better one (with no validation
+    posts, every epoch is the best)."""
+
+    def __init__(self, result: TrainResult, patience: int):
+        self.result, self.patience = result, patience
+        self.best_state, self.best_score, self.stale = None, -1.0, 0
+        self.started = time.perf_counter()
+
+    def end_epoch(self, model, record: dict, split: TagSplit, device, on_epoch: EpochCallback | None) -> bool:
+        """Validate, record the epoch; True when training should stop."""
         record.update(_validate(model, split, device))
-        result.history.append(record)
+        self.result.history.append(record)
         if on_epoch:
             on_epoch(record)
         score = record.get(f"valid_{EARLY_STOP_METRIC}", 0.0)
-        if len(split.valid) == 0 or score > best_score:
-            best_state, best_score, stale = copy.deepcopy(model.state_dict()), score, 0
-            result.best_epoch = epoch + 1
-            result.best_valid = {k: v for k, v in record.items() if k.startswith("valid_")}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    result.train_seconds = time.perf_counter() - started
-    return result
+        if len(split.valid) == 0 or score > self.best_score:
+            self.best_state, self.best_score, self.stale = copy.deepcopy(model.state_dict()), score, 0
+            self.result.best_epoch = record["epoch"]
+            self.result.best_valid = {k: v for k, v in record.items() if k.startswith("valid_")}
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def finish(self, model) -> TrainResult:
+        """The result, with the best epoch's parameters loaded into `model`."""
+        model.load_state_dict(self.best_state)
+        model.eval()
+        self.result.train_seconds = time.perf_counter() - self.started
+        return self.result
 
 
 def build_model(split: TagSplit, config: TrainConfig) -> EmbeddingModel:

@@ -5,7 +5,7 @@ ones from the entry-point group `robustag.models` or `--plugin file.py`."""
 
 from __future__ import annotations
 
-from robustag.models.base import Batch, BatchEmbeddings, EmbeddingModel, Model, TagRecommender
+from robustag.models.base import Batch, BatchEmbeddings, EmbeddingModel, Model, Replicas, TagRecommender
 from robustag.models.embedding import MetricModel, PITFModel
 from robustag.models.popularity import PopularityModel
 from robustag.plugins import Registry
@@ -22,5 +22,6 @@ __all__ = [
     "Model",
     "PITFModel",
     "PopularityModel",
+    "Replicas",
     "TagRecommender",
 ]

@@ -46,6 +46,17 @@ class BatchEmbeddings:
         )
 
 
+@dataclass
+class Replicas:
+    """The layout of a stacked model (`robustag.stacking`): its tables hold `count` models'
+    rows one after another (model m's are rows [m·n, (m + 1)·n) of a table of n rows per
+    model), and the batch being trained holds `rows` rows of each model in `active`, in that order."""
+
+    count: int
+    active: torch.Tensor  # (A,) the indices of the models in the batch
+    rows: int
+
+
 class TagRecommender(ABC):
     """Anything that ranks all tags for a batch of posts."""
 
@@ -65,6 +76,12 @@ class EmbeddingModel(nn.Module, TagRecommender):
     """
 
     learned = True
+    # May several models of this class train as one stack (`robustag.stacking`)? Only if every
+    # formula works row by row on a batch (no statistic over the batch or a whole table) and the
+    # penalty is a mean over the batch's rows: then a batch of several models' rows gives each
+    # model the gradient it would get alone.
+    stackable: ClassVar[bool] = False
+    replicas: Replicas | None = None  # set while a stack trains
 
     def __init__(self, n_users: int, n_items: int, n_tags: int, dim: int, tag_dim: int | None = None):
         super().__init__()

@@ -19,6 +19,7 @@ class MetricModel(EmbeddingModel):
     """
 
     name = "metric"
+    stackable = True
 
     def __init__(self, n_users, n_items, n_tags, dim=64, margin=0.5, norm="clip", max_norm=1.0, reg=0.0):
         super().__init__(n_users, n_items, n_tags, dim)
@@ -75,6 +76,7 @@ class PITFModel(EmbeddingModel):
     """
 
     name = "pitf"
+    stackable = True
 
     def __init__(self, n_users, n_items, n_tags, dim=64, reg=1e-5, init_std=0.01):
         super().__init__(n_users, n_items, n_tags, dim, tag_dim=2 * dim)

@@ -22,6 +22,7 @@ from robustag.plugins import Param, non_negative
 
 class FMModel(EmbeddingModel):
     name = "fm"
+    stackable = True
 
     def __init__(self, n_users, n_items, n_tags, dim=64, reg=1e-5, init_std=0.01):
         super().__init__(n_users, n_items, n_tags, dim, tag_dim=dim + 1)

@@ -1,0 +1,148 @@
+"""Stacked training: models of one configuration that differ only in seed, trained as one.
+
+The members' embedding tables are laid end to end in one model of the same class (model m's
+rows of a table of n rows per model are [m·n, (m + 1)·n)); each step's batch holds every
+active member's batch, its indices offset into its own rows, so one gather, one loss, one
+backward pass and one Adam step serve them all. Each member still draws from its own seeded
+stream (batch order and negatives), its adversary's random starts are the ones it would draw
+alone (`attack.replicated`), its budgets are its own tables' (`attack.batch_budget`), and its
+gradient is its own: the stack's loss is the sum of the members' batch means, and no term
+mixes members (models and defenses declare that they qualify: `stackable`, `stacks`). So a
+member's result is the one it would get alone, up to floating-point rounding. Each member is
+validated on its own after every epoch and early-stops on its own; a member that stops keeps
+its best epoch and leaves the batch.
+
+This pays where one small model leaves the device idle between kernel launches (a GPU). On a
+CPU a step is bound by memory traffic, and M models in one batch are 2.7–3.4× slower per model
+than alone (`benchmarks/stacked_batch.py`, reports/benchmarks/README.md), so the bench stacks
+on GPUs only unless told otherwise (`--stack`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from robustag.attack import replicated
+from robustag.errors import RobustagError
+from robustag.models import Batch, Replicas
+from robustag.preprocess import TagSplit
+from robustag.training import (EarlyStopping, EpochCallback, NegativeSampler, TrainConfig, TrainingRegime, TrainResult,
+                               add_figures, build_model, compile_mode, compiled_losses, keep_step_memory)
+
+TABLES = ("user", "item", "tag")
+
+
+def stackable(config: TrainConfig, regime: TrainingRegime) -> bool:
+    """Whether models of this configuration may train as a stack under this regime."""
+    recipe = config.recipe()
+    if not recipe.learned:
+        return False
+    network = type(recipe.build(1, 1, 1, 1))
+    can_stack = getattr(regime, "can_stack", lambda: type(regime) is TrainingRegime)
+    return bool(getattr(network, "stackable", False) and can_stack())
+
+
+def same_but_seed(configs: list[TrainConfig]) -> bool:
+    first = replace(configs[0], seed=0)
+    return all(replace(c, seed=0) == first for c in configs)
+
+
+def train_stacked(split: TagSplit, configs: list[TrainConfig], device: torch.device, regime: TrainingRegime | None = None,
+                  on_epoch: list[EpochCallback | None] | None = None, compile: bool | None = None) -> list[TrainResult]:
+    """Train one model per configuration (they differ in seed only) as one stack under a fresh
+    `regime`; results in the order of `configs`, each as `training.train` would give it alone.
+    One regime serves all: its attack's seed is part of its spec, so the members' adversaries
+    would all draw the same random starts, which `replicated` repeats for each."""
+    regime = regime or TrainingRegime()
+    if not configs:
+        raise RobustagError("train_stacked: no configurations")
+    if not same_but_seed(configs):
+        raise RobustagError("train_stacked: the configurations of a stack may differ in seed only")
+    if not stackable(configs[0], regime):
+        raise RobustagError(f"train_stacked: model {configs[0].model} under {getattr(regime, 'name', 'this regime')} "
+                            "cannot train as a stack (see stackable / stacks)")
+    keep_step_memory()
+    members = []
+    for config in configs:
+        config.validate()
+        torch.manual_seed(config.seed)  # the initialisation each member would get alone
+        members.append(build_model(split, config).to(device))
+    compiled, note = compile_mode(compile, device)
+    stack = stacked_network(split, configs[0], members, device)
+    with compiled_losses(stack, compiled):
+        results = _fit_stack(stack, members, split, configs, device, regime, on_epoch or [None] * len(configs))
+    for result in results:
+        result.compiled, result.notes = compiled, [note] if note else []
+    return results
+
+
+def stacked_network(split: TagSplit, config: TrainConfig, members: list, device: torch.device):
+    """A network of the members' class with their tables laid end to end."""
+    stack = config.recipe().build(len(members) * split.n_users, len(members) * split.n_items,
+                                  len(members) * split.n_tags, config.dim).to(device)
+    with torch.no_grad():
+        for table in TABLES:
+            torch.cat([member.tables()[table].weight for member in members], out=stack.tables()[table].weight)
+    return stack
+
+
+def _member_rows(stack, member: int, table: str, rows_per_member: int) -> torch.Tensor:
+    return stack.tables()[table].weight[member * rows_per_member:(member + 1) * rows_per_member]
+
+
+def _fit_stack(stack, members, split, configs, device, regime, callbacks) -> list[TrainResult]:
+    """As `training._fit`, for all members at once: one batch of every active member's rows per
+    step; each member validated and early-stopped on its own."""
+    config = configs[0]
+    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    sampler = NegativeSampler(split.train, split.n_tags, generators[0], device)
+    users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
+    sizes = {"user": split.n_users, "item": split.n_items, "tag": split.n_tags}
+    optimizer = torch.optim.Adam(stack.parameters(), lr=config.lr)
+    stopping = [EarlyStopping(TrainResult(model=m, config=c), c.patience) for m, c in zip(members, configs)]
+    active = list(range(len(members)))
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        epoch_start = time.perf_counter()
+        stack.train()
+        regime.begin_epoch(epoch, stack)
+        sums: dict[str, torch.Tensor] = {}
+        orders = [torch.randperm(len(users), generator=generators[m], device=device) for m in active]
+        offsets = torch.as_tensor(active, device=device).unsqueeze(1)
+        for start in range(0, len(users), config.batch_size):
+            index = torch.stack([order[start:start + config.batch_size] for order in orders])  # (A, B)
+            negatives = torch.stack([sampler.sample(row, config.negatives, generators[m]) for m, row in zip(active, index)])
+            batch = Batch(*(((column[index] + offsets * sizes[t]).flatten())
+                            for column, t in ((users, "user"), (items, "item"), (tags, "tag"))),
+                          (negatives + offsets.unsqueeze(2) * sizes["tag"]).flatten(0, 1))
+            stack.replicas = Replicas(len(members), offsets.squeeze(1), index.shape[1])
+            with replicated(len(active)):
+                loss, figures = regime.loss(stack, batch)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * len(active)).backward()  # the sum of the members' batch means: each its own gradient
+            optimizer.step()
+            stack.after_step()
+            add_figures(sums, figures, index.shape[1])
+        stack.replicas = None
+        seconds = time.perf_counter() - epoch_start
+        # The figures are the stack's (means over its members' rows), not one member's.
+        shared = {f"stack_{k}": float(v) / len(users) for k, v in sums.items()}
+        for m in list(active):
+            with torch.no_grad():
+                for table in TABLES:
+                    members[m].tables()[table].weight.copy_(_member_rows(stack, m, table, sizes[table]))
+            record = {"epoch": epoch + 1, **shared, "stack_members": len(active), "seconds": seconds / len(active)}
+            if stopping[m].end_epoch(members[m], record, split, device, callbacks[m]):
+                active.remove(m)
+        if not active:
+            break
+    results = [s.finish(member) for s, member in zip(stopping, members)]
+    for result in results:  # each member's share of the stack's time
+        result.train_seconds = (time.perf_counter() - started) / len(members)
+    return results
+
+
+__all__ = ["same_but_seed", "stackable", "stacked_network", "train_stacked"]

@@ -201,13 +201,16 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
           eps: list[float] | None = None, epochs: int | None = None, device: str = "auto", workers: int = 1,
           per_gpu: int = 1, executor: str = "local", address: str | None = None, plugins: Sequence[str | Path] = (),
           retry_failed: bool = False, prune: bool = False, reference: str | None = None, compile: bool | None = None,
-          report: bool = True, poison_valid: bool | None = None, on_event: EventFn | None = None) -> Run:
+          report: bool = True, poison_valid: bool | None = None, stack: int | None = None,
+          on_event: EventFn | None = None) -> Run:
     """Run a benchmark matrix resumably and return its `Run` (open: close it, or use `with`).
 
     `spec` is a TOML file, a `BenchSpec` (or several), or None for the small default; the axis
     arguments replace the spec's. Everything (plugins, options, device, data sets) is checked
     before the run folder is touched; a second bench on the same folder is refused while one
-    runs. `on_event(kind, data)` follows the work: "plan" (once), "train", "epoch", "cell",
+    runs. `stack`: the most models of one configuration (seeds) trained as one
+    (`robustag.stacking`; default: 1 on a CPU, where it does not pay, 8 on a GPU).
+    `on_event(kind, data)` follows the work: "plan" (once), "train", "epoch", "cell",
     "warning", "unit_done"."""
     emit = on_event or (lambda kind, data: None)
     load_plugins(plugins)
@@ -222,7 +225,8 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
     name = specs[0].name if len(specs) == 1 else Path(spec).stem if isinstance(spec, (str, Path)) else "bench"
     settings = RunSettings(out=Path(out) if out else Path("runs") / folder_name(name), data_dir=paths.data_dir(data_dir),
                            device=device, workers=workers, per_gpu=per_gpu, executor=executor, address=address,
-                           plugins=tuple(str(p) for p in plugins), retry_failed=retry_failed, compile=compile)
+                           plugins=tuple(str(p) for p in plugins), retry_failed=retry_failed, compile=compile,
+                           stack=stack)
     check_settings(settings)
     check_data(list(the_plan.units.values()), settings.data_dir)
     store = ResultStore(settings.out)

@@ -11,13 +11,17 @@ import torch
 
 from robustag.errors import ParameterError
 from robustag.executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
-from robustag.planning import UnitTask
+from robustag.planning import UnitTask, stack_groups
 from robustag.provenance import run_info
 from robustag.store import ResultStore
 from robustag.training import resolve_device
 from robustag.worker import EventFn, WorkerSetup
 
 EXECUTORS = ("local", "ray")
+# Models per stack on a GPU by default. Stacking pays where one small model leaves the device
+# idle between kernel launches; on a CPU, where a step is bound by memory traffic, it is slower
+# (benchmarks/stacked_batch.py), so a CPU stacks only when told to.
+STACK_ON_GPU = 8
 
 
 @dataclass
@@ -32,6 +36,7 @@ class RunSettings:
     plugins: tuple[str, ...] = ()
     retry_failed: bool = False
     compile: bool | None = None  # None: compiled where the compiler works (training.compile_mode)
+    stack: int | None = None  # most models trained as one stack; None: 1 on CPU, STACK_ON_GPU on a GPU
 
     def worker_setup(self) -> WorkerSetup:
         return WorkerSetup(str(self.data_dir), str(self.out / "models"), self.plugins, None, self.compile)
@@ -49,7 +54,7 @@ def check_settings(settings: RunSettings) -> None:
     """Executor, worker counts and device, refused before a run folder is touched."""
     if settings.executor not in EXECUTORS:
         raise ParameterError("executor", f"expected {' or '.join(EXECUTORS)}", repr(settings.executor))
-    for option, value in (("workers", settings.workers), ("per_gpu", settings.per_gpu)):
+    for option, value in (("workers", settings.workers), ("per_gpu", settings.per_gpu), ("stack", 1 if settings.stack is None else settings.stack)):
         if value < 1:
             raise ParameterError(option, "expected a count ≥ 1", value)
     if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -64,8 +69,15 @@ def executor_for(settings: RunSettings, devices: list[str]) -> Executor:
     return PoolExecutor(workers) if workers > 1 else SerialExecutor()
 
 
+def stack_size(settings: RunSettings, devices: list[str]) -> int:
+    if settings.stack is not None:
+        return settings.stack
+    return STACK_ON_GPU if devices != ["cpu"] else 1
+
+
 def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, on_event: EventFn) -> None:
-    """Execute units with the chosen executor, writing each unit's results as it completes."""
+    """Execute units with the chosen executor (in stacks where they can), writing each unit's
+    results as it completes."""
     devices = devices_for(settings)
     (settings.out / "models").mkdir(parents=True, exist_ok=True)
 
@@ -76,4 +88,5 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
         failed = sum(r["status"] == "failed" for r in result["results"])
         on_event("unit_done", {"unit": unit.label, "failed": failed, "cells": len(unit.cells)})
 
-    executor_for(settings, devices).run(units, settings.worker_setup(), devices, store_unit, on_event)
+    groups = stack_groups(units, stack_size(settings, devices))
+    executor_for(settings, devices).run(groups, settings.worker_setup(), devices, store_unit, on_event)

@@ -24,6 +24,7 @@ from robustag.defense import DEFENSES
 from robustag.models import MODELS
 from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
+from robustag.stacking import stackable
 from robustag.store import ResultStore, parsed_columns
 from robustag.training import SHARED_OPTIONS, TrainConfig, default_config
 
@@ -171,6 +172,27 @@ def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[U
             todo.append(replace(unit, cells=cells))
     return todo
 
+
+
+def stack_groups(units: list[UnitTask], size: int) -> list[list[UnitTask]]:
+    """The units as groups that train together: units of one data set, split, configuration
+    but seed and defense, with no poisoning (whose training data differs by seed), whose model
+    and defense can stack (`stacking.stackable`), up to `size` per group, in plan order; every
+    other unit alone."""
+    groups: dict[tuple, list[list[UnitTask]]] = {}
+    ordered: list[list[UnitTask]] = []
+    for unit in units:
+        key = (unit.dataset, unit.options, digest(replace(unit.config, seed=0).describe()), unit.defense)
+        if size > 1 and unit.poison is None and stackable(unit.config, DEFENSES.create(unit.defense)):
+            open_groups = groups.setdefault(key, [])
+            if open_groups and len(open_groups[-1]) < size:
+                open_groups[-1].append(unit)
+                continue
+            open_groups.append([unit])
+            ordered.append(open_groups[-1])
+        else:
+            ordered.append([unit])
+    return ordered
 
 
 def check_data(units: list[UnitTask], data_dir: Path) -> None:

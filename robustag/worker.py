@@ -1,4 +1,4 @@
-"""Running one unit in a worker: train (or load the cached model), evaluate its cells, and
+"""Running units in a worker: train (or load the cached models), evaluate their cells, and
 return plain values for the parent to store. A failure is recorded, never raised."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from robustag.models import MODELS
 from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
 from robustag.robustness import evade, evasion_figures, poisoned_split, promotion_figures
-from robustag.training import train
+from robustag.stacking import train_stacked
+from robustag.training import TrainResult, train
 
 EventFn = Callable[[str, dict], None]
 
@@ -37,8 +38,10 @@ class WorkerSetup:
     compile: bool | None = None
 
 
-def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> dict:
-    """Train (or load) one unit's model and evaluate its cells; a failure is recorded, not raised."""
+def execute_units(tasks: list[UnitTask], setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> list[dict]:
+    """Train (or load the cached) models of `tasks` and evaluate their cells; a failure is
+    recorded, not raised. Several tasks are a stack (`planning.stack_groups`: one data set,
+    configuration but seed, defense; no poisoning), whose models train as one."""
     if setup.threads:
         torch.set_num_threads(setup.threads)
     for path in setup.plugins:
@@ -47,40 +50,63 @@ def execute_unit(task: UnitTask, setup: WorkerSetup, device: str, on_event: Even
     emit = on_event or (lambda kind, data: None)
     torch_device = torch.device(device)
     started = time.perf_counter()
-    warnings: list[str] = []
+    warnings: list[list[str]] = [[] for _ in tasks]
     try:
-        split = load_split(task.dataset, Path(setup.data_dir), task.options)
-        train_split = (poisoned_split(split, ATTACKS.create(task.poison), task.config.seed, task.poison_valid)
-                       if task.poison else split)
-        model, history, train_seconds, compiled = _trained_model(task, train_split, setup, torch_device, emit, warnings)
-    except Exception:  # the whole unit failed: every cell carries the traceback
+        split = load_split(tasks[0].dataset, Path(setup.data_dir), tasks[0].options)
+        trained = _trained_models(tasks, split, setup, torch_device, emit, warnings)
+    except Exception:  # the whole unit (stack) failed: every cell carries the traceback
         error = traceback.format_exc()
-        return {"unit": task.key, "history": [], "warnings": warnings, "results": [
+        return [{"unit": task.key, "history": [], "warnings": notes, "results": [
             {"key": c.key, "status": "failed", "error": error, "seconds": time.perf_counter() - started} for c in task.cells]}
-    results = [_evaluate_cell(cell, task, model, split, torch_device, train_seconds, emit) for cell in task.cells]
-    return {"unit": task.key, "history": history, "warnings": warnings, "results": results, "compiled": compiled}
+            for task, notes in zip(tasks, warnings)]
+    return [{"unit": task.key, "history": model.history, "warnings": notes, "compiled": model.compiled, "results": [
+        _evaluate_cell(cell, task, model.model, split, torch_device, model.train_seconds, emit) for cell in task.cells]}
+        for task, model, notes in zip(tasks, trained, warnings)]
 
 
-def _trained_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, emit: EventFn, warnings: list[str]):
-    """The unit's cached model, or a newly trained one; a cache file that does not load (cut
-    short, damaged, of another split) is discarded with a warning and the model retrained."""
+def _trained_models(tasks: list[UnitTask], split, setup: WorkerSetup, device: torch.device, emit: EventFn,
+                    warnings: list[list[str]]) -> list[TrainResult]:
+    """Each task's cached model, or a newly trained one (saved): alone, or the ones to train
+    of a stack as one stack. A cache file that does not load (cut short, damaged, of another
+    split) is discarded with a warning and the model retrained."""
+    found = [_cached_model(task, split, setup, device, notes) for task, notes in zip(tasks, warnings)]
+    todo = [k for k, model in enumerate(found) if model is None]
+    for k in todo:
+        emit("train", {"unit": tasks[k].label, "epochs": tasks[k].config.epochs})
+    on_epoch = [lambda record, label=tasks[k].label: emit("epoch", {"unit": label, **record}) for k in todo]
+    if len(todo) > 1:
+        fresh = train_stacked(split, [tasks[k].config for k in todo], device, DEFENSES.create(tasks[todo[0]].defense),
+                              on_epoch=on_epoch, compile=setup.compile)
+    else:
+        fresh = [_train_alone(tasks[k], split, device, setup, on_epoch[0]) for k in todo]
+    for k, result in zip(todo, fresh):
+        if tasks[k].config.recipe().learned:
+            save_model(Path(setup.model_dir) / f"{tasks[k].key}.pt", result.model, result.config, split,
+                       extra={"history": result.history, "train_seconds": result.train_seconds, "compiled": result.compiled})
+        warnings[k] += [f"{tasks[k].label}: {note}" for note in result.notes]
+        found[k] = result
+    return found
+
+
+def _train_alone(task: UnitTask, split, device: torch.device, setup: WorkerSetup, on_epoch) -> TrainResult:
+    train_split = poisoned_split(split, ATTACKS.create(task.poison), task.config.seed, task.poison_valid) if task.poison else split
+    return train(train_split, task.config, device, regime=DEFENSES.create(task.defense), compile=setup.compile,
+                 on_epoch=on_epoch)
+
+
+def _cached_model(task: UnitTask, split, setup: WorkerSetup, device: torch.device, warnings: list[str]) -> TrainResult | None:
     path = Path(setup.model_dir) / f"{task.key}.pt"
-    learned = task.config.recipe().learned
-    if learned and path.is_file():
-        try:
-            model, _, extra = load_model(path, split, device, with_extra=True)
-            return model, extra.get("history", []), extra.get("train_seconds", 0.0), extra.get("compiled", bool(setup.compile))  # a checkpoint older than the record: as asked
-        except Exception as error:
-            warnings.append(f"{task.label}: cached model {path} does not load ({error}); discarded, retraining")
-            path.unlink(missing_ok=True)
-    emit("train", {"unit": task.label, "epochs": task.config.epochs})
-    result = train(split, task.config, device, regime=DEFENSES.create(task.defense), compile=setup.compile,
-                   on_epoch=lambda record: emit("epoch", {"unit": task.label, **record}))
-    if learned:
-        save_model(path, result.model, result.config, split,
-                   extra={"history": result.history, "train_seconds": result.train_seconds, "compiled": result.compiled})
-    warnings += [f"{task.label}: {note}" for note in result.notes]
-    return result.model, result.history, result.train_seconds, result.compiled
+    if not (task.config.recipe().learned and path.is_file()):
+        return None
+    try:
+        model, config, extra = load_model(path, split, device, with_extra=True)
+    except Exception as error:
+        warnings.append(f"{task.label}: cached model {path} does not load ({error}); discarded, retraining")
+        path.unlink(missing_ok=True)
+        return None
+    # a checkpoint older than the record of its mode: as asked now
+    return TrainResult(model, config, extra.get("history", []), train_seconds=extra.get("train_seconds", 0.0),
+                       compiled=extra.get("compiled", bool(setup.compile)))
 
 
 def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_seconds: float, emit: EventFn) -> dict:

@@ -83,9 +83,9 @@ def test_planner_trains_each_model_once(planted_path, tmp_path, monkeypatch):
     assert per_post_table(again) == before
 
 
-def _bench_command(spec_path: Path, out: Path) -> list[str]:
+def _bench_command(spec_path: Path, out: Path, *options: str) -> list[str]:
     return [sys.executable, "-m", "robustag", "bench", str(spec_path), "--out", str(out), "--device", "cpu",
-            "--no-report"]
+            "--no-report", *options]
 
 
 def _write_spec(path: Path, planted_path: Path) -> Path:
@@ -114,11 +114,12 @@ def _done(db: Path) -> int:
             return 0
 
 
-def test_a_killed_run_resumes_to_identical_results(planted_path, tmp_path):
+@pytest.mark.parametrize("options", [(), ("--stack", "2")], ids=["alone", "stacked"])
+def test_a_killed_run_resumes_to_identical_results(planted_path, tmp_path, options):
     spec_path = _write_spec(tmp_path / "resume.toml", planted_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed_out, clean_out = tmp_path / "killed", tmp_path / "uninterrupted"
-    process = subprocess.Popen(_bench_command(spec_path, killed_out), env=env,
+    process = subprocess.Popen(_bench_command(spec_path, killed_out, *options), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _done(killed_out / "results.sqlite") < 3 and time.time() < deadline and process.poll() is None:
@@ -128,8 +129,8 @@ def test_a_killed_run_resumes_to_identical_results(planted_path, tmp_path):
     done_at_kill = _done(killed_out / "results.sqlite")
     total = 3 * 2 * 3  # defenses × seeds × (clean + 2 attacks)
     assert 0 < done_at_kill < total, "the kill must land mid-matrix"
-    subprocess.run(_bench_command(spec_path, killed_out), env=env, check=True, capture_output=True)
-    subprocess.run(_bench_command(spec_path, clean_out), env=env, check=True, capture_output=True)
+    subprocess.run(_bench_command(spec_path, killed_out, *options), env=env, check=True, capture_output=True)
+    subprocess.run(_bench_command(spec_path, clean_out, *options), env=env, check=True, capture_output=True)
     resumed, uninterrupted = ResultStore(killed_out), ResultStore(clean_out)
     assert _done(killed_out / "results.sqlite") == total
     assert per_post_table(resumed) == per_post_table(uninterrupted)
@@ -445,3 +446,25 @@ def test_models_that_ran_every_epoch_are_flagged(finished):
     folder = write_report(finished.folder)
     markdown = (folder / "report.md").read_text()
     assert f"plain {CAPPED}" in markdown and "early stopping never triggered" in markdown
+
+
+def test_a_stacked_bench_stores_what_solo_training_stores(planted_path, tmp_path):
+    """--stack 3: the seeds of each (model, defense) train as one stack; poisoned units (training
+    data differs by seed) and popularity train alone; every cell matches the solo run to rounding."""
+    from robustag.planning import stack_groups
+
+    spec = small_spec(planted_path, models=["metric", "pop"], defenses=["plain", "aml"], attacks=["fgsm", "tag-replace-20"],
+                      seeds=[0, 1, 2])
+    the_plan = plan([spec])
+    groups = stack_groups(list(the_plan.units.values()), 3)
+    sizes = sorted(len(g) for g in groups)
+    assert sizes.count(3) == 2 and set(sizes) == {1, 3}  # metric × {plain, aml}; pop and the poisoned alone
+    assert all(len({u.config.seed for u in g}) == len(g) and len({u.defense for u in g}) == 1 for g in groups)
+    assert len(stack_groups(list(the_plan.units.values()), 2)) == len(groups) + 2  # a stack of 3 split by --stack 2
+    alone, stacked = run(spec, tmp_path / "alone", compile=False), run(spec, tmp_path / "stacked", compile=False, stack=3)
+    by_cell = lambda store: {k: json.loads(m) for k, m in zip(store.cells()["key"], store.cells()["metrics"])}
+    assert by_cell(alone).keys() == by_cell(stacked).keys()
+    for key, metrics in by_cell(alone).items():
+        assert by_cell(stacked)[key] == pytest.approx(metrics, abs=1e-4)
+    members = stacked.histories().groupby("unit")["stack_members"].max()
+    assert (members == 3).sum() == 6 and members.isna().sum() == 6  # 2 stacks of 3 seeds; the 6 poisoned units alone

@@ -5,10 +5,12 @@ tags (no rejection of a post's own tags) and validates nothing; it runs twice: s
 the model's formula as written, and with the algebra robustag uses (the −(|u|² + |i|²) every
 tag shares left out, as the hinge cancels it); and once more after robustag's run, which has
 set the C allocator to keep step memory (`robustag.allocator`), so the last row is the plain
-loop with everything robustag does but its bookkeeping. robustag's figures (eager and compiled) are its training steps only
-(validation apart), as in every benchmark here; every row's figure is the median epoch after the first.
+loop with everything robustag does but its bookkeeping. robustag's figures (eager, compiled,
+and stacked: M seeds trained as one, `robustag.stacking`, its epoch time per model) are its
+training steps only (validation apart), as in every benchmark here; every row's figure is the
+median epoch after the first.
 
-    python benchmarks/plain_loop.py [--dataset lastfm] [--epochs 4] --out FILE.json
+    python benchmarks/plain_loop.py [--dataset lastfm] [--epochs 4] [--members 5,15] --out FILE.json
 
 Numbers are measurements, never test assertions.
 """
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from common import dataset_run, environment, record, write
 
+from robustag.stacking import train_stacked
 from robustag.training import default_config, train
 
 DIM, NEGATIVES, BATCH, MARGIN, LR = 128, 16, 1024, 0.75, 0.002
@@ -59,7 +63,8 @@ def plain_loop_epochs(split, epochs: int, device, shared_term: bool = True) -> l
 
 
 def main() -> None:
-    args, device, split = dataset_run(__doc__, epochs=4)
+    args, device, split = dataset_run(__doc__, epochs=4, add_options=lambda parser: parser.add_argument(
+        "--members", default="5,15", help="stack sizes of the stacked-training rows (empty: none)"))
     rows = []
     for shared_term, what in ((True, "plain PyTorch loop"), (False, "plain PyTorch loop, robustag's algebra")):
         plain = plain_loop_epochs(split, args.epochs, device, shared_term)
@@ -69,6 +74,11 @@ def main() -> None:
     for compiled in (False, True):  # the compiled run's first epoch includes the compiler's warm-up
         epochs = [r["seconds"] for r in train(split, config, device, compile=compiled).history]
         record(rows, {"what": "robustag train " + ("compiled (the default)" if compiled else "eager (--no-compile)"),
+                      "epoch_s": statistics.median(epochs[1:]), "epochs_s": epochs})
+    for members in [int(m) for m in args.members.split(",") if m]:  # seeds 0..M-1 as one stack, eager
+        configs = [replace(config, seed=seed) for seed in range(members)]
+        epochs = [r["seconds"] for r in train_stacked(split, configs, device, compile=False)[0].history]  # per model
+        record(rows, {"what": f"robustag stacked training, {members} models (eager), per model", "members": members,
                       "epoch_s": statistics.median(epochs[1:]), "epochs_s": epochs})
     plain = plain_loop_epochs(split, args.epochs, device, shared_term=False)
     record(rows, {"what": "plain PyTorch loop, robustag's algebra and allocator settings", "epoch_s": statistics.median(plain[1:]),

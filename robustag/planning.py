@@ -82,7 +82,7 @@ def plan(specs: list[BenchSpec]) -> Plan:
         for dataset in spec.datasets:
             resolve_source(dataset)  # an unknown data set stops here, before any work
         rows = result.rows.setdefault(spec.name, [])
-        defenses = [DEFENSES.create(s) for s in spec.expanded_defenses()]
+        defenses = spec.expanded_defenses()
         attacks = [ATTACKS.create(s) for s in spec.expanded_attacks()]
         evasions = _with_budgets([a for a in attacks if isinstance(a, EmbeddingAttack)], spec.eps)
         poisons = [a for a in attacks if not isinstance(a, EmbeddingAttack)]
@@ -93,7 +93,8 @@ def plan(specs: list[BenchSpec]) -> Plan:
                     for seed in spec.seeds:
                         config = default_config(model, seed=seed, **_declared(model, params))
                         recipe = config.recipe()
-                        for defense in defenses:
+                        for written in defenses:
+                            defense = DEFENSES.create(spec.defense_for(dataset, config.model, written))
                             if defense.name != "plain" and not recipe.learned:
                                 continue  # a defense is a training regime: popularity has none
                             clean_unit = _unit(result, dataset, options, config, defense.spec, None)

@@ -94,6 +94,10 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
         return section
     labels = short_labels(dict(zip(cells["defense"], cells["defense_params"])))
     cells = cells.assign(defense_label=cells["defense"].map(labels))
+    if described.get("tuned"):
+        section.text.append(f"Tuned: the defenses this spec names bare ran, on each data set and model, at the "
+                            f"configuration `robustag tune` chose on validation NDCG@3 with the same budget for each "
+                            f"({len(described['tuned'])} tuned configurations; labels show where they differ).")
     promotion = [c for c in ("promotion@3", "promotion@10", "target_tag") if c in cells]
     table = aggregate(store, cells, HEADLINE + promotion, ci_metrics=TESTED)
     capped = capped_units(store, cells)

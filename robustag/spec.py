@@ -10,9 +10,15 @@ read from a TOML file and/or CLI flags, with parameter sweeps written as lists.
     seeds = 3                                          # 0, 1, 2 (or a list)
     reference = "plain"                                # the defense the tests compare against
     poison_valid = false                               # poisoning changes validation posts too?
+    tuned = "tuned.toml"                               # defenses named bare run as tuned (see below)
     [params]                                           # model/training options, lists sweep
     epochs = 30
     dim = [64, 128]
+
+`tuned` names a TOML file (relative to the spec; `robustag tune` writes one as RUN/tuned.toml)
+whose `[tuned]` table maps "dataset/model/defense" to a defense spec, or is that table inline:
+a defense the spec names without parameters (`aml`) runs, on that data set and model, at the
+configuration tuned for it; one written with parameters runs as written.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from robustag.plugins import _split_top_level, parse_spec
 from robustag.training import SHARED_OPTIONS
 
 SPEC_KEYS = ("name", "datasets", "models", "defenses", "attacks", "eps", "seeds", "reference", "params",
-             "p_core", "split_seed", "include", "published", "poison_valid")
+             "p_core", "split_seed", "include", "published", "poison_valid", "tuned")
 
 
 @dataclass
@@ -55,6 +61,13 @@ class BenchSpec:
     poison_valid: bool = False
     # published figures to show beside ours: "dataset/model/defense" -> {"f1@3": 0.22, ...}
     published: dict[str, dict[str, float]] = field(default_factory=dict)
+    # tuned configurations: "dataset/model/defense" -> defense spec, for defenses named bare
+    tuned: dict[str, str] = field(default_factory=dict)
+
+    def defense_for(self, dataset: str, model: str, defense: str) -> str:
+        """The defense spec to run on `dataset` and `model`: its tuned configuration when the
+        spec names it bare and one was tuned, else as written."""
+        return self.tuned.get(f"{dataset}/{model}/{defense}", defense) if ":" not in defense else defense
 
     def expanded_models(self) -> list[str]:
         return [s for spec in self.models for s in expand_sweep(spec)]
@@ -152,7 +165,32 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
     for key in ("reference", "p_core", "split_seed", "published"):
         if key in raw:
             setattr(spec, key, raw[key])
+    if "tuned" in raw:
+        spec.tuned = parse_tuned(raw["tuned"], where)
     return spec
+
+
+def parse_tuned(value: Any, where: str) -> dict[str, str]:
+    """A tuned table, inline or from the file it names (relative to the spec): each key
+    "dataset/model/defense", each value a spec of that defense."""
+    source = where
+    if isinstance(value, str):
+        path = Path(where).parent / value
+        if not path.is_file():
+            raise RobustagError(f"spec {where}: tuned file {path} not found")
+        try:
+            value = tomllib.loads(path.read_text(encoding="utf-8")).get("tuned")
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise RobustagError(f"spec {where}: tuned file {path}: {error}") from None
+        source = str(path)
+    if not isinstance(value, dict):
+        raise RobustagError(f"spec {source}: tuned must be a table of \"dataset/model/defense\" = \"spec\"")
+    for key, spec in value.items():
+        parts = key.split("/")
+        if len(parts) != 3 or not isinstance(spec, str) or spec.partition(":")[0] != parts[2]:
+            raise RobustagError(f"spec {source}: tuned entry {key!r} = {spec!r} must map dataset/model/defense "
+                                "to a spec of that defense")
+    return dict(value)
 
 
 def parse_budgets(values: list, where: str) -> list[float]:

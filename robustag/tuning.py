@@ -12,7 +12,9 @@ equal budget does as well as a grid when few parameters matter). Every trial is 
 ordinary bench in the run folder (resumable; stored with its per-epoch history in
 results.sqlite); its score is its best validation NDCG@3, the epoch early stopping keeps.
 Test posts are never looked at. The best configuration of each defense is written as a spec
-(`RUN/tuned-DATASET-MODEL.toml`) to run with more seeds. The model's own training options
+(`RUN/tuned-DATASET-MODEL.toml`) to run with more seeds, and all of them as a `[tuned]` table
+(`RUN/tuned.toml`) that any spec can name (`tuned = "tuned.toml"`) to run its bare-named
+defenses at their tuned configurations. The model's own training options
 ([params]) stay fixed: they were tuned once for `plain` (`robustag.training` defaults).
 """
 
@@ -95,7 +97,17 @@ def write_specs(folder: Path, specs: list[BenchSpec], best: pd.DataFrame, budget
             lines += ["[params]", *(f"{k} = {json.dumps(v)}" for k, v in source.params.items())]
         path.write_text("\n".join(lines) + "\n")
         written.append(path)
-    return written
+    table = Path(folder) / "tuned.toml"
+    table.write_text(tuned_table(best, budget))
+    return [*written, table]
+
+
+def tuned_table(best: pd.DataFrame, budget: int) -> str:
+    """Every tuned configuration as the `[tuned]` table a spec's `tuned` key reads."""
+    lines = [f"# robustag tune: each defense's best of at most {budget} configurations on validation NDCG@3.",
+             "# A spec with `tuned = \"this file\"` runs each defense it names bare at these configurations.", "[tuned]"]
+    lines += [f"{json.dumps(f'{r.dataset}/{r.model}/{r.defense_name}')} = {json.dumps(r.defense)}" for r in best.itertuples()]
+    return "\n".join(lines) + "\n"
 
 
 def _slug(text: str) -> str:

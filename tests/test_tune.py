@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 import robustag as rt
-from robustag.errors import ParameterError
+from robustag.errors import ParameterError, RobustagError
+from robustag.planning import plan
 from robustag.spec import BenchSpec, load_specs
 from robustag.store import ResultStore
 from robustag.tuning import trial_specs
@@ -40,9 +41,26 @@ def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_da
     aml = tuned.trials[tuned.trials["defense_name"] == "aml"]
     best_aml = tuned.best.set_index("defense_name").loc["aml"]
     assert best_aml["valid_ndcg@3"] == aml["valid_ndcg@3"].max()
-    (path,) = tuned.specs
+    path, table = tuned.specs
     (spec,) = load_specs(path)
     assert spec.datasets == ["movielens"] and spec.defenses == list(tuned.best["defense"]) and spec.seeds == list(range(5))
+    # any spec runs its bare-named defenses as tuned; one written with parameters runs as written
+    (uses,) = load_specs(_spec_file(tmp_path / "uses.toml", f'defenses = ["plain", "aml", "aml:beta=2"]\ntuned = "{table}"'))
+    defenses = {u.defense for u in plan([uses]).units.values()}
+    assert best_aml["defense"] in defenses and "aml:beta=2" not in defenses and len(defenses) == 3
+    assert any(d.startswith("aml:") and d.endswith("beta=2.0") for d in defenses)
+
+
+def _spec_file(path, body: str):
+    path.write_text(f'name = "x"\ndatasets = ["movielens"]\n{body}\n')
+    return path
+
+
+def test_a_bad_tuned_table_is_refused_naming_the_file(tmp_path):
+    with pytest.raises(RobustagError, match="tuned file .*missing.toml not found"):
+        load_specs(_spec_file(tmp_path / "a.toml", 'tuned = "missing.toml"'))
+    with pytest.raises(RobustagError, match="tuned entry 'movielens/metric/aml' = 'spaml-s' must map"):
+        load_specs(_spec_file(tmp_path / "b.toml", 'tuned = { "movielens/metric/aml" = "spaml-s" }'))
 
 
 def test_tune_runs_end_to_end_on_both_data_sets(tmp_path, real_data_dir, capsys):

@@ -21,6 +21,7 @@ from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checks import checkable
 from robustag.datasets import resolve_source
 from robustag.defense import DEFENSES
+from robustag.errors import ParameterError
 from robustag.models import MODELS
 from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
@@ -94,9 +95,9 @@ def plan(specs: list[BenchSpec]) -> Plan:
                         config = default_config(model, seed=seed, **_declared(model, params))
                         recipe = config.recipe()
                         for written in defenses:
-                            defense = DEFENSES.create(spec.defense_for(dataset, config.model, written))
-                            if defense.name != "plain" and not recipe.learned:
+                            if written.partition(":")[0] != "plain" and not recipe.learned:
                                 continue  # a defense is a training regime: popularity has none
+                            defense = DEFENSES.create(_tuned(spec, dataset, config.model, written))
                             clean_unit = _unit(result, dataset, options, config, defense.spec, None)
                             rows.append(_cell(clean_unit, None))
                             if recipe.embeddings:
@@ -106,6 +107,16 @@ def plan(specs: list[BenchSpec]) -> Plan:
                                 unit = _unit(result, dataset, options, config, defense.spec, poison.spec, spec.poison_valid)
                                 rows.append(_cell(unit, poison))
     return result
+
+
+def _tuned(spec: BenchSpec, dataset: str, model: str, defense: str) -> str:
+    """The defense spec to run: tuned where the spec has a tuned table. A bare-named defense
+    with parameters to tune that the table lacks is refused, not run at its defaults unnoticed."""
+    chosen = spec.defense_for(dataset, model, defense)
+    if spec.tuned and chosen == defense and ":" not in defense and DEFENSES.declared(defense, "params"):
+        raise ParameterError("tuned", f"spec {spec.name}: no tuned configuration of {defense} for {dataset}/{model} "
+                                      "(tune it, or write the defense with its parameters)")
+    return chosen
 
 
 def _declared(model: str, params: dict) -> dict:

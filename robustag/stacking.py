@@ -40,7 +40,8 @@ def stackable(config: TrainConfig, regime: TrainingRegime) -> bool:
     recipe = config.recipe()
     if not recipe.learned:
         return False
-    network = type(recipe.build(1, 1, 1, 1))
+    with torch.random.fork_rng(devices=[]):  # a 1-row network tells its class; no draw from the global stream
+        network = type(recipe.build(1, 1, 1, 1))
     can_stack = getattr(regime, "can_stack", lambda: type(regime) is TrainingRegime)
     return bool(getattr(network, "stackable", False) and can_stack())
 

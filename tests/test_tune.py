@@ -61,6 +61,10 @@ def test_a_bad_tuned_table_is_refused_naming_the_file(tmp_path):
         load_specs(_spec_file(tmp_path / "a.toml", 'tuned = "missing.toml"'))
     with pytest.raises(RobustagError, match="tuned entry 'movielens/metric/aml' = 'spaml-s' must map"):
         load_specs(_spec_file(tmp_path / "b.toml", 'tuned = { "movielens/metric/aml" = "spaml-s" }'))
+    (partial,) = load_specs(_spec_file(tmp_path / "c.toml", 'models = ["metric", "pitf"]\ndefenses = ["plain", "aml"]\n'
+                                       'tuned = { "movielens/metric/aml" = "aml:beta=2" }'))
+    with pytest.raises(ParameterError, match="no tuned configuration of aml for movielens/pitf"):
+        plan([partial])  # not run at its defaults unnoticed
 
 
 def test_tune_runs_end_to_end_on_both_data_sets(tmp_path, real_data_dir, capsys):

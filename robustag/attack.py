@@ -129,9 +129,12 @@ class EmbeddingAttack(Attack):
         raise NotImplementedError
 
     def checked_perturb(self, objective: Objective | None, deltas: dict[str, torch.Tensor],
-                        radius: dict[str, torch.Tensor], context: AttackContext | None = None) -> dict[str, torch.Tensor]:
+                        radius: dict[str, torch.Tensor], context: AttackContext | None = None,
+                        deferred: bool = False) -> dict[str, torch.Tensor]:
         """`perturb`, with its output checked: a plugin's perturbation is never trusted blindly
-        (one over budget, NaN or missing a table would be reported as robustness lost)."""
+        (one over budget, NaN or missing a table would be reported as robustness lost). With
+        `deferred` (adversarial training) the checks of values (finite, within budget) stay on
+        the device and are read once per epoch (`raise_deferred`), so no step waits on them."""
         takes_context = "context" in inspect.signature(self.perturb).parameters
         moved = self.perturb(objective, deltas, radius, context) if takes_context else self.perturb(objective, deltas, radius)
         if not isinstance(moved, dict) or set(moved) != set(deltas):
@@ -142,16 +145,34 @@ class EmbeddingAttack(Attack):
                 shape = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
                 raise PluginError(f"attack {self.name}: perturbation {key!r} has shape {shape}, "
                                   f"expected {tuple(deltas[key].shape)}")
-            if not torch.isfinite(delta).all():
-                raise PluginError(f"attack {self.name}: perturbation {key!r} holds NaN or infinite values")
-            size = delta.abs() if self.norm == "linf" else delta.norm(dim=-1, keepdim=True)
-            over = size - radius[key] * (1 + BUDGET_TOLERANCE) - 1e-6  # per row: the radius may differ by row
-            if over.amax() > 0:
-                row = int(over.flatten().argmax())
-                limit = torch.broadcast_to(radius[key], size.shape).flatten()[row]
-                raise PluginError(f"attack {self.name}: perturbation {key!r} reaches {float(size.flatten()[row]):.4g}, "
-                                  f"over its {self.norm} budget {float(limit):.4g} (eps={self.eps})")
+        excess = {key: self._excess(delta, radius[key]) for key, delta in moved.items()}
+        if deferred:
+            seen = getattr(self, "_deferred", {})
+            self._deferred = {k: torch.maximum(seen[k], v) if k in seen else v for k, v in excess.items()}
+        else:
+            self._raise_excess(excess)
         return moved
+
+    def _excess(self, delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        """How far the worst row of `delta` is over its budget (≤ 0: within), +inf for a
+        non-finite value; a device scalar, read by nobody yet."""
+        size = delta.abs() if self.norm == "linf" else delta.norm(dim=-1, keepdim=True)
+        over = (size - radius * (1 + BUDGET_TOLERANCE) - 1e-6).amax()  # per row: the radius may differ by row
+        return torch.where(torch.isfinite(delta).all(), over, torch.full_like(over, float("inf")))
+
+    def _raise_excess(self, excess: dict[str, torch.Tensor]) -> None:
+        for key, value in excess.items():
+            value = float(value)
+            if value == float("inf"):
+                raise PluginError(f"attack {self.name}: perturbation {key!r} holds NaN or infinite values")
+            if value > 0:
+                raise PluginError(f"attack {self.name}: perturbation {key!r} goes {value:.4g} over its {self.norm} "
+                                  f"budget (eps={self.eps})")
+
+    def raise_deferred(self) -> None:
+        """Raise what the deferred checks since the last call found (one host read)."""
+        found, self._deferred = getattr(self, "_deferred", {}), {}
+        self._raise_excess(found)
 
 
 class DataAttack(Attack):

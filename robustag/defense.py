@@ -95,6 +95,9 @@ class AdversarialDefense(Defense):
     def can_stack(self) -> bool:
         return self.stacks and self.adversary.replicable
 
+    def end_epoch(self, epoch, model):
+        self.adversary.raise_deferred()  # the epoch's perturbations were finite and within budget, or this says which
+
     def field_budgets(self, model: EmbeddingModel, eps: float) -> dict[str, torch.Tensor]:
         """The absolute per-row radius of each perturbed field of a batch (`BatchEmbeddings`
         names): tag rows, positive and negative, share the tag table's budget. A stacked
@@ -114,7 +117,7 @@ class AdversarialDefense(Defense):
         base = {k: v.detach() for k, v in vars(embeddings).items()}
         deltas = self.adversary.checked_perturb(self.adversary_objective(model, base),
                                                 {f: torch.zeros_like(base[f]) for f in radius}, radius,
-                                                AttackContext(model, base))
+                                                AttackContext(model, base), deferred=True)
         return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
 
     def adversary_objective(self, model: EmbeddingModel, base: dict[str, torch.Tensor]):

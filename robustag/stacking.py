@@ -127,6 +127,7 @@ def _fit_stack(stack, members, split, configs, device, regime, callbacks) -> lis
             optimizer.step()
             stack.after_step()
             add_figures(sums, figures, index.shape[1])
+        regime.end_epoch(epoch, stack)
         stack.replicas = None
         seconds = time.perf_counter() - epoch_start
         # The figures are the stack's (means over its members' rows), not one member's.

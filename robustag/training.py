@@ -163,6 +163,9 @@ class TrainingRegime:
         loss = model.training_loss(batch)
         return loss, {"loss": loss.detach()}
 
+    def end_epoch(self, epoch: int, model: EmbeddingModel) -> None:
+        """Called after each epoch's steps, before validation: checks deferred so that no step waits."""
+
 
 @dataclass
 class TrainResult:
@@ -280,6 +283,7 @@ def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
             optimizer.step()
             model.after_step()
             add_figures(sums, figures, len(index))
+        regime.end_epoch(epoch, model)
         record = {"epoch": epoch + 1, **{k: float(v) / len(users) for k, v in sums.items()}}
         record["seconds"] = time.perf_counter() - epoch_start
         if stopping.end_epoch(model, record, split, device, on_epoch):

@@ -159,3 +159,17 @@ def test_a_third_party_defense_loads_from_a_file(tmp_path, planted):
     defense = registry.create("scaled:scale=3")
     result = train(planted, default_config("metric", epochs=1, dim=8), CPU, regime=defense)
     assert result.history[0]["loss"] > 0
+
+
+@pytest.mark.parametrize("how, fragment", [("over", "goes .* over its l2 budget"), ("nan", "holds NaN or infinite")])
+def test_a_training_adversary_out_of_budget_stops_training_at_the_epochs_end(planted, how, fragment):
+    """In training the value checks wait on the device (no step syncs) and are read once per
+    epoch: a bad perturbation still stops training, naming the attack, after the first epoch."""
+    aml = DEFENSES.create("aml")
+    bad = (lambda v, r: v + 100 * r) if how == "over" else (lambda v, r: torch.full_like(v, float("nan")))
+    aml.adversary.perturb = lambda objective, deltas, radius: {k: bad(v, radius[k]) for k, v in deltas.items()}
+    epochs = []
+    with pytest.raises(PluginError, match=f"attack pgd: perturbation '(user|item)' {fragment}"):
+        train(planted, default_config("metric", epochs=3, dim=8), torch.device("cpu"), regime=aml,
+              on_epoch=epochs.append, compile=False)
+    assert epochs == []  # raised before the first epoch's validation: nothing recorded as if it were fine

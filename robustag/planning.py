@@ -92,12 +92,13 @@ def plan(specs: list[BenchSpec]) -> Plan:
             for model in spec.expanded_models():
                 for params in spec.param_grid():
                     for seed in spec.seeds:
-                        config = default_config(model, seed=seed, **_declared(model, params))
-                        recipe = config.recipe()
+                        recipe = default_config(model, seed=seed, **_declared(model, params)).recipe()
                         for written in defenses:
                             if written.partition(":")[0] != "plain" and not recipe.learned:
                                 continue  # a defense is a training regime: popularity has none
-                            defense = DEFENSES.create(_tuned(spec, dataset, config.model, written))
+                            chosen, tuned_params = _tuned(spec, dataset, recipe.name, written)
+                            config = default_config(model, seed=seed, **_declared(model, {**params, **tuned_params}))
+                            defense = DEFENSES.create(chosen)
                             clean_unit = _unit(result, dataset, options, config, defense.spec, None)
                             rows.append(_cell(clean_unit, None))
                             if recipe.embeddings:
@@ -109,14 +110,15 @@ def plan(specs: list[BenchSpec]) -> Plan:
     return result
 
 
-def _tuned(spec: BenchSpec, dataset: str, model: str, defense: str) -> str:
-    """The defense spec to run: tuned where the spec has a tuned table. A bare-named defense
-    with parameters to tune that the table lacks is refused, not run at its defaults unnoticed."""
-    chosen = spec.defense_for(dataset, model, defense)
+def _tuned(spec: BenchSpec, dataset: str, model: str, defense: str) -> tuple[str, dict]:
+    """The defense spec to run and the model options it was tuned with: tuned where the spec has
+    a tuned table. A bare-named defense with parameters to tune that the table lacks is refused,
+    not run at its defaults unnoticed."""
+    chosen, params = spec.defense_for(dataset, model, defense)
     if spec.tuned and chosen == defense and ":" not in defense and DEFENSES.declared(defense, "params"):
         raise ParameterError("tuned", f"spec {spec.name}: no tuned configuration of {defense} for {dataset}/{model} "
                                       "(tune it, or write the defense with its parameters)")
-    return chosen
+    return chosen, params
 
 
 def _declared(model: str, params: dict) -> dict:

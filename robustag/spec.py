@@ -61,13 +61,16 @@ class BenchSpec:
     poison_valid: bool = False
     # published figures to show beside ours: "dataset/model/defense" -> {"f1@3": 0.22, ...}
     published: dict[str, dict[str, float]] = field(default_factory=dict)
-    # tuned configurations: "dataset/model/defense" -> defense spec, for defenses named bare
-    tuned: dict[str, str] = field(default_factory=dict)
+    # tuned configurations: "dataset/model/defense" -> {"defense": spec, "params": {...}}, for
+    # defenses named bare (params: the model options the tune swept, as they were best with it)
+    tuned: dict[str, dict] = field(default_factory=dict)
 
-    def defense_for(self, dataset: str, model: str, defense: str) -> str:
-        """The defense spec to run on `dataset` and `model`: its tuned configuration when the
-        spec names it bare and one was tuned, else as written."""
-        return self.tuned.get(f"{dataset}/{model}/{defense}", defense) if ":" not in defense else defense
+    def defense_for(self, dataset: str, model: str, defense: str) -> tuple[str, dict[str, Any]]:
+        """The defense spec to run on `dataset` and `model`, and the model options to run it
+        with: its tuned configuration when the spec names it bare and one was tuned, else as
+        written (and no options beyond the spec's)."""
+        entry = self.tuned.get(f"{dataset}/{model}/{defense}") if ":" not in defense else None
+        return (entry["defense"], entry["params"]) if entry else (defense, {})
 
     def expanded_models(self) -> list[str]:
         return [s for spec in self.models for s in expand_sweep(spec)]
@@ -170,9 +173,10 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
     return spec
 
 
-def parse_tuned(value: Any, where: str) -> dict[str, str]:
+def parse_tuned(value: Any, where: str) -> dict[str, dict]:
     """A tuned table, inline or from the file it names (relative to the spec): each key
-    "dataset/model/defense", each value a spec of that defense."""
+    "dataset/model/defense", each value a spec of that defense, or a table with that spec as
+    `defense` and the model options it was tuned with as `params`."""
     source = where
     if isinstance(value, str):
         path = Path(where).parent / value
@@ -185,12 +189,17 @@ def parse_tuned(value: Any, where: str) -> dict[str, str]:
         source = str(path)
     if not isinstance(value, dict):
         raise RobustagError(f"spec {source}: tuned must be a table of \"dataset/model/defense\" = \"spec\"")
-    for key, spec in value.items():
+    table = {}
+    for key, entry in value.items():
+        entry = {"defense": entry, "params": {}} if isinstance(entry, str) else entry
         parts = key.split("/")
-        if len(parts) != 3 or not isinstance(spec, str) or spec.partition(":")[0] != parts[2]:
-            raise RobustagError(f"spec {source}: tuned entry {key!r} = {spec!r} must map dataset/model/defense "
-                                "to a spec of that defense")
-    return dict(value)
+        if (len(parts) != 3 or not isinstance(entry, dict) or set(entry) - {"defense", "params"}
+                or not isinstance(entry.get("defense"), str) or entry["defense"].partition(":")[0] != parts[2]
+                or not isinstance(entry.get("params", {}), dict)):
+            raise RobustagError(f"spec {source}: tuned entry {key!r} = {value[key]!r} must map dataset/model/defense "
+                                "to a spec of that defense (or to {{ defense = spec, params = {{...}} }})")
+        table[key] = {"defense": entry["defense"], "params": dict(entry.get("params", {}))}
+    return table
 
 
 def parse_budgets(values: list, where: str) -> list[float]:

@@ -14,8 +14,9 @@ results.sqlite); its score is its best validation NDCG@3, the epoch early stoppi
 Test posts are never looked at. The best configuration of each defense is written as a spec
 (`RUN/tuned-DATASET-MODEL.toml`) to run with more seeds, and all of them as a `[tuned]` table
 (`RUN/tuned.toml`) that any spec can name (`tuned = "tuned.toml"`) to run its bare-named
-defenses at their tuned configurations. The model's own training options
-([params]) stay fixed: they were tuned once for `plain` (`robustag.training` defaults).
+defenses at their tuned configurations. Options of the model given as sweeps in [params]
+(`margin = [0.5, 1]`, `lr = [...]`) are searched jointly with each defense's parameters, within
+the same budget, and the table keeps the ones each defense was best with.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from robustag.errors import ParameterError
+from robustag.models import MODELS
 from robustag.spec import BenchSpec, expand_sweep
+from robustag.training import SHARED_OPTIONS
 
 SCORE = "valid_ndcg@3"
 
@@ -45,25 +48,35 @@ class Tuned:
 
 
 def trial_specs(specs: list[BenchSpec], budget: int, seed: int = 0) -> list[BenchSpec]:
-    """Each spec with every defense's sweep cut to at most `budget` configurations (a seeded
-    random subset, in sweep order), no attack and one seed (the spec's first)."""
+    """The trials of each spec: for every defense, at most `budget` of its configurations
+    joined with the [params] combinations the spec sweeps (a seeded random subset of that
+    product, in order), with no attack and one seed (the spec's first). One spec per [params]
+    combination, naming the defense configurations tried with it."""
     if budget < 1:
         raise ParameterError("budget", "must be ≥ 1", budget)
     rng = np.random.default_rng(seed)
     trials = []
     for spec in specs:
-        swept = sorted(k for k, v in spec.params.items() if isinstance(v, list))
-        if swept:
-            raise ParameterError("params", f"tune searches defense parameters; give the model option {swept[0]!r} "
-                                           "one value (the models' training options are tuned for plain already)")
-        configurations = []
+        swept_models = [m for m in spec.models if len(expand_sweep(m)) > 1]
+        if swept_models:
+            raise ParameterError("models", f"tune sweeps a model's parameters through [params], not in its name "
+                                           f"({swept_models[0]!r})")
+        combinations = spec.param_grid()
+        tried: list[list[str]] = [[] for _ in combinations]
         for defense in spec.defenses:
-            expanded = expand_sweep(defense)
-            if len(expanded) > budget:
-                expanded = [expanded[k] for k in sorted(rng.choice(len(expanded), budget, replace=False))]
-            configurations += expanded
-        trials.append(replace(spec, defenses=configurations, attacks=[], eps=None, seeds=spec.seeds[:1]))
+            candidates = [(k, d) for k in range(len(combinations)) for d in expand_sweep(defense)]
+            if len(candidates) > budget:
+                candidates = [candidates[k] for k in sorted(rng.choice(len(candidates), budget, replace=False))]
+            for k, configuration in candidates:
+                tried[k].append(configuration)
+        trials += [replace(spec, params=combination, defenses=defenses, attacks=[], eps=None, seeds=spec.seeds[:1])
+                   for combination, defenses in zip(combinations, tried) if defenses]
     return trials
+
+
+def swept_params(specs: list[BenchSpec]) -> list[str]:
+    """The [params] options the specs sweep (tuned together with each defense)."""
+    return sorted({k for spec in specs for k, v in spec.params.items() if isinstance(v, list)})
 
 
 def trial_scores(cells: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
@@ -75,38 +88,50 @@ def trial_scores(cells: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trial with the best validation NDCG@3 of each data set, model and defense (the first
-    in sweep order on ties)."""
-    keys = ["dataset", "model", "params", "defense_name"]
+    """The trial with the best validation NDCG@3 of each data set, model and defense, over its
+    configurations and the swept [params] (the first in sweep order on ties)."""
+    keys = ["dataset", "model", "defense_name"]
     return trials.loc[trials.groupby(keys, sort=False)[SCORE].idxmax()].reset_index(drop=True)
 
 
 def write_specs(folder: Path, specs: list[BenchSpec], best: pd.DataFrame, budget: int) -> list[Path]:
-    """One spec per data set and model: the best configuration of every defense."""
+    """The `[tuned]` table of every best configuration (`RUN/tuned.toml`), and one spec per data
+    set and model that runs every defense at it."""
+    table = Path(folder) / "tuned.toml"
+    table.write_text(tuned_table(best, budget, swept_params(specs)))
     written = []
     for (dataset, model), group in best.groupby(["dataset", "model"], sort=False):
         source = next(s for s in specs if dataset in s.datasets and model in s.models)
         path = Path(folder) / f"tuned-{_slug(dataset)}-{_slug(model)}.toml"
         scores = ", ".join(f"{d} {v:.4f}" for d, v in zip(group["defense_name"], group[SCORE]))
+        fixed = {k: v for k, v in source.params.items() if not isinstance(v, list)}
         lines = [f"# robustag tune: each defense's best of at most {budget} configurations on validation NDCG@3",
                  f"# (seed {source.seeds[0]}; best scores: {scores}). Run it with more seeds.",
                  f'name = "{source.name}-tuned"', f"datasets = {json.dumps([dataset])}", f"models = {json.dumps([model])}",
-                 f"defenses = {json.dumps(list(group['defense']))}", "attacks = []", "seeds = 5",
-                 f'reference = "{source.reference}"', f"p_core = {source.p_core}", f"split_seed = {source.split_seed}"]
-        if source.params:
-            lines += ["[params]", *(f"{k} = {json.dumps(v)}" for k, v in source.params.items())]
+                 f"defenses = {json.dumps(list(group['defense_name']))}", "attacks = []", "seeds = 5",
+                 f'reference = "{source.reference}"', f"p_core = {source.p_core}", f"split_seed = {source.split_seed}",
+                 f'tuned = "{table.name}"']
+        if fixed:
+            lines += ["[params]", *(f"{k} = {json.dumps(v)}" for k, v in fixed.items())]
         path.write_text("\n".join(lines) + "\n")
         written.append(path)
-    table = Path(folder) / "tuned.toml"
-    table.write_text(tuned_table(best, budget))
     return [*written, table]
 
 
-def tuned_table(best: pd.DataFrame, budget: int) -> str:
-    """Every tuned configuration as the `[tuned]` table a spec's `tuned` key reads."""
+def tuned_table(best: pd.DataFrame, budget: int, swept: list[str] = ()) -> str:
+    """Every tuned configuration as the `[tuned]` table a spec's `tuned` key reads: the defense's
+    spec, with the swept [params] it was best with where the tune swept any."""
     lines = [f"# robustag tune: each defense's best of at most {budget} configurations on validation NDCG@3.",
              "# A spec with `tuned = \"this file\"` runs each defense it names bare at these configurations.", "[tuned]"]
-    lines += [f"{json.dumps(f'{r.dataset}/{r.model}/{r.defense_name}')} = {json.dumps(r.defense)}" for r in best.itertuples()]
+    for row in best.itertuples():
+        key = json.dumps(f"{row.dataset}/{row.model}/{row.defense_name}")
+        own = MODELS.declared(row.model, "params", {})
+        params = {k: v for k, v in json.loads(row.params).items() if k in swept and (k in SHARED_OPTIONS or k in own)}
+        if params:
+            inline = ", ".join(f"{k} = {json.dumps(v)}" for k, v in params.items())
+            lines.append(f"{key} = {{ defense = {json.dumps(row.defense)}, params = {{ {inline} }} }}")
+        else:
+            lines.append(f"{key} = {json.dumps(row.defense)}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,8 @@
 """`robustag tune`: equal budgets per defense on validation NDCG@3, every trial in the store,
 the best written as a spec that loads; end to end through the CLI on both data sets."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -23,10 +25,21 @@ def test_each_defense_gets_at_most_its_budget_of_a_seeded_subset():
     assert trials.attacks == [] and trials.seeds == [3]  # no attack, the first seed: test posts never looked at
     assert trial_specs([spec], budget=4, seed=1)[0].defenses == trials.defenses  # seeded
     assert trial_specs([spec], budget=4, seed=2)[0].defenses != trials.defenses
-    with pytest.raises(ParameterError, match="give the model option 'dim' one value"):
-        trial_specs([BenchSpec(params={"dim": [16, 32]})], budget=2)
+    with pytest.raises(ParameterError, match="through \\[params\\], not in its name"):
+        trial_specs([BenchSpec(models=["metric:margin=[0.5,1]"])], budget=2)
     with pytest.raises(ParameterError, match="budget"):
         trial_specs([spec], budget=0)
+
+
+def test_swept_model_options_share_each_defenses_budget():
+    """[params] sweeps are searched jointly with each defense: the budget counts (options, defense
+    configuration) pairs, one trial spec per options combination."""
+    spec = BenchSpec(defenses=["plain", "aml:beta=[0.5,1,2]"], params={"margin": [0.5, 1.0], "epochs": 3})
+    trials = trial_specs([spec], budget=4, seed=0)
+    assert [t.params for t in trials] == [{"margin": 0.5, "epochs": 3}, {"margin": 1.0, "epochs": 3}]
+    pairs = [(t.params["margin"], d) for t in trials for d in t.defenses]
+    assert sum(d == "plain" for _, d in pairs) == 2  # plain: both options, within its budget of 4
+    assert sum(d.startswith("aml") for _, d in pairs) == 4  # aml: 4 of its 2 × 3 pairs
 
 
 def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_data_dir):
@@ -43,7 +56,8 @@ def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_da
     assert best_aml["valid_ndcg@3"] == aml["valid_ndcg@3"].max()
     path, table = tuned.specs
     (spec,) = load_specs(path)
-    assert spec.datasets == ["movielens"] and spec.defenses == list(tuned.best["defense"]) and spec.seeds == list(range(5))
+    assert spec.datasets == ["movielens"] and spec.defenses == list(tuned.best["defense_name"]) and spec.seeds == list(range(5))
+    assert {u.defense for u in plan([spec]).units.values()} == set(tuned.best["defense"])  # it runs the best ones
     # any spec runs its bare-named defenses as tuned; one written with parameters runs as written
     (uses,) = load_specs(_spec_file(tmp_path / "uses.toml", f'defenses = ["plain", "aml", "aml:beta=2"]\ntuned = "{table}"'))
     defenses = {u.defense for u in plan([uses]).units.values()}
@@ -77,3 +91,15 @@ def test_tune_runs_end_to_end_on_both_data_sets(tmp_path, real_data_dir, capsys)
         assert [d.split(":")[0] for d in spec.defenses] == ["plain", "spaml-s"]
     cells = pd.read_sql_query("SELECT dataset, attack FROM cells", ResultStore.existing(tmp_path / "tune").connection)
     assert len(cells) == 4 and cells["attack"].isna().all()
+
+
+def test_a_tuned_model_option_travels_with_its_defense(tmp_path, real_data_dir):
+    spec = BenchSpec(datasets=["movielens"], defenses=["plain", "aml:beta=[0.5,2]"], params={"margin": [0.25, 1.5], "epochs": 2})
+    tuned = rt.tune(spec, tmp_path / "tune", budget=4, data_dir=real_data_dir, device="cpu")
+    assert len(tuned.trials) == 2 + 4 and set(tuned.trials["params"].map(lambda p: json.loads(p)["margin"])) == {0.25, 1.5}
+    best = tuned.best.set_index("defense_name")
+    (uses,) = load_specs(_spec_file(tmp_path / "uses.toml", f'defenses = ["plain", "aml"]\ntuned = "{tuned.specs[-1]}"'))
+    units = {u.defense.partition(":")[0]: u for u in plan([uses]).units.values()}
+    for name in ("plain", "aml"):  # each defense runs with the margin it was best with
+        assert units[name].config.model_params["margin"] == json.loads(best.loc[name, "params"])["margin"]
+        assert units[name].defense == best.loc[name, "defense"]

@@ -75,8 +75,8 @@ def train_stacked(split: TagSplit, configs: list[TrainConfig], device: torch.dev
     stack = stacked_network(split, configs[0], members, device)
     with compiled_losses(stack, compiled):
         results = _fit_stack(stack, members, split, configs, device, regime, on_epoch or [None] * len(configs))
-    for result in results:
-        result.compiled, result.notes = compiled, [note] if note else []
+    for k, result in enumerate(results):
+        result.compiled, result.notes = compiled, [note] if note and k == 0 else []  # said once, not per member
     return results
 
 

@@ -5,8 +5,8 @@ products and their gradients). glibc's malloc serves blocks that large with fres
 pages and gives freed heap tops back to the system, so every step pays page faults to zero
 the same memory again. Keeping blocks up to 32 MB on the heap (M_MMAP_THRESHOLD) and freed
 memory up to 1 GB in the process (M_TRIM_THRESHOLD) removes that: measured on LastFM (metric
-model, batch 1,024, K = 16, d = 128, 2-core CPU), an eager epoch goes from 1.10–1.26 s to
-0.76–0.78 s (`benchmarks/plain_loop.py`, figures in reports/benchmarks/README.md). Results are
+model, batch 1,024, K = 16, d = 128, 2-core CPU), an eager epoch goes from 1.02–1.17 s to
+0.85–0.93 s (`benchmarks/allocator.py`, figures in reports/benchmarks/README.md). Results are
 unchanged (only where memory comes from). A setting the user made through glibc's own
 environment variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) is left as it is, and
 nothing happens on other C libraries.

@@ -64,7 +64,7 @@ POISON_VALID_HELP = ("Poisoning attacks change the validation posts too, so earl
 PoisonValidOption = typer.Option(None, "--poison-valid/--no-poison-valid", help=POISON_VALID_HELP + " Overrides the spec.")
 CompileOption = typer.Option(
     None, "--compile/--no-compile",
-    help="Fuse the training loss with torch.compile (about 1.4× faster epochs on LastFM; same results up to "
+    help="Fuse the training loss with torch.compile (about 1.5× faster epochs on LastFM; same results up to "
          "floating-point rounding). Default: on where the compiler works (a C++ compiler on CPU), else eager "
          "with a one-line note; ROBUSTAG_COMPILE=0 turns the default off.")
 DefenseOption = typer.Option("plain", "--defense", help="Training regime spec, e.g. spaml-s:attack=pgd,eps=0.1,steps=3")

@@ -28,6 +28,7 @@ from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
 from robustag.errors import RobustagError
 from robustag.models import MODELS
+from robustag.plugins import parse_spec
 from robustag.stats import ALPHA, MIN_BLOCKS, MIN_SEEDS, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
@@ -72,6 +73,8 @@ def write_report(run: Path, reference: str | None = None) -> Path:
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
     tested: set = set()  # a comparison is tested once per report, in the first section that shows it
     sections = [spec_section(store, spec, reference, figures, known.get(spec, {}), tested) for spec in order]
+    tuned = tuned_section(store, [known[name] for name in order if name in known])
+    sections += [tuned] if tuned.tables else []
     sections.append(runtime_section(store, reference, order))
     environment = environment_info(store)
     (folder / "report.md").write_text(render_markdown(run, sections, environment))
@@ -199,6 +202,36 @@ def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Sec
     section.tables.append(ReportTable("runtime", "Training cost", header, rows, note))
     section.tables.append(compute_table(store, specs))
     return section
+
+
+def tuned_section(store: ResultStore, described: list[dict]) -> Section:
+    """The tuned configurations the run used (specs with a `tuned` table): per data set, model
+    and defense, what differs from the defense's defaults and the model options it was tuned with."""
+    section = Section(title="Tuned configurations")
+    ran = set(zip(store.cells()["dataset"], store.cells()["model"], store.cells()["defense"]))
+    entries = {key: entry for spec in described for key, entry in spec.get("tuned", {}).items()}
+    rows = []
+    for key, entry in entries.items():
+        dataset, model, name = key.rsplit("/", 2)  # a tsv: data set's name may hold slashes
+        chosen = DEFENSES.create(entry["defense"])
+        if (dataset, model, chosen.spec) not in ran:
+            continue
+        default = DEFENSES.create(name).spec
+        changed = _spec_changes(default, chosen.spec)
+        options = ", ".join(f"{k}={v}" for k, v in entry.get("params", {}).items())
+        rows.append([dataset, model, name, changed or "its defaults", options])
+    if rows:
+        section.tables.append(ReportTable(
+            "tuned", "Tuned configurations", ["dataset", "model", "defense", "tuned (against its defaults)", "model options"],
+            rows, "Chosen on validation NDCG@3 by `robustag tune` with the same budget for every defense (the spec's "
+                  "tuned table); a defense the spec names with parameters runs as written and is not listed."))
+    return section
+
+
+def _spec_changes(default: str, chosen: str) -> str:
+    """The parameters of a canonical defense spec that differ from its defaults, as k=v."""
+    before, after = parse_spec(default)[1], parse_spec(chosen)[1]
+    return ", ".join(f"{k}={v}" for k, v in after.items() if before.get(k) != v)
 
 
 def compute_table(store: ResultStore, specs: list[str]) -> ReportTable:

@@ -192,7 +192,7 @@ def parse_tuned(value: Any, where: str) -> dict[str, dict]:
     table = {}
     for key, entry in value.items():
         entry = {"defense": entry, "params": {}} if isinstance(entry, str) else entry
-        parts = key.split("/")
+        parts = key.rsplit("/", 2)  # a tsv: data set's name may hold slashes
         if (len(parts) != 3 or not isinstance(entry, dict) or set(entry) - {"defense", "params"}
                 or not isinstance(entry.get("defense"), str) or entry["defense"].partition(":")[0] != parts[2]
                 or not isinstance(entry.get("params", {}), dict)):

@@ -1,6 +1,7 @@
 """robustag bench: planning, resuming after a kill, failure isolation, statistics, reports,
 and executors that agree."""
 
+import dataclasses
 import json
 import os
 import re
@@ -468,3 +469,17 @@ def test_a_stacked_bench_stores_what_solo_training_stores(planted_path, tmp_path
         assert by_cell(stacked)[key] == pytest.approx(metrics, abs=1e-4)
     members = stacked.histories().groupby("unit")["stack_members"].max()
     assert (members == 3).sum() == 6 and members.isna().sum() == 6  # 2 stacks of 3 seeds; the 6 poisoned units alone
+
+
+def test_the_report_lists_the_tuned_configurations_it_ran(planted_path, tmp_path):
+    from robustag.report import write_report
+
+    spec = small_spec(planted_path, defenses=["plain", "aml", "aml:beta=0.5"], attacks=[], seeds=[0])
+    spec.tuned = {f"tsv:{planted_path}/metric/aml": {"defense": "aml:eps=0.2,beta=2", "params": {}}}
+    store = run(spec, tmp_path / "run", compile=False)
+    store.set_meta("specs", [dataclasses.asdict(spec)])
+    assert len({d for d in store.cells()["defense"] if d.startswith("aml:")}) == 2  # the tuned aml and the written one
+    store.close()
+    table = pd.read_csv(write_report(tmp_path / "run") / "tuned.csv")
+    assert list(table["defense"]) == ["aml"]  # aml:beta=0.5 was written with its parameters: not a tuned one
+    assert table.iloc[0]["tuned (against its defaults)"] == "eps=0.2, beta=2.0"

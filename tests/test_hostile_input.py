@@ -222,7 +222,7 @@ def test_bench_refuses_bad_options_before_any_work(args, fragments, tmp_path, ro
     assert not out.exists()  # nothing left behind
 
 
-@pytest.mark.parametrize("args", [["--workers", "0"], ["--workers", "-2"], ["--per-gpu", "0"]])
+@pytest.mark.parametrize("args", [["--workers", "0"], ["--workers", "-2"], ["--per-gpu", "0"], ["--stack", "0"]])
 def test_bench_refuses_worker_counts_below_one(args, tmp_path, robustag):
     code, output = robustag("bench", "--out", tmp_path / "run", *args)
     assert code != 0 and args[0] in output and "Traceback" not in output

@@ -71,8 +71,11 @@ def _trained_models(tasks: list[UnitTask], split, setup: WorkerSetup, device: to
     split) is discarded with a warning and the model retrained."""
     found = [_cached_model(task, split, setup, device, notes) for task, notes in zip(tasks, warnings)]
     todo = [k for k, model in enumerate(found) if model is None]
-    for k in todo:
-        emit("train", {"unit": tasks[k].label, "epochs": tasks[k].config.epochs})
+    if todo:
+        first = tasks[todo[0]]
+        seeds = ", ".join(str(tasks[k].config.seed) for k in todo)  # a stack's members train together: one line
+        label = first.label if len(todo) == 1 else f"{first.label.rsplit(' seed ', 1)[0]} seeds {seeds} (one stack)"
+        emit("train", {"unit": label, "epochs": first.config.epochs})
     on_epoch = [lambda record, label=tasks[k].label: emit("epoch", {"unit": label, **record}) for k in todo]
     if len(todo) > 1:
         fresh = train_stacked(split, [tasks[k].config for k in todo], device, DEFENSES.create(tasks[todo[0]].defense),

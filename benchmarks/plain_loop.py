@@ -32,15 +32,35 @@ from robustag.training import default_config, train
 DIM, NEGATIVES, BATCH, MARGIN, LR = 128, 16, 1024, 0.75, 0.002
 
 
+def seeded_tables(sizes, device) -> tuple[list[torch.nn.Embedding], torch.optim.Adam]:
+    """User, item and tag tables of the given row counts, initialised as robustag's metric
+    model is, and Adam over them."""
+    torch.manual_seed(0)
+    tables = [torch.nn.Embedding(n, DIM).to(device) for n in sizes]
+    for table in tables:
+        torch.nn.init.normal_(table.weight, std=DIM ** -0.5)
+    return tables, torch.optim.Adam([t.weight for t in tables], lr=LR)
+
+
+def hinge_step(tables, optimizer, u, i, positive, negative, shared=0.0, scale: float = 1.0) -> None:
+    """One step of the metric model's hinge from looked-up rows (positive (N, 1, d), negative
+    (N, K, d)), `shared` the −(|u|² + |i|²) term if scored; Adam; back into the unit ball."""
+    both = (u + i).unsqueeze(1)
+    score = lambda t: 2 * (t * both).sum(-1) - 2 * t.pow(2).sum(-1) - shared
+    loss = F.relu(MARGIN - score(positive) + score(negative)).mean() * scale
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        for table in tables:
+            table.weight.renorm_(2, 0, 1.0)
+
+
 def plain_loop_epochs(split, epochs: int, device, shared_term: bool = True) -> list[float]:
     """`shared_term`: score with −(|u|² + |i|²) included, as written from the model's formula;
     without it, the algebra robustag's metric model uses (the hinge cancels that term)."""
-    torch.manual_seed(0)
-    tables = [torch.nn.Embedding(n, DIM).to(device) for n in (split.n_users, split.n_items, split.n_tags)]
-    for table in tables:
-        torch.nn.init.normal_(table.weight, std=DIM ** -0.5)
+    tables, optimizer = seeded_tables((split.n_users, split.n_items, split.n_tags), device)
     user_table, item_table, tag_table = tables
-    optimizer = torch.optim.Adam([t.weight for t in tables], lr=LR)
     users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
     seconds = []
     for _ in range(epochs):
@@ -48,16 +68,8 @@ def plain_loop_epochs(split, epochs: int, device, shared_term: bool = True) -> l
         for index in torch.randperm(len(users), device=device).split(BATCH):
             u, i = user_table(users[index]), item_table(items[index])
             positive, negative = tag_table(tags[index]).unsqueeze(1), tag_table(torch.randint(split.n_tags, (len(index), NEGATIVES), device=device))
-            both = u + i
-            const = u.pow(2).sum(1, keepdim=True) + i.pow(2).sum(1, keepdim=True) if shared_term else 0.0
-            score = lambda t: 2 * (t * both.unsqueeze(1)).sum(-1) - 2 * t.pow(2).sum(-1) - const
-            loss = F.relu(MARGIN - score(positive) + score(negative)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for table in tables:
-                    table.weight.renorm_(2, 0, 1.0)
+            shared = u.pow(2).sum(1, keepdim=True) + i.pow(2).sum(1, keepdim=True) if shared_term else 0.0
+            hinge_step(tables, optimizer, u, i, positive, negative, shared)
         seconds.append(time.perf_counter() - started)
     return seconds
 

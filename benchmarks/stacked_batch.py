@@ -16,23 +16,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from common import dataset_run, environment, record, write
+from plain_loop import BATCH, NEGATIVES, hinge_step, seeded_tables
 
 from robustag.allocator import keep_step_memory
 
-DIM, NEGATIVES, BATCH, MARGIN, LR = 128, 16, 1024, 0.75, 0.002
-
 
 def stacked_epochs(split, members: int, epochs: int, device) -> list[float]:
-    torch.manual_seed(0)
     sizes = (split.n_users, split.n_items, split.n_tags)
-    tables = [torch.nn.Embedding(n * members, DIM).to(device) for n in sizes]
-    for table in tables:
-        torch.nn.init.normal_(table.weight, std=DIM ** -0.5)
+    tables, optimizer = seeded_tables([n * members for n in sizes], device)
     user_table, item_table, tag_table = tables
-    optimizer = torch.optim.Adam([t.weight for t in tables], lr=LR)
     offset = torch.arange(members, device=device).unsqueeze(1)  # each model's first row, in units of a table
     users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
     seconds = []
@@ -44,16 +38,7 @@ def stacked_epochs(split, members: int, epochs: int, device) -> list[float]:
             i = item_table((items[index] + offset * sizes[1]).flatten())
             positive = tag_table((tags[index] + offset * sizes[2]).flatten()).unsqueeze(1)
             sampled = torch.randint(sizes[2], (*index.shape, NEGATIVES), device=device) + offset.unsqueeze(2) * sizes[2]
-            negative = tag_table(sampled.flatten(0, 1))
-            both = (u + i).unsqueeze(1)
-            score = lambda t: 2 * (t * both).sum(-1) - 2 * t.pow(2).sum(-1)
-            loss = F.relu(MARGIN - score(positive) + score(negative)).mean() * members  # each model's own mean
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for table in tables:
-                    table.weight.renorm_(2, 0, 1.0)
+            hinge_step(tables, optimizer, u, i, positive, tag_table(sampled.flatten(0, 1)), scale=members)  # each model's own mean
         seconds.append(time.perf_counter() - started)
     return seconds
 

@@ -208,7 +208,8 @@ def tuned_section(store: ResultStore, described: list[dict]) -> Section:
     """The tuned configurations the run used (specs with a `tuned` table): per data set, model
     and defense, what differs from the defense's defaults and the model options it was tuned with."""
     section = Section(title="Tuned configurations")
-    ran = set(zip(store.cells()["dataset"], store.cells()["model"], store.cells()["defense"]))
+    cells = store.cells()
+    ran = set(zip(cells["dataset"], cells["model"], cells["defense"]))
     entries = {key: entry for spec in described for key, entry in spec.get("tuned", {}).items()}
     rows = []
     for key, entry in entries.items():

@@ -154,8 +154,7 @@ def test_the_allocator_keeps_step_memory_on_glibc_unless_the_user_set_it_and_res
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("the allocator settings are glibc's")
-    code = ("import robustag.allocator as a, robustag.training as t, sys; "
-            "print(a.keep_step_memory(), a._applied)")
+    code = "import robustag.allocator as a; print(a.keep_step_memory(), a._applied)"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split() == ["True", "True"]
     mine = {**env, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}

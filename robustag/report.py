@@ -92,6 +92,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     section = Section(title=spec)
     published = described.get("published", {})
     cells = in_spec_order(done_cells(store, spec), described)
+    section.text += unfinished_note(store, spec)
     if cells.empty:
         section.text.append("No finished cells yet.")
         return section
@@ -143,6 +144,17 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     if len(failed):
         section.text.append(f"{len(failed)} cells failed and are left out; `robustag results RUN --status failed` lists them.")
     return section
+
+
+def unfinished_note(store: ResultStore, spec: str) -> list[str]:
+    """A report written while its run is still going says so: the tables and tests cover only
+    the finished cells, and a comparison may lack seeds the spec asks for."""
+    statuses = store.cells(spec=spec)["status"]
+    waiting = int((statuses != "done").sum() - (statuses == "failed").sum())
+    if not waiting:
+        return []
+    return [f"Unfinished: {waiting} of {len(statuses)} cells of this spec have not run yet; the tables and tests "
+            "below cover the finished ones only (resume the run, then write the report again)."]
 
 
 def mixed_device_warnings(cells: pd.DataFrame) -> list[str]:

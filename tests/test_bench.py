@@ -483,3 +483,15 @@ def test_the_report_lists_the_tuned_configurations_it_ran(planted_path, tmp_path
     table = pd.read_csv(write_report(tmp_path / "run") / "tuned.csv")
     assert list(table["defense"]) == ["aml"]  # aml:beta=0.5 was written with its parameters: not a tuned one
     assert table.iloc[0]["tuned (against its defaults)"] == "eps=0.2, beta=2.0"
+
+
+def test_a_report_written_before_the_run_ends_says_how_much_is_missing(planted_path, tmp_path):
+    store = run(small_spec(planted_path, attacks=[], seeds=[0]), tmp_path / "run", compile=False)
+    for name, rows in plan([small_spec(planted_path, attacks=[], seeds=[0, 1])]).rows.items():
+        store.add_cells(rows, name)  # the same spec asked again with a second seed, not yet run
+    store.close()
+    markdown = (write_report(tmp_path / "run") / "report.md").read_text()
+    assert "Unfinished: 2 of 4 cells of this spec have not run yet" in markdown
+    finished_only = run(small_spec(planted_path, attacks=[], seeds=[0]), tmp_path / "done", compile=False)
+    finished_only.close()
+    assert "Unfinished" not in (write_report(tmp_path / "done") / "report.md").read_text()

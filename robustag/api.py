@@ -269,7 +269,8 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
                report=False, on_event=on_event) as run:
         scores = tuning.trial_scores(run.cells(status="done"), run.store.histories())
     best = tuning.best_trials(scores)
-    return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget))
+    return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget),
+                        tuning.write_tables(folder, scores, best))
 
 
 def _specs(spec) -> list[BenchSpec]:

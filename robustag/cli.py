@@ -567,6 +567,8 @@ def tune_command(
     _stdout().print(table)
     for path in tuned.specs:
         _stdout().print(f"tuned spec: {escape(str(path))}")
+    for path in tuned.tables:
+        _stdout().print(f"tuning table: {escape(str(path))}")
 
 
 @app.command("results")

@@ -14,7 +14,8 @@ results.sqlite); its score is its best validation NDCG@3, the epoch early stoppi
 Test posts are never looked at. The best configuration of each defense is written as a spec
 (`RUN/tuned-DATASET-MODEL.toml`) to run with more seeds, and all of them as a `[tuned]` table
 (`RUN/tuned.toml`) that any spec can name (`tuned = "tuned.toml"`) to run its bare-named
-defenses at their tuned configurations. Options of the model given as sweeps in [params]
+defenses at their tuned configurations; `RUN/trials.csv` and `RUN/best.csv` record every trial
+and each defense's choice. Options of the model given as sweeps in [params]
 (`margin = [0.5, 1]`, `lr = [...]`) are searched jointly with each defense's parameters, within
 the same budget, and the table keeps the ones each defense was best with.
 """
@@ -39,12 +40,13 @@ SCORE = "valid_ndcg@3"
 @dataclass
 class Tuned:
     """What `robustag.tune` returns: every trial with its validation score, the best of each
-    defense, and the spec files written."""
+    defense, the spec files written and the CSV tables of both."""
 
     folder: Path
     trials: pd.DataFrame
     best: pd.DataFrame
     specs: list[Path]
+    tables: list[Path]
 
 
 def trial_specs(specs: list[BenchSpec], budget: int, seed: int = 0) -> list[BenchSpec]:
@@ -92,6 +94,18 @@ def best_trials(trials: pd.DataFrame) -> pd.DataFrame:
     configurations and the swept [params] (the first in sweep order on ties)."""
     keys = ["dataset", "model", "defense_name"]
     return trials.loc[trials.groupby(keys, sort=False)[SCORE].idxmax()].reset_index(drop=True)
+
+
+def write_tables(folder: Path, trials: pd.DataFrame, best: pd.DataFrame) -> list[Path]:
+    """Every trial and each defense's best as CSV (`RUN/trials.csv`, `RUN/best.csv`; scores to 4
+    decimals, as reports quote them), the tuning record a report commits."""
+    columns = ["dataset", "model", "defense_name", "defense", SCORE, "epochs"]
+    written = []
+    for name, frame in (("trials.csv", trials), ("best.csv", best)):
+        path = Path(folder) / name
+        frame[columns].round({SCORE: 4}).to_csv(path, index=False)
+        written.append(path)
+    return written
 
 
 def write_specs(folder: Path, specs: list[BenchSpec], best: pd.DataFrame, budget: int) -> list[Path]:

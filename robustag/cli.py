@@ -617,10 +617,11 @@ def report_command(
     run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
     reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against, in this report "
                                             "(default: the run's)."),
+    specs: Optional[str] = typer.Option(None, help="Comma-separated specs of the run to report (default: all)."),
 ):
     """Write RUN/report/: Markdown, HTML, LaTeX, CSV and plots, with significance tests."""
     with rt.Run(run) as opened:
-        console.print(f"report: {escape(str(opened.report(reference)))}")
+        console.print(f"report: {escape(str(opened.report(reference, _names(specs, '--specs'))))}")
 
 
 FLAGS = {"plugins": "--plugin"}  # library parameters whose flag is not --NAME-WITH-DASHES

@@ -26,7 +26,7 @@ from rich.table import Table
 from robustag import plots
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
-from robustag.errors import RobustagError
+from robustag.errors import ParameterError, RobustagError
 from robustag.models import MODELS
 from robustag.plugins import parse_spec
 from robustag.stats import ALPHA, MIN_BLOCKS, MIN_SEEDS, aggregate, compare_to_reference, done_cells, friedman_ranking
@@ -53,10 +53,17 @@ class Section:
     text: list[str] = field(default_factory=list)
 
 
-def write_report(run: Path, reference: str | None = None) -> Path:
+def write_report(run: Path, reference: str | None = None, specs: list[str] | None = None) -> Path:
     """Write RUN/report/; `reference` (default: the run's own, plain) is the defense every
-    comparison is against, for this report only."""
+    comparison is against, for this report only; `specs` (default: all the run holds) the specs
+    it covers, say the finished ones of a run still going."""
     store = ResultStore.existing(run)
+    if specs is not None:
+        held = store.specs()
+        unknown = [name for name in specs if name not in held]
+        if unknown:
+            store.close()
+            raise ParameterError("specs", f"no spec of that name in {run} (it has {', '.join(held)})", unknown[0])
     if reference is not None:
         known = sorted(store.cells()["defense_name"].unique())
         if reference not in known:
@@ -71,6 +78,7 @@ def write_report(run: Path, reference: str | None = None) -> Path:
     known = {spec["name"]: spec for spec in described}
     stored = store.specs()
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
+    order = [name for name in order if specs is None or name in specs]
     tested: set = set()  # a comparison is tested once per report, in the first section that shows it
     sections = [spec_section(store, spec, reference, figures, known.get(spec, {}), tested) for spec in order]
     tuned = tuned_section(store, [known[name] for name in order if name in known])

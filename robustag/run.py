@@ -65,6 +65,7 @@ class Run:
         table = aggregate(self.store, cells, HEADLINE, ci_metrics=[])
         return compare_to_reference(self.store, table, metric, reference or self.store.meta("reference", "plain"))
 
-    def report(self, reference: str | None = None) -> Path:
-        """Write RUN/report/ (Markdown, HTML, LaTeX, CSV, plots); returns its folder."""
-        return write_report(self.folder, reference)
+    def report(self, reference: str | None = None, specs: list[str] | None = None) -> Path:
+        """Write RUN/report/ (Markdown, HTML, LaTeX, CSV, plots) for `specs` (default: all);
+        returns its folder."""
+        return write_report(self.folder, reference, specs)

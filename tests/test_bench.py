@@ -495,3 +495,11 @@ def test_a_report_written_before_the_run_ends_says_how_much_is_missing(planted_p
     finished_only = run(small_spec(planted_path, attacks=[], seeds=[0]), tmp_path / "done", compile=False)
     finished_only.close()
     assert "Unfinished" not in (write_report(tmp_path / "done") / "report.md").read_text()
+
+
+def test_a_report_can_cover_some_specs_of_a_run(planted_path, tmp_path):
+    for name in ("first", "second"):
+        run(small_spec(planted_path, name=name, attacks=[], seeds=[0]), tmp_path / "run", compile=False).close()
+    folder = write_report(tmp_path / "run", specs=["second"])
+    assert (folder / "second-clean.csv").exists() and not (folder / "first-clean.csv").exists()
+    assert len(pd.read_csv(folder / "runtime.csv")) == 2  # plain and aml of that spec only

@@ -277,6 +277,11 @@ def test_report_refuses_an_unknown_reference_and_stores_nothing(run_copy, robust
     assert ResultStore(run).meta("reference") == "plain"
 
 
+def test_report_refuses_a_spec_the_run_does_not_hold(finished, robustag):
+    _, run = finished
+    refused(robustag("report", run, "--specs", "bogus"), "--specs bogus", "no spec of that name")
+
+
 def test_report_refuses_an_empty_database(tmp_path, robustag):
     (tmp_path / DB_NAME).write_bytes(b"")
     refused(robustag("report", tmp_path), str(tmp_path / DB_NAME), "holds no robustag results")

@@ -24,6 +24,7 @@ import robustag as rt
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checkpoint import save_model
+from robustag.claims import claims_table
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
 from robustag.errors import ParameterError, RobustagError
@@ -610,6 +611,26 @@ def results_command(
 
 def _fmt(value, pattern: str = "{:.4f}") -> str:
     return "" if value is None or pd.isna(value) else pattern.format(value)
+
+
+@app.command("claims")
+def claims_command(
+    run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
+    claims_file: Path = typer.Argument(..., metavar="claims_file", help="A TOML file of [[claim]] tables."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the verdicts as CSV."),
+):
+    """Test stated claims ("A is better than B", "loses less under X") at method level, Holm over the file."""
+    _output_file(csv, "--csv")
+    shown = claims_table(rt.verify_claims(run, claims_file))
+    table = Table(title=f"{len(shown)} comparisons of {shown['claim'].nunique()} claims ({claims_file})")
+    for column in ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]", "p (Holm)", "seeds", "verdict"):
+        table.add_column(column)
+    for _, row in shown.iterrows():
+        table.add_row(*(escape(str(row[c])) for c in ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]",
+                                                      "p (Holm)", "seeds", "verdict")))
+    _stdout().print(table)
+    if csv:
+        _writing(csv, "--csv", lambda: shown.to_csv(csv, index=False))
 
 
 @app.command("report")

@@ -334,10 +334,10 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
                      label_of.get(test["defense"], test["defense"]), what, test["metric"].upper(),
                      f"{test['diff']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]{mark}",
                      f"{test['rel_diff']:+.1%} [{test['rel_ci_low']:+.1%}, {test['rel_ci_high']:+.1%}]",
-                     _p_text(test["p_holm"]), str(test["seeds"]),
+                     p_text(test["p_holm"]), str(test["seeds"]),
                      f"{test['seed_share']:.0%} / {test['post_share']:.0%} / {test['residual_share']:.0%}"
                      if pd.notna(test["seed_share"]) else "",
-                     _p_text(test["wilcoxon_p_holm"])])
+                     p_text(test["wilcoxon_p_holm"])])
     header = ["dataset", "model", "defense", "comparison", "metric", f"Δ vs {reference} [95% CI]", "relative Δ [CI]",
               "p (Holm)", "seeds", "Var(Δ): seeds / posts / residual", "per-post Wilcoxon p (Holm)"]
     shares = tests["seed_share"].dropna()
@@ -353,7 +353,7 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
     return ReportTable(name, f"Method-level comparisons against {reference}", header, rows, note)
 
 
-def _p_text(p: float) -> str:
+def p_text(p: float) -> str:
     return "" if pd.isna(p) else f"{p:.2g}" if p >= 0.001 else "< 0.001"
 
 

@@ -60,7 +60,8 @@ class Run:
 
     def compare(self, reference: str | None = None, metric: str = "ndcg@3", spec: str | None = None) -> pd.DataFrame:
         """Every configuration against `reference` (default: the run's) under the same data set,
-        model, attack and budget: paired tests over test posts, Holm-corrected over the result."""
+        model, attack and budget, at method level (paired by seed, `robustag.stats`), Holm-corrected
+        over the result."""
         cells = done_cells(self.store, spec)
         table = aggregate(self.store, cells, HEADLINE, ci_metrics=[])
         return compare_to_reference(self.store, table, metric, reference or self.store.meta("reference", "plain"))

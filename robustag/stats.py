@@ -209,19 +209,28 @@ def _comparisons(store: ResultStore, table: pd.DataFrame, metric: str, reference
             pairs += [(_match(table, row, "defense", row["defense"], ""), _match(table, row, "defense", theirs_row["defense"], ""))]
             if pairs[1][0] is None or pairs[1][1] is None:
                 continue
-        seeds = sorted(set.intersection(*(set(r["cell_seeds"]) for pair in pairs for r in pair)))
-        matrices = [[seed_matrix(store, r, metric, seeds) for r in pair] for pair in pairs]  # each read once
-        ours, theirs = matrices[0]
-        if len(pairs) > 1:
-            ours, theirs = ours - matrices[1][0], theirs - matrices[1][1]
-        method = crossed_test(ours - theirs)
-        level = float(matrices[-1][1].mean())  # the reference's clean level
-        relative = {f"rel_{k}": method[k] / level if level else np.nan for k in ("diff", "ci_low", "ci_high")}
-        identity = json.dumps([metric, [sorted(r["cells"]) for pair in pairs for r in pair]])
-        rows.append({"id": identity, **{c: row[c] for c in [*CONTEXT, "defense", "eps"]}, "metric": metric, "seeds": len(seeds),
-                     "kind": "change" if len(pairs) > 1 else "level", **method, **relative,
-                     **paired_test(ours.mean(0), theirs.mean(0))})
+        rows.append({**{c: row[c] for c in [*CONTEXT, "defense", "eps"]}, **compare_groups(store, pairs, metric)})
     return rows
+
+
+def compare_groups(store: ResultStore, pairs: list[tuple], metric: str) -> dict:
+    """Two groups (aggregate rows: any data set, model or defense), paired by the seeds both
+    have, at method level: `pairs` is [(ours, theirs)] to compare levels, or [(ours, theirs),
+    (ours_clean, theirs_clean)] to compare their changes from clean (difference in
+    differences). Returns the method-level difference with its CI and p (`crossed_test`), the
+    difference relative to theirs (clean) level, and the secondary per-post figures; not
+    Holm-corrected (`holm` over the family it belongs to)."""
+    seeds = sorted(set.intersection(*(set(r["cell_seeds"]) for pair in pairs for r in pair)))
+    matrices = [[seed_matrix(store, r, metric, seeds) for r in pair] for pair in pairs]  # each read once
+    ours, theirs = matrices[0]
+    if len(pairs) > 1:
+        ours, theirs = ours - matrices[1][0], theirs - matrices[1][1]
+    method = crossed_test(ours - theirs)
+    level = float(matrices[-1][1].mean())  # the reference's clean level
+    relative = {f"rel_{k}": method[k] / level if level else np.nan for k in ("diff", "ci_low", "ci_high")}
+    identity = json.dumps([metric, [sorted(r["cells"]) for pair in pairs for r in pair]])
+    return {"id": identity, "metric": metric, "seeds": len(seeds), "kind": "change" if len(pairs) > 1 else "level",
+            **method, **relative, **paired_test(ours.mean(0), theirs.mean(0))}
 
 
 def holm(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,168 @@
+"""Claims tested as stated: "A is better than B" at the level of the method, from a run's cells.
+
+A report compares every defense with one reference. A paper claims more: that its method beats
+the strongest baseline, that one variant beats another, that it loses less under an attack. A
+claims file states each such claim once, before the numbers are read (a pre-registration), and
+`verify_claims` tests every one the way the report tests against the reference
+(`robustag.stats.compare_groups`: paired by seed, crossed seed × post model), with Holm over all
+the claims of the file as one declared family:
+
+    [[claim]]
+    id = "main-1"
+    says = "SPAML-S is more accurate than the metric model trained without an adversary"
+    spec = "paper-main"          # optional: the spec whose cells to read (default: any)
+    better = "metric/spaml-s"    # MODEL/DEFENSE_NAME
+    than = "metric/plain"
+    metrics = ["ndcg@3", "f1@3"] # default ["ndcg@3"]
+    attack = "pgd"               # optional: under this attack, "loses less" (change from clean)
+    strength = 0.1               # the attack's ε or rate, when the run holds several
+    datasets = ["lastfm"]        # optional: default every data set that holds both sides
+
+"Better" is always "higher": a level higher than the other side's, or under an attack a change
+from clean above the other side's (a smaller loss). Verdicts: `holds` (significant in the
+claimed direction), `reversed` (significant against it), `not supported` (no significant
+difference; the direction is said), or `too few seeds` (below `MIN_SEEDS`, no verdict).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from robustag.errors import RobustagError
+from robustag.report import p_text
+from robustag.stats import MIN_SEEDS, aggregate, compare_groups, done_cells, holm
+from robustag.store import ResultStore
+
+CLAIM_KEYS = {"id", "says", "spec", "better", "than", "metrics", "attack", "strength", "datasets"}
+
+
+@dataclass
+class Claim:
+    id: str
+    says: str
+    better: str
+    than: str
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@3"])
+    spec: str | None = None
+    attack: str | None = None
+    strength: float | None = None
+    datasets: list[str] | None = None
+
+
+def load_claims(path: str | Path) -> list[Claim]:
+    """The [[claim]] tables of a TOML file; an unknown key or a missing side names the claim."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustagError(f"claims {path}: file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise RobustagError(f"claims {path}: not TOML ({error})") from None
+    claims = []
+    for number, table in enumerate(raw.get("claim", []), 1):
+        where = f"claims {path}, claim {table.get('id', number)!r}"
+        unknown = sorted(set(table) - CLAIM_KEYS)
+        missing = [key for key in ("id", "says", "better", "than") if key not in table]
+        if unknown or missing:
+            raise RobustagError(f"{where}: " + (f"unknown key {unknown[0]!r}; known: {', '.join(sorted(CLAIM_KEYS))}"
+                                                if unknown else f"missing key {missing[0]!r}"))
+        for side in ("better", "than"):
+            if str(table[side]).count("/") != 1:
+                raise RobustagError(f"{where}: {side} {table[side]!r}: expected MODEL/DEFENSE_NAME")
+        claims.append(Claim(**table))
+    if not claims:
+        raise RobustagError(f"claims {path}: no [[claim]] tables")
+    return claims
+
+
+def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataFrame:
+    """One row per claim, data set and metric: both sides' seed means, the method-level
+    difference (better − than; under an attack, of their changes from clean) with its 95% CI,
+    p and Holm-corrected p over the whole table, the seeds and the verdict."""
+    claims = load_claims(claims) if isinstance(claims, (str, Path)) else claims
+    store = ResultStore.existing(run)
+    try:
+        rows = [row for claim in claims for row in _claim_rows(store, claim, run)]
+    finally:
+        store.close()
+    table = holm(pd.DataFrame(rows))
+    table["verdict"] = [_verdict(row) for _, row in table.iterrows()]
+    return table.drop(columns=["id"])
+
+
+def _claim_rows(store: ResultStore, claim: Claim, run) -> list[dict]:
+    cells = done_cells(store, claim.spec)
+    if cells.empty:
+        raise RobustagError(f"claim {claim.id!r}: no finished cells in {run}" + (f" of spec {claim.spec!r}" if claim.spec else ""))
+    unknown = [metric for metric in claim.metrics if metric not in cells]
+    if unknown:
+        raise RobustagError(f"claim {claim.id!r}: metric {unknown[0]!r} is not stored in {run}")
+    table = aggregate(store, cells, claim.metrics, ci_metrics=[])
+    rows = []
+    for dataset in claim.datasets or list(dict.fromkeys(table["dataset"])):
+        sides = [_group(table, claim, dataset, side, attacked) for attacked in (True, False) if attacked or claim.attack
+                 for side in (claim.better, claim.than)]
+        if any(side is None for side in sides):
+            if claim.datasets:
+                raise RobustagError(f"claim {claim.id!r}: {dataset} lacks {claim.better} or {claim.than}"
+                                    + (f" under {claim.attack}" if claim.attack else "") + f" in {run}")
+            continue
+        pairs = [(sides[0], sides[1])] + ([(sides[2], sides[3])] if claim.attack else [])
+        for metric in claim.metrics:
+            rows.append({"claim": claim.id, "says": claim.says, "dataset": dataset, "metric": metric,
+                         "better": claim.better, "than": claim.than, "under": _under(claim, sides[0]),
+                         "better_mean": sides[0][f"{metric}_mean"], "than_mean": sides[1][f"{metric}_mean"],
+                         **compare_groups(store, pairs, metric)})
+    if not rows:
+        raise RobustagError(f"claim {claim.id!r}: no data set of {run} holds both {claim.better} and {claim.than}")
+    return rows
+
+
+def _group(table: pd.DataFrame, claim: Claim, dataset: str, side: str, attacked: bool) -> pd.Series | None:
+    """The one aggregate row of MODEL/DEFENSE_NAME on this data set, under the claim's attack or
+    clean; several (say a sweep) make the claim ambiguous, which is an error naming it."""
+    model, defense = side.split("/")
+    found = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["defense_name"] == defense)]
+    if attacked and claim.attack:
+        found = found[found["attack_name"] == claim.attack]
+        if claim.strength is not None:
+            found = found[[math.isclose(s, claim.strength) for s in found["strength"]]]
+    else:
+        found = found[found["attack"] == ""]
+    if len(found) > 1:
+        raise RobustagError(f"claim {claim.id!r}: {side} on {dataset} matches {len(found)} configurations; "
+                            "name the spec (and the attack's strength) that makes it one")
+    return None if found.empty else found.iloc[0]
+
+
+def _under(claim: Claim, attacked: pd.Series) -> str:
+    if not claim.attack:
+        return "clean"
+    strength = attacked["strength"]
+    named = f"{claim.attack} {attacked['strength_name']} = {strength:g}" if pd.notna(strength) else claim.attack
+    return f"change under {named}"
+
+
+def _verdict(row: pd.Series) -> str:
+    if row["seeds"] < MIN_SEEDS:
+        return "too few seeds"
+    if row["significant"]:
+        return "holds" if row["diff"] > 0 else "reversed"
+    return f"not supported ({'same' if row['diff'] > 0 else 'opposite'} direction)"
+
+
+def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
+    """`verify_claims`' result as a report shows it: both sides' seed means, the difference with
+    its CI (4 decimals), the Holm-corrected p and the verdict."""
+    return pd.DataFrame({
+        "claim": verified["claim"], "says": verified["says"], "dataset": verified["dataset"],
+        "metric": verified["metric"].str.upper(), "comparison": verified["better"] + " vs " + verified["than"],
+        "under": verified["under"], "better": verified["better_mean"].map("{:.4f}".format),
+        "than": verified["than_mean"].map("{:.4f}".format),
+        "Δ [95% CI]": [f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in verified.itertuples()],
+        "p (Holm)": verified["p_holm"].map(p_text), "seeds": verified["seeds"], "verdict": verified["verdict"]})

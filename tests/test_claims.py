@@ -1,0 +1,86 @@
+"""Claims tested as stated (`robustag claims`): each side found once, the same method-level
+figures the report gives, Holm over the file, verdicts, and bad claims refused by name."""
+
+import math
+
+import pandas as pd
+import pytest
+
+import robustag as rt
+from robustag.claims import Claim, load_claims, verify_claims
+from robustag.errors import RobustagError
+from robustag.spec import BenchSpec
+from robustag.stats import aggregate, compare_to_reference, done_cells
+from robustag.store import ResultStore
+from conftest import run_main
+
+
+@pytest.fixture(scope="module")
+def claimed_run(planted_path, tmp_path_factory):
+    spec = BenchSpec(name="claimed", datasets=[f"tsv:{planted_path}"], models=["metric"], defenses=["plain", "aml"],
+                     attacks=["pgd:steps=3"], eps=[0.1, 0.2], seeds=[0, 1, 2], params={"epochs": 3, "dim": 8}, p_core=3)
+    folder = tmp_path_factory.mktemp("claims") / "run"
+    with rt.bench(spec, folder, data_dir=folder.parent, device="cpu", compile=False, report=False):
+        pass
+    return folder, f"tsv:{planted_path}"
+
+
+def _file(path, body: str):
+    path.write_text(body)
+    return path
+
+
+def test_a_claim_gets_the_figures_the_report_gives_and_its_mirror_the_opposite(claimed_run):
+    folder, dataset = claimed_run
+    claims = [Claim("clean", "AML is more accurate", "metric/aml", "metric/plain", metrics=["ndcg@3", "f1@3"]),
+              Claim("mirror", "plain is more accurate", "metric/plain", "metric/aml"),
+              Claim("pgd", "AML loses less under PGD", "metric/aml", "metric/plain", attack="pgd", strength=0.2)]
+    verified = verify_claims(folder, claims).set_index(["claim", "metric"])
+    assert len(verified) == 4 and set(verified["dataset"]) == {dataset}
+    store = ResultStore.existing(folder)
+    table = aggregate(store, done_cells(store), ["ndcg@3", "f1@3"], ci_metrics=[])
+    level = compare_to_reference(store, table, ["ndcg@3"], "plain").set_index("attack").loc[""]
+    change = compare_to_reference(store, table, "ndcg@3", "plain", change=True)
+    store.close()
+    clean = verified.loc[("clean", "ndcg@3")]
+    assert clean["diff"] == pytest.approx(level["diff"]) and clean["ci_low"] == pytest.approx(level["ci_low"])
+    assert verified.loc[("mirror", "ndcg@3"), "diff"] == pytest.approx(-clean["diff"])
+    under = change[[math.isclose(e, 0.2) for e in change["eps"]]].iloc[0]
+    assert verified.loc[("pgd", "ndcg@3"), "diff"] == pytest.approx(under["diff"])
+    assert verified.loc[("pgd", "ndcg@3"), "under"] == "change under pgd eps = 0.2"
+    # one Holm family over the file: the corrected p is at least the raw one, and verdicts follow it
+    assert (verified["p_holm"] >= verified["p"] - 1e-12).all()
+    for _, row in verified.iterrows():
+        expected = ("holds" if row["diff"] > 0 else "reversed") if row["significant"] else "not supported"
+        assert row["verdict"].startswith(expected)
+
+
+def test_claims_command_writes_the_verdicts(claimed_run, tmp_path):
+    folder, _ = claimed_run
+    claims = _file(tmp_path / "claims.toml", '[[claim]]\nid = "a"\nsays = "AML beats plain"\nbetter = "metric/aml"\n'
+                                             'than = "metric/plain"\nmetrics = ["ndcg@3", "f1@3"]\n')
+    run_main("claims", folder, claims, "--csv", tmp_path / "verdicts.csv")
+    written = pd.read_csv(tmp_path / "verdicts.csv")
+    assert list(written["metric"]) == ["NDCG@3", "F1@3"] and written["seeds"].eq(3).all()
+    assert written["Δ [95% CI]"].str.fullmatch(r"[+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]").all()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "metric/aml"\nthan = "metric/plain"\nbogus = 1\n', "claim 'x': unknown key 'bogus'"),
+    ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "metric/aml"\n', "claim 'x': missing key 'than'"),
+    ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "aml"\nthan = "metric/plain"\n', "better 'aml': expected MODEL/DEFENSE_NAME"),
+    ('title = "no claims"\n', "no [[claim]] tables"),
+])
+def test_a_malformed_claims_file_is_refused_naming_the_claim(tmp_path, body, fragment):
+    with pytest.raises(RobustagError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        load_claims(_file(tmp_path / "claims.toml", body))
+
+
+def test_a_claim_the_run_cannot_answer_is_refused_naming_it(claimed_run):
+    folder, dataset = claimed_run
+    with pytest.raises(RobustagError, match="claim 'gone': no data set of .* holds both metric/spaml-s and metric/plain"):
+        verify_claims(folder, [Claim("gone", "s", "metric/spaml-s", "metric/plain")])
+    with pytest.raises(RobustagError, match="claim 'two': metric/aml on .* matches 2 configurations"):
+        verify_claims(folder, [Claim("two", "s", "metric/aml", "metric/plain", attack="pgd")])  # ε 0.1 and 0.2
+    with pytest.raises(RobustagError, match="claim 'm': metric 'ndcg@7' is not stored"):
+        verify_claims(folder, [Claim("m", "s", "metric/aml", "metric/plain", metrics=["ndcg@7"])])

@@ -71,3 +71,20 @@ def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdic
     assert verdicts[0] == "holds (method level)"  # a tuned defense's label still finds its comparison
     assert verdicts[1] == "reversed"  # marked ▼, the rerun's CI lies above 0
     assert verdicts[2].startswith("not supported (same direction") and verdicts[3] == "not rerun"
+
+
+def test_every_paper_claim_names_a_spec_and_sides_that_the_paper_specs_run():
+    from robustag.claims import load_claims
+    from robustag.spec import load_specs
+
+    repo = Path(__file__).resolve().parents[1]
+    specs = {spec.name: spec for spec in load_specs(repo / "benchmarks" / "paper.toml")}
+    claims = load_claims(repo / "benchmarks" / "paper-claims.toml")
+    assert len(claims) >= 14
+    for claim in claims:
+        spec = specs[claim.spec]
+        for side in (claim.better, claim.than):
+            model, defense = side.split("/")
+            assert model in spec.models and defense in spec.defenses, (claim.id, side)
+        named = [a.split(":")[0] for a in spec.attacks]
+        assert claim.attack is None or any(n == claim.attack or n.startswith(claim.attack + "-") for n in named), claim.id

@@ -103,7 +103,7 @@ def write_tables(folder: Path, trials: pd.DataFrame, best: pd.DataFrame) -> list
     written = []
     for name, frame in (("trials.csv", trials), ("best.csv", best)):
         path = Path(folder) / name
-        frame[columns].round({SCORE: 4}).to_csv(path, index=False)
+        frame[columns].to_csv(path, index=False, float_format="%.4f")
         written.append(path)
     return written
 

@@ -58,6 +58,7 @@ def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_da
     trials_csv, best_csv = (pd.read_csv(t) for t in tuned.tables)  # the record a report commits
     assert len(trials_csv) == 3 and list(best_csv["defense"]) == list(tuned.best["defense"])
     assert best_csv["valid_ndcg@3"].tolist() == tuned.best["valid_ndcg@3"].round(4).tolist()
+    assert all(len(line.rsplit(",", 2)[1].split(".")[1]) == 4 for line in tuned.tables[0].read_text().splitlines()[1:])
     (spec,) = load_specs(path)
     assert spec.datasets == ["movielens"] and spec.defenses == list(tuned.best["defense_name"]) and spec.seeds == list(range(5))
     assert {u.defense for u in plan([spec]).units.values()} == set(tuned.best["defense"])  # it runs the best ones

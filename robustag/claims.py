@@ -158,11 +158,11 @@ def _verdict(row: pd.Series) -> str:
 
 def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
     """`verify_claims`' result as a report shows it: both sides' seed means, the difference with
-    its CI (4 decimals), the Holm-corrected p and the verdict."""
+    its 95% CI (4 decimals; not adjusted for the family), p before and after Holm, the verdict."""
     return pd.DataFrame({
         "claim": verified["claim"], "says": verified["says"], "dataset": verified["dataset"],
         "metric": verified["metric"].str.upper(), "comparison": verified["better"] + " vs " + verified["than"],
         "under": verified["under"], "better": verified["better_mean"].map("{:.4f}".format),
         "than": verified["than_mean"].map("{:.4f}".format),
         "Δ [95% CI]": [f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in verified.itertuples()],
-        "p (Holm)": verified["p_holm"].map(p_text), "seeds": verified["seeds"], "verdict": verified["verdict"]})
+        "p": verified["p"].map(p_text), "p (Holm)": verified["p_holm"].map(p_text), "seeds": verified["seeds"], "verdict": verified["verdict"]})

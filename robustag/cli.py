@@ -623,11 +623,11 @@ def claims_command(
     _output_file(csv, "--csv")
     shown = claims_table(rt.verify_claims(run, claims_file))
     table = Table(title=f"{len(shown)} comparisons of {shown['claim'].nunique()} claims ({claims_file})")
-    for column in ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]", "p (Holm)", "seeds", "verdict"):
+    columns = ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]", "p", "p (Holm)", "seeds", "verdict")
+    for column in columns:
         table.add_column(column)
     for _, row in shown.iterrows():
-        table.add_row(*(escape(str(row[c])) for c in ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]",
-                                                      "p (Holm)", "seeds", "verdict")))
+        table.add_row(*(escape(str(row[c])) for c in columns))
     _stdout().print(table)
     if csv:
         _writing(csv, "--csv", lambda: shown.to_csv(csv, index=False))

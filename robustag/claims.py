@@ -4,8 +4,8 @@ A report compares every defense with one reference. A paper claims more: that it
 the strongest baseline, that one variant beats another, that it loses less under an attack. A
 claims file states each such claim once, before the numbers are read (a pre-registration), and
 `verify_claims` tests every one the way the report tests against the reference
-(`robustag.stats.compare_groups`: paired by seed, crossed seed × post model), with Holm over all
-the claims of the file as one declared family:
+(`robustag.stats.compare_groups`: paired by seed, crossed seed × post model), with Holm within
+each declared family (a claim's `family`; by default the whole file is one):
 
     [[claim]]
     id = "main-1"
@@ -17,6 +17,7 @@ the claims of the file as one declared family:
     attack = "pgd"               # optional: under this attack, "loses less" (change from clean)
     strength = 0.1               # the attack's ε or rate, when the run holds several
     datasets = ["lastfm"]        # optional: default every data set that holds both sides
+    family = "Table 3"           # optional: the Holm family (default: one for the whole file)
 
 "Better" is always "higher": a level higher than the other side's, or under an attack a change
 from clean above the other side's (a smaller loss). Verdicts: `holds` (significant in the
@@ -38,7 +39,7 @@ from robustag.report import p_text
 from robustag.stats import MIN_SEEDS, aggregate, compare_groups, done_cells, holm
 from robustag.store import ResultStore
 
-CLAIM_KEYS = {"id", "says", "spec", "better", "than", "metrics", "attack", "strength", "datasets"}
+CLAIM_KEYS = {"id", "says", "spec", "better", "than", "metrics", "attack", "strength", "datasets", "family"}
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Claim:
     attack: str | None = None
     strength: float | None = None
     datasets: list[str] | None = None
+    family: str = "all"
 
 
 def load_claims(path: str | Path) -> list[Claim]:
@@ -83,14 +85,14 @@ def load_claims(path: str | Path) -> list[Claim]:
 def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataFrame:
     """One row per claim, data set and metric: both sides' seed means, the method-level
     difference (better − than; under an attack, of their changes from clean) with its 95% CI,
-    p and Holm-corrected p over the whole table, the seeds and the verdict."""
+    p and the p Holm-corrected within the claim's family, the seeds and the verdict."""
     claims = load_claims(claims) if isinstance(claims, (str, Path)) else claims
     store = ResultStore.existing(run)
     try:
         rows = [row for claim in claims for row in _claim_rows(store, claim, run)]
     finally:
         store.close()
-    table = holm(pd.DataFrame(rows))
+    table = pd.concat([holm(family) for _, family in pd.DataFrame(rows).groupby("family", sort=False)]).sort_index()
     table["verdict"] = [_verdict(row) for _, row in table.iterrows()]
     return table.drop(columns=["id"])
 
@@ -114,7 +116,7 @@ def _claim_rows(store: ResultStore, claim: Claim, run) -> list[dict]:
             continue
         pairs = [(sides[0], sides[1])] + ([(sides[2], sides[3])] if claim.attack else [])
         for metric in claim.metrics:
-            rows.append({"claim": claim.id, "says": claim.says, "dataset": dataset, "metric": metric,
+            rows.append({"claim": claim.id, "family": claim.family, "says": claim.says, "dataset": dataset, "metric": metric,
                          "better": claim.better, "than": claim.than, "under": _under(claim, sides[0]),
                          "better_mean": sides[0][f"{metric}_mean"], "than_mean": sides[1][f"{metric}_mean"],
                          **compare_groups(store, pairs, metric)})
@@ -160,7 +162,7 @@ def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
     """`verify_claims`' result as a report shows it: both sides' seed means, the difference with
     its 95% CI (4 decimals; not adjusted for the family), p before and after Holm, the verdict."""
     return pd.DataFrame({
-        "claim": verified["claim"], "says": verified["says"], "dataset": verified["dataset"],
+        "claim": verified["claim"], "family": verified["family"], "says": verified["says"], "dataset": verified["dataset"],
         "metric": verified["metric"].str.upper(), "comparison": verified["better"] + " vs " + verified["than"],
         "under": verified["under"], "better": verified["better_mean"].map("{:.4f}".format),
         "than": verified["than_mean"].map("{:.4f}".format),

@@ -34,7 +34,8 @@ def test_a_claim_gets_the_figures_the_report_gives_and_its_mirror_the_opposite(c
     folder, dataset = claimed_run
     claims = [Claim("clean", "AML is more accurate", "metric/aml", "metric/plain", metrics=["ndcg@3", "f1@3"]),
               Claim("mirror", "plain is more accurate", "metric/plain", "metric/aml"),
-              Claim("pgd", "AML loses less under PGD", "metric/aml", "metric/plain", attack="pgd", strength=0.2)]
+              Claim("pgd", "AML loses less under PGD", "metric/aml", "metric/plain", attack="pgd", strength=0.2,
+                    family="robustness")]
     verified = verify_claims(folder, claims).set_index(["claim", "metric"])
     assert len(verified) == 4 and set(verified["dataset"]) == {dataset}
     store = ResultStore.existing(folder)
@@ -48,8 +49,10 @@ def test_a_claim_gets_the_figures_the_report_gives_and_its_mirror_the_opposite(c
     under = change[[math.isclose(e, 0.2) for e in change["eps"]]].iloc[0]
     assert verified.loc[("pgd", "ndcg@3"), "diff"] == pytest.approx(under["diff"])
     assert verified.loc[("pgd", "ndcg@3"), "under"] == "change under pgd eps = 0.2"
-    # one Holm family over the file: the corrected p is at least the raw one, and verdicts follow it
+    # Holm within each family: the corrected p is at least the raw one, a family of one keeps it
     assert (verified["p_holm"] >= verified["p"] - 1e-12).all()
+    assert verified.loc[("pgd", "ndcg@3"), "p_holm"] == pytest.approx(verified.loc[("pgd", "ndcg@3"), "p"])
+    assert list(verified.index.get_level_values("claim")) == ["clean", "clean", "mirror", "pgd"]  # the file's order
     for _, row in verified.iterrows():
         expected = ("holds" if row["diff"] > 0 else "reversed") if row["significant"] else "not supported"
         assert row["verdict"].startswith(expected)

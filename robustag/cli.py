@@ -616,10 +616,10 @@ def _fmt(value, pattern: str = "{:.4f}") -> str:
 @app.command("claims")
 def claims_command(
     run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
-    claims_file: Path = typer.Argument(..., metavar="claims_file", help="A TOML file of [[claim]] tables."),
+    claims_file: Path = typer.Argument(..., metavar="claims_file", help="A TOML file of \\[\\[claim]] tables."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the verdicts as CSV."),
 ):
-    """Test stated claims ("A is better than B", "loses less under X") at method level, Holm over the file."""
+    """Test stated claims ("A is better than B", "loses less under X") at method level, Holm within each family."""
     _output_file(csv, "--csv")
     shown = claims_table(rt.verify_claims(run, claims_file))
     table = Table(title=f"{len(shown)} comparisons of {shown['claim'].nunique()} claims ({claims_file})")

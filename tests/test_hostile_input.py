@@ -120,6 +120,18 @@ def test_report_and_listings_run_end_to_end(finished, robustag):
         assert code == 0 and "pgd" in output if command == "attacks" else "spaml-s" in output
 
 
+def test_claims_runs_end_to_end_and_gives_no_verdict_on_one_seed(finished, robustag, tmp_path):
+    _, run = finished
+    claims = tmp_path / "claims.toml"
+    claims.write_text('[[claim]]\nid = "fgsm"\nsays = "s"\nbetter = "metric/plain"\nthan = "metric/plain"\n'
+                      'attack = "fgsm"\nmetrics = ["ndcg@3", "p@3"]\n')
+    code, output = robustag("claims", run, claims, "--csv", tmp_path / "verdicts.csv")
+    assert code == 0, output
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv")
+    assert list(verdicts["verdict"]) == ["too few seeds"] * 2 and list(verdicts["seeds"]) == [1, 1]
+    assert list(verdicts["under"]) == ["change under fgsm eps = 0.1"] * 2
+
+
 def test_bench_resumes_and_recomputes_nothing(run_copy, robustag, real_data_dir):
     spec, run = run_copy
     before = cell_rows(run)

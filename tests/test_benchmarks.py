@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paper_claims import claims, marked_cells  # noqa: E402
+from earlier_marks import claims, marked_cells  # noqa: E402
 from selfpaced_noise import replaced_keys, tracing  # noqa: E402
 
 from robustag.attack import ATTACKS  # noqa: E402

@@ -8,7 +8,7 @@ the rerun's comparison of the same data set, model, defense and column in its
 and says whether the claim holds (significant, same direction), keeps its direction without
 significance, or reverses.
 
-    python benchmarks/paper_claims.py --before-rev a1c470a --after reports/paper --out reports/paper/claims.csv
+    python benchmarks/earlier_marks.py --before-rev a1c470a --after reports/paper --out reports/paper/earlier-marks.csv
 
 The earlier tables are read from git (`--before-rev`, path `reports/paper/`), so the rerun can
 overwrite them. Writes a CSV and a Markdown table beside it (.md).

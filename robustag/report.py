@@ -101,6 +101,11 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     published = described.get("published", {})
     cells = in_spec_order(done_cells(store, spec), described)
     section.text += unfinished_note(store, spec)
+    superseded = len(store.cells(spec=spec, status="done")) - len(cells)
+    if superseded:
+        section.text.append(f"{superseded} finished cells repeat a configuration and seed that a later run finished "
+                            "again (say after an upgrade of robustag); only the later ones are shown and tested "
+                            "(`robustag bench SPEC --prune` forgets the others).")
     if cells.empty:
         section.text.append("No finished cells yet.")
         return section

@@ -70,7 +70,12 @@ def flat_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def done_cells(store: ResultStore, spec: str | None = None) -> pd.DataFrame:
-    return flat_cells(store.cells(spec=spec, status="done"))
+    """The finished cells, one per computation: where a run holds two cells of the same
+    configuration (seed, split and attack included), as when a rerun after an upgrade of
+    robustag keys its units anew and keeps the old cells, the one that finished last; a report
+    never averages two versions of one seed."""
+    cells = flat_cells(store.cells(spec=spec, status="done"))
+    return cells.sort_values("finished", kind="stable").drop_duplicates("config", keep="last").sort_index()
 
 
 def seed_averaged(store: ResultStore, keys: list[str], metric: str) -> np.ndarray:

@@ -503,3 +503,20 @@ def test_a_report_can_cover_some_specs_of_a_run(planted_path, tmp_path):
     folder = write_report(tmp_path / "run", specs=["second"])
     assert (folder / "second-clean.csv").exists() and not (folder / "first-clean.csv").exists()
     assert len(pd.read_csv(folder / "runtime.csv")) == 2  # plain and aml of that spec only
+
+
+def test_a_rerun_after_an_upgrade_supersedes_the_old_cells_in_reports(planted_path, tmp_path, monkeypatch):
+    import robustag
+
+    spec = small_spec(planted_path, attacks=["fgsm"], seeds=[0])
+    run(spec, tmp_path / "run", compile=False).close()
+    monkeypatch.setattr(robustag, "__version__", "99.0")  # the upgrade keys every unit anew
+    store = run(spec, tmp_path / "run", compile=False)
+    new_keys = {row["key"] for rows in plan([spec]).rows.values() for row in rows}
+    assert len(store.cells(status="done")) == 2 * len(new_keys)  # the old cells are kept...
+    cells = done_cells(store)
+    assert set(cells["key"]) == new_keys  # ...but only the later ones count
+    assert (aggregate(store, cells, ["ndcg@3"], ci_metrics=[])["seeds"] == 1).all()
+    store.close()
+    markdown = (write_report(tmp_path / "run") / "report.md").read_text()
+    assert f"{len(new_keys)} finished cells repeat a configuration and seed" in markdown

@@ -77,6 +77,9 @@ def _named_errors(method):
         try:
             return method(self, *args, **kwargs)
         except (sqlite3.DatabaseError, pd.errors.DatabaseError) as error:
+            cause = error.__cause__ if isinstance(error, pd.errors.DatabaseError) else error
+            if isinstance(cause, sqlite3.ProgrammingError):
+                raise  # a query built wrongly: a bug to report with its traceback, not a damaged database
             raise RobustagError(f"{self.path}: not a readable results database ({error}); "
                                 "it was left untouched: restore it or choose another run folder") from error
     return wrapper

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import run_main
 from robustag import cli
+from robustag.errors import RobustagError
 from robustag.store import DB_NAME, ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,6 +330,16 @@ def test_a_damaged_database_is_named_and_never_overwritten(damage, command, run_
     args = [spec, "--out", run, "--device", "cpu", "--data-dir", real_data_dir] if command == "bench" else [run]
     refused(robustag(command, *args), str(db), "left untouched")
     assert db.read_bytes() == damaged
+
+
+def test_a_query_built_wrongly_is_a_bug_with_its_traceback_not_a_damaged_database(run_copy):
+    _, run = run_copy
+    store = ResultStore(run)
+    with pytest.raises(pd.errors.DatabaseError, match="Error binding parameter") as raised:
+        store.per_post_frame([pd.Series(["a"])], "ndcg@3")  # a key that is not a string: robustag's mistake
+    assert not isinstance(raised.value, RobustagError)  # so no "restore your database" advice
+    assert len(store.cells(status="done")) > 0  # and the database is as readable as before
+    store.close()
 
 
 def test_train_save_to_a_folder_is_refused_before_training_and_leaves_nothing(tmp_path, robustag, real_data_dir):

@@ -83,7 +83,8 @@ def load_claims(path: str | Path) -> list[Claim]:
 
 
 def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataFrame:
-    """One row per claim, data set and metric: both sides' seed means, the method-level
+    """One row per claim, data set and metric: both sides' seed means (levels; under an attack,
+    changes from clean), the method-level
     difference (better − than; under an attack, of their changes from clean) with its 95% CI,
     p and the p Holm-corrected within the claim's family, the seeds and the verdict."""
     claims = load_claims(claims) if isinstance(claims, (str, Path)) else claims
@@ -118,11 +119,18 @@ def _claim_rows(store: ResultStore, claim: Claim, run) -> list[dict]:
         for metric in claim.metrics:
             rows.append({"claim": claim.id, "family": claim.family, "says": claim.says, "dataset": dataset, "metric": metric,
                          "better": claim.better, "than": claim.than, "under": _under(claim, sides[0]),
-                         "better_mean": sides[0][f"{metric}_mean"], "than_mean": sides[1][f"{metric}_mean"],
+                         **_side_means(sides, f"{metric}_mean"),
                          **compare_groups(store, pairs, metric)})
     if not rows:
         raise RobustagError(f"claim {claim.id!r}: no data set of {run} holds both {claim.better} and {claim.than}")
     return rows
+
+
+def _side_means(sides: list[pd.Series], column: str) -> dict:
+    """Each side's seed mean: its level, or under an attack its change from clean (what Δ compares)."""
+    if len(sides) == 2:
+        return {"better_mean": sides[0][column], "than_mean": sides[1][column]}
+    return {"better_mean": sides[0][column] - sides[2][column], "than_mean": sides[1][column] - sides[3][column]}
 
 
 def _group(table: pd.DataFrame, claim: Claim, dataset: str, side: str, attacked: bool) -> pd.Series | None:
@@ -164,7 +172,9 @@ def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "claim": verified["claim"], "family": verified["family"], "says": verified["says"], "dataset": verified["dataset"],
         "metric": verified["metric"].str.upper(), "comparison": verified["better"] + " vs " + verified["than"],
-        "under": verified["under"], "better": verified["better_mean"].map("{:.4f}".format),
-        "than": verified["than_mean"].map("{:.4f}".format),
+        "under": verified["under"], "better": verified["better_mean"].map("{:+.4f}".format).where(
+            verified["under"].str.startswith("change"), verified["better_mean"].map("{:.4f}".format)),
+        "than": verified["than_mean"].map("{:+.4f}".format).where(
+            verified["under"].str.startswith("change"), verified["than_mean"].map("{:.4f}".format)),
         "Δ [95% CI]": [f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in verified.itertuples()],
         "p": verified["p"].map(p_text), "p (Holm)": verified["p_holm"].map(p_text), "seeds": verified["seeds"], "verdict": verified["verdict"]})

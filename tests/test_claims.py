@@ -49,6 +49,8 @@ def test_a_claim_gets_the_figures_the_report_gives_and_its_mirror_the_opposite(c
     under = change[[math.isclose(e, 0.2) for e in change["eps"]]].iloc[0]
     assert verified.loc[("pgd", "ndcg@3"), "diff"] == pytest.approx(under["diff"])
     assert verified.loc[("pgd", "ndcg@3"), "under"] == "change under pgd eps = 0.2"
+    sides = verified.loc[("pgd", "ndcg@3")]  # under attack each side is its change from clean, which Δ compares
+    assert sides["better_mean"] - sides["than_mean"] == pytest.approx(sides["diff"])
     # Holm within each family: the corrected p is at least the raw one, a family of one keeps it
     assert (verified["p_holm"] >= verified["p"] - 1e-12).all()
     assert verified.loc[("pgd", "ndcg@3"), "p_holm"] == pytest.approx(verified.loc[("pgd", "ndcg@3"), "p"])

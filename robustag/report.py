@@ -492,7 +492,7 @@ def worst_case_table(name: str, store: ResultStore, cells: pd.DataFrame) -> Repo
     embedding = cells[cells["surface"] == "embedding"]
     embedding = embedding.assign(norm=embedding["attack_params"].map(lambda p: p.get("norm")),
                                  targets=embedding["attack_params"].map(lambda p: p.get("targets")),
-                                 bound=embedding["attack_name"].map(_is_bound))
+                                 bound=embedding["attack_name"].map(_is_bound).astype(bool))  # a mask, even when empty
     evasion, bounds = embedding[~embedding["bound"]], embedding[embedding["bound"]]
     clean = cells[cells["surface"] == "none"].set_index(["dataset", "model", "params", "defense", "seed"])["key"]
     keys = ["dataset", "model", "params", "defense", "eps", "norm", "targets"]

@@ -520,3 +520,11 @@ def test_a_rerun_after_an_upgrade_supersedes_the_old_cells_in_reports(planted_pa
     store.close()
     markdown = (write_report(tmp_path / "run") / "report.md").read_text()
     assert f"{len(new_keys)} finished cells repeat a configuration and seed" in markdown
+
+
+def test_a_report_of_a_spec_with_only_poisoning_attacks(planted_path, tmp_path):
+    spec = small_spec(planted_path, attacks=["tag-replace-20"], seeds=[0])
+    run(spec, tmp_path / "run", compile=False).close()
+    folder = write_report(tmp_path / "run")
+    robustness = pd.read_csv(folder / "small-robustness.csv")
+    assert len(robustness) == 2 and not (folder / "small-worst-case.csv").exists()  # no evasion attack: no worst case

@@ -22,7 +22,9 @@ each declared family (a claim's `family`; by default the whole file is one):
 "Better" is always "higher": a level higher than the other side's, or under an attack a change
 from clean above the other side's (a smaller loss). Verdicts: `holds` (significant in the
 claimed direction), `reversed` (significant against it), `not supported` (no significant
-difference; the direction is said), or `too few seeds` (below `MIN_SEEDS`, no verdict).
+difference; the direction is said), or `too few seeds` (below `MIN_SEEDS`, no verdict); in a run
+still going, "so far" where the data set has cells still to run, and `not run yet` where the
+claim's cells are not there.
 """
 
 from __future__ import annotations
@@ -90,39 +92,47 @@ def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataF
     claims = load_claims(claims) if isinstance(claims, (str, Path)) else claims
     store = ResultStore.existing(run)
     try:
-        rows = [row for claim in claims for row in _claim_rows(store, claim, run)]
+        rows = pd.DataFrame([row for claim in claims for row in _claim_rows(store, claim, run)])
     finally:
         store.close()
-    table = pd.concat([holm(family) for _, family in pd.DataFrame(rows).groupby("family", sort=False)]).sort_index()
+    answered = rows[rows["p"].notna() | rows["seeds"].notna()] if "p" in rows else rows.iloc[:0]
+    tested = [holm(family) for _, family in answered.groupby("family", sort=False)]
+    table = pd.concat([*tested, rows.drop(answered.index)]).sort_index()
     table["verdict"] = [_verdict(row) for _, row in table.iterrows()]
-    return table.drop(columns=["id"])
+    return table.drop(columns=["id"], errors="ignore")
 
 
 def _claim_rows(store: ResultStore, claim: Claim, run) -> list[dict]:
+    """The claim's comparisons on each data set; in a run still going, a data set whose cells
+    for it are not finished yet gets one row saying so (no test)."""
+    planned = store.cells(spec=claim.spec)
+    waiting = set(planned.loc[planned["status"] == "pending", "dataset"])
     cells = done_cells(store, claim.spec)
-    if cells.empty:
-        raise RobustagError(f"claim {claim.id!r}: no finished cells in {run}" + (f" of spec {claim.spec!r}" if claim.spec else ""))
-    unknown = [metric for metric in claim.metrics if metric not in cells]
+    unknown = [metric for metric in claim.metrics if not cells.empty and metric not in cells]
     if unknown:
         raise RobustagError(f"claim {claim.id!r}: metric {unknown[0]!r} is not stored in {run}")
-    table = aggregate(store, cells, claim.metrics, ci_metrics=[])
+    table = aggregate(store, cells, claim.metrics, ci_metrics=[]) if not cells.empty else None
     rows = []
-    for dataset in claim.datasets or list(dict.fromkeys(table["dataset"])):
-        sides = [_group(table, claim, dataset, side, attacked) for attacked in (True, False) if attacked or claim.attack
-                 for side in (claim.better, claim.than)]
-        if any(side is None for side in sides):
-            if claim.datasets:
+    for dataset in claim.datasets or list(dict.fromkeys(planned["dataset"])):
+        sides = [] if table is None else [_group(table, claim, dataset, side, attacked)
+                                          for attacked in (True, False) if attacked or claim.attack
+                                          for side in (claim.better, claim.than)]
+        described = {"claim": claim.id, "family": claim.family, "says": claim.says, "dataset": dataset,
+                     "better": claim.better, "than": claim.than}
+        if not sides or any(side is None for side in sides):
+            if dataset in waiting:
+                rows.append({**described, "metric": ", ".join(claim.metrics), "under": _under(claim, None)})
+            elif claim.datasets:
                 raise RobustagError(f"claim {claim.id!r}: {dataset} lacks {claim.better} or {claim.than}"
                                     + (f" under {claim.attack}" if claim.attack else "") + f" in {run}")
             continue
         pairs = [(sides[0], sides[1])] + ([(sides[2], sides[3])] if claim.attack else [])
         for metric in claim.metrics:
-            rows.append({"claim": claim.id, "family": claim.family, "says": claim.says, "dataset": dataset, "metric": metric,
-                         "better": claim.better, "than": claim.than, "under": _under(claim, sides[0]),
-                         **_side_means(sides, f"{metric}_mean"),
-                         **compare_groups(store, pairs, metric)})
+            rows.append({**described, "metric": metric, "under": _under(claim, sides[0]), "unfinished": dataset in waiting,
+                         **_side_means(sides, f"{metric}_mean"), **compare_groups(store, pairs, metric)})
     if not rows:
-        raise RobustagError(f"claim {claim.id!r}: no data set of {run} holds both {claim.better} and {claim.than}")
+        raise RobustagError(f"claim {claim.id!r}: no data set of {run} holds both {claim.better} and {claim.than}"
+                            + (f" in spec {claim.spec!r}" if claim.spec else ""))
     return rows
 
 
@@ -150,31 +160,43 @@ def _group(table: pd.DataFrame, claim: Claim, dataset: str, side: str, attacked:
     return None if found.empty else found.iloc[0]
 
 
-def _under(claim: Claim, attacked: pd.Series) -> str:
+def _under(claim: Claim, attacked: pd.Series | None) -> str:
     if not claim.attack:
         return "clean"
+    if attacked is None:
+        return f"change under {claim.attack}" + (f" at {claim.strength:g}" if claim.strength is not None else "")
     strength = attacked["strength"]
     named = f"{claim.attack} {attacked['strength_name']} = {strength:g}" if pd.notna(strength) else claim.attack
     return f"change under {named}"
 
 
 def _verdict(row: pd.Series) -> str:
+    if pd.isna(row.get("seeds")):
+        return "not run yet"
     if row["seeds"] < MIN_SEEDS:
-        return "too few seeds"
-    if row["significant"]:
-        return "holds" if row["diff"] > 0 else "reversed"
-    return f"not supported ({'same' if row['diff'] > 0 else 'opposite'} direction)"
+        verdict = "too few seeds"
+    elif row["significant"]:
+        verdict = "holds" if row["diff"] > 0 else "reversed"
+    else:
+        verdict = f"not supported ({'same' if row['diff'] > 0 else 'opposite'} direction)"
+    return verdict + (" so far (the run is unfinished)" if bool(row["unfinished"]) else "")
 
 
 def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
     """`verify_claims`' result as a report shows it: both sides' seed means, the difference with
-    its 95% CI (4 decimals; not adjusted for the family), p before and after Holm, the verdict."""
+    its 95% CI (4 decimals; not adjusted for the family), p before and after Holm, the verdict;
+    blank figures where a claim is not run yet."""
+    numbers = ["better_mean", "than_mean", "diff", "ci_low", "ci_high", "p", "p_holm", "seeds"]
+    verified = verified.reindex(columns=[*verified.columns.drop(numbers, errors="ignore"), *numbers])
+    change = verified["under"].str.startswith("change")
+    side = lambda v, signed: "" if pd.isna(v) else f"{v:+.4f}" if signed else f"{v:.4f}"
     return pd.DataFrame({
         "claim": verified["claim"], "family": verified["family"], "says": verified["says"], "dataset": verified["dataset"],
         "metric": verified["metric"].str.upper(), "comparison": verified["better"] + " vs " + verified["than"],
-        "under": verified["under"], "better": verified["better_mean"].map("{:+.4f}".format).where(
-            verified["under"].str.startswith("change"), verified["better_mean"].map("{:.4f}".format)),
-        "than": verified["than_mean"].map("{:+.4f}".format).where(
-            verified["under"].str.startswith("change"), verified["than_mean"].map("{:.4f}".format)),
-        "Δ [95% CI]": [f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in verified.itertuples()],
-        "p": verified["p"].map(p_text), "p (Holm)": verified["p_holm"].map(p_text), "seeds": verified["seeds"], "verdict": verified["verdict"]})
+        "under": verified["under"],
+        "better": [side(v, c) for v, c in zip(verified["better_mean"], change)],
+        "than": [side(v, c) for v, c in zip(verified["than_mean"], change)],
+        "Δ [95% CI]": ["" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+                       for r in verified.itertuples()],
+        "p": verified["p"].map(p_text), "p (Holm)": verified["p_holm"].map(p_text),
+        "seeds": verified["seeds"].map(lambda n: "" if pd.isna(n) else str(int(n))), "verdict": verified["verdict"]})

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import robustag as rt
-from robustag.claims import Claim, load_claims, verify_claims
+from robustag.claims import Claim, claims_table, load_claims, verify_claims
 from robustag.errors import RobustagError
 from robustag.spec import BenchSpec
 from robustag.stats import aggregate, compare_to_reference, done_cells
@@ -89,3 +89,25 @@ def test_a_claim_the_run_cannot_answer_is_refused_naming_it(claimed_run):
         verify_claims(folder, [Claim("two", "s", "metric/aml", "metric/plain", attack="pgd")])  # ε 0.1 and 0.2
     with pytest.raises(RobustagError, match="claim 'm': metric 'ndcg@7' is not stored"):
         verify_claims(folder, [Claim("m", "s", "metric/aml", "metric/plain", metrics=["ndcg@7"])])
+
+
+def test_in_a_run_still_going_claims_say_what_is_not_run_yet(claimed_run, tmp_path):
+    import shutil
+
+    from robustag.planning import plan
+
+    folder, dataset = claimed_run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    more = BenchSpec(name="claimed", datasets=[dataset], models=["metric"], defenses=["plain", "aml", "spaml-s"],
+                     attacks=["pgd:steps=3"], eps=[0.1, 0.2], seeds=[0, 1, 2, 3], params={"epochs": 3, "dim": 8}, p_core=3)
+    store = ResultStore(copy)
+    for name, rows in plan([more]).rows.items():
+        store.add_cells(rows, name)  # planned, not run: a fourth seed and a new defense
+    store.close()
+    verified = verify_claims(copy, [Claim("new", "s", "metric/spaml-s", "metric/plain"),
+                                    Claim("old", "s", "metric/aml", "metric/plain")]).set_index("claim")
+    assert verified.loc["new", "verdict"] == "not run yet" and pd.isna(verified.loc["new", "p"])
+    assert verified.loc["old", "verdict"].endswith("so far (the run is unfinished)") and verified.loc["old", "seeds"] == 3
+    shown = claims_table(verified.reset_index()).set_index("claim")
+    assert shown.loc["new", "Δ [95% CI]"] == "" and shown.loc["new", "seeds"] == ""

@@ -37,19 +37,32 @@ def test_tracing_refuses_a_defense_without_self_paced_weights():
         tracing("aml", torch.zeros(0, dtype=torch.long), 1, 1)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def figures_missing_from_tables(text: str, folder: Path, decimals: int = 3) -> tuple[list[str], int]:
+    """The numbers with `decimals` or more decimals (with their sign where they have one) that
+    `text` quotes and no CSV table under `folder` holds; and how many it quotes."""
+    import re
+
+    tables = " ".join(p.read_text() for p in folder.rglob("*.csv"))
+    quoted = re.findall(rf"[+-]?\d+\.\d{{{decimals},}}", text)
+    return [number for number in quoted if number not in tables], len(quoted)
+
+
 def test_every_figure_the_readme_quotes_from_the_robust_training_report_is_in_its_tables():
     """The README's section on the positive control quotes only what the committed report's
     CSV tables hold (each number with 3 or more decimals, with its sign where it has one)."""
-    import re
-
-    repo = Path(__file__).resolve().parents[1]
-    readme = (repo / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Defenses that answer the evaluated threat"):readme.index("## Statistics and reports")]
-    tables = " ".join(p.read_text() for p in (repo / "reports" / "robust-training").rglob("*.csv"))
-    quoted = re.findall(r"[+-]?\d+\.\d{3,}", section)
-    assert len(quoted) >= 15
-    missing = [number for number in quoted if number not in tables]
-    assert not missing, f"quoted in README.md but in no table of reports/robust-training: {missing}"
+    missing, quoted = figures_missing_from_tables(section, REPO / "reports" / "robust-training")
+    assert quoted >= 15 and not missing, f"quoted in README.md but in no table of reports/robust-training: {missing}"
+
+
+def test_every_figure_the_tuning_report_quotes_is_in_its_tables():
+    folder = REPO / "reports" / "paper-tuning"
+    missing, quoted = figures_missing_from_tables((folder / "README.md").read_text(), folder, decimals=4)
+    assert quoted >= 20 and not missing, f"quoted in reports/paper-tuning/README.md but in none of its tables: {missing}"
 
 
 def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():

@@ -23,8 +23,8 @@ each declared family (a claim's `family`; by default the whole file is one):
 from clean above the other side's (a smaller loss). Verdicts: `holds` (significant in the
 claimed direction), `reversed` (significant against it), `not supported` (no significant
 difference; the direction is said), or `too few seeds` (below `MIN_SEEDS`, no verdict); in a run
-still going, "so far" where the data set has cells still to run, and `not run yet` where the
-claim's cells are not there.
+still going, "so far" where cells of the claim's models on that data set are still to run, and
+`not run yet` where the claim's cells are not there.
 """
 
 from __future__ import annotations
@@ -103,10 +103,11 @@ def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataF
 
 
 def _claim_rows(store: ResultStore, claim: Claim, run) -> list[dict]:
-    """The claim's comparisons on each data set; in a run still going, a data set whose cells
-    for it are not finished yet gets one row saying so (no test)."""
+    """The claim's comparisons on each data set; in a run still going, a data set where cells of
+    the claim's models are still to run is flagged, or gets one row saying so (no test)."""
     planned = store.cells(spec=claim.spec)
-    waiting = set(planned.loc[planned["status"] == "pending", "dataset"])
+    models = {side.split("/")[0] for side in (claim.better, claim.than)}
+    waiting = set(planned.loc[(planned["status"] == "pending") & planned["model"].isin(models), "dataset"])
     cells = done_cells(store, claim.spec)
     unknown = [metric for metric in claim.metrics if not cells.empty and metric not in cells]
     if unknown:

@@ -40,12 +40,12 @@ def test_tracing_refuses_a_defense_without_self_paced_weights():
 REPO = Path(__file__).resolve().parents[1]
 
 
-def figures_missing_from_tables(text: str, folder: Path, decimals: int = 3) -> tuple[list[str], int]:
+def figures_missing_from_tables(text: str, folder: Path, decimals: int = 3, tables: str = "**/*.csv") -> tuple[list[str], int]:
     """The numbers with `decimals` or more decimals (with their sign where they have one) that
-    `text` quotes and no CSV table under `folder` holds; and how many it quotes."""
+    `text` quotes and no CSV table under `folder` (matching `tables`) holds; and how many it quotes."""
     import re
 
-    tables = " ".join(p.read_text() for p in folder.rglob("*.csv"))
+    tables = " ".join(p.read_text() for p in folder.glob(tables))
     quoted = re.findall(rf"[+-]?\d+\.\d{{{decimals},}}", text)
     return [number for number in quoted if number not in tables], len(quoted)
 
@@ -63,6 +63,30 @@ def test_every_figure_the_tuning_report_quotes_is_in_its_tables():
     folder = REPO / "reports" / "paper-tuning"
     missing, quoted = figures_missing_from_tables((folder / "README.md").read_text(), folder, decimals=4)
     assert quoted >= 20 and not missing, f"quoted in reports/paper-tuning/README.md but in none of its tables: {missing}"
+
+
+def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
+    """Every figure of reports/paper/README.md is in the rerun's CSVs (not the earlier report's),
+    and each row of its claims table gives the difference, Holm p and verdict of one row of
+    paper-claims.csv."""
+    import re
+
+    import pandas as pd
+
+    folder = REPO / "reports" / "paper"
+    readme = (folder / "README.md").read_text()
+    missing, quoted = figures_missing_from_tables(readme, folder, tables="*.csv")
+    assert quoted >= 60 and not missing, f"quoted in reports/paper/README.md but in none of the rerun's tables: {missing}"
+    claims = pd.read_csv(folder / "paper-claims.csv", dtype=str).fillna("")
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "Δ [95% CI]" not in line and "---" not in line]
+    checked = 0
+    for line in rows:
+        verdict = line.strip("| ").split(" | ")[-1].split(" (")[0]
+        for difference, p in re.findall(r"([+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]), ([^ |]+)", line):
+            (row,) = claims[claims["Δ [95% CI]"] == difference].to_dict("records")
+            assert row["p (Holm)"] == p and row["verdict"].startswith(verdict), (line, row)
+            checked += 1
+    assert checked >= 20
 
 
 def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():

@@ -29,6 +29,7 @@ still going, "so far" where cells of the claim's models on that data set are sti
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustag.errors import RobustagError
-from robustag.report import p_text
+from robustag.report import interval_text, p_text
 from robustag.stats import MIN_SEEDS, aggregate, compare_groups, done_cells, holm
 from robustag.store import ResultStore
 
@@ -92,27 +93,38 @@ def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataF
     claims = load_claims(claims) if isinstance(claims, (str, Path)) else claims
     store = ResultStore.existing(run)
     try:
-        rows = pd.DataFrame([row for claim in claims for row in _claim_rows(store, claim, run)])
+        read = functools.cache(lambda spec, metrics: _spec_cells(store, spec, list(metrics), run))  # once per spec
+        rows = pd.DataFrame([row for claim in claims for row in _claim_rows(store, read, claim, run)])
     finally:
         store.close()
-    answered = rows[rows["p"].notna() | rows["seeds"].notna()] if "p" in rows else rows.iloc[:0]
+    answered = rows[rows["seeds"].notna()] if "seeds" in rows else rows.iloc[:0]
     tested = [holm(family) for _, family in answered.groupby("family", sort=False)]
     table = pd.concat([*tested, rows.drop(answered.index)]).sort_index()
     table["verdict"] = [_verdict(row) for _, row in table.iterrows()]
     return table.drop(columns=["id"], errors="ignore")
 
 
-def _claim_rows(store: ResultStore, claim: Claim, run) -> list[dict]:
+def _spec_cells(store: ResultStore, spec: str | None, metrics: list[str], run) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A spec's planned cells and its finished groups' seed means of `metrics` (None before any
+    cell finished); a metric the run does not store is an error."""
+    planned, cells = store.cells(spec=spec), done_cells(store, spec)
+    if cells.empty:
+        return planned, None
+    unknown = [metric for metric in metrics if metric not in cells]
+    if unknown:
+        raise RobustagError(f"metric {unknown[0]!r} is not stored in {run}")
+    return planned, aggregate(store, cells, metrics, ci_metrics=[])
+
+
+def _claim_rows(store: ResultStore, read, claim: Claim, run) -> list[dict]:
     """The claim's comparisons on each data set; in a run still going, a data set where cells of
     the claim's models are still to run is flagged, or gets one row saying so (no test)."""
-    planned = store.cells(spec=claim.spec)
+    try:
+        planned, table = read(claim.spec, tuple(claim.metrics))
+    except RobustagError as error:
+        raise RobustagError(f"claim {claim.id!r}: {error}") from None
     models = {side.split("/")[0] for side in (claim.better, claim.than)}
     waiting = set(planned.loc[(planned["status"] == "pending") & planned["model"].isin(models), "dataset"])
-    cells = done_cells(store, claim.spec)
-    unknown = [metric for metric in claim.metrics if not cells.empty and metric not in cells]
-    if unknown:
-        raise RobustagError(f"claim {claim.id!r}: metric {unknown[0]!r} is not stored in {run}")
-    table = aggregate(store, cells, claim.metrics, ci_metrics=[]) if not cells.empty else None
     rows = []
     for dataset in claim.datasets or list(dict.fromkeys(planned["dataset"])):
         sides = [] if table is None else [_group(table, claim, dataset, side, attacked)
@@ -197,7 +209,6 @@ def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
         "under": verified["under"],
         "better": [side(v, c) for v, c in zip(verified["better_mean"], change)],
         "than": [side(v, c) for v, c in zip(verified["than_mean"], change)],
-        "Δ [95% CI]": ["" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
-                       for r in verified.itertuples()],
+        "Δ [95% CI]": ["" if pd.isna(r.diff) else interval_text(r.diff, r.ci_low, r.ci_high) for r in verified.itertuples()],
         "p": verified["p"].map(p_text), "p (Holm)": verified["p_holm"].map(p_text),
         "seeds": verified["seeds"].map(lambda n: "" if pd.isna(n) else str(int(n))), "verdict": verified["verdict"]})

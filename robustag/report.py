@@ -58,12 +58,11 @@ def write_report(run: Path, reference: str | None = None, specs: list[str] | Non
     comparison is against, for this report only; `specs` (default: all the run holds) the specs
     it covers, say the finished ones of a run still going."""
     store = ResultStore.existing(run)
-    if specs is not None:
-        held = store.specs()
-        unknown = [name for name in specs if name not in held]
-        if unknown:
-            store.close()
-            raise ParameterError("specs", f"no spec of that name in {run} (it has {', '.join(held)})", unknown[0])
+    stored = store.specs()
+    unknown = [name for name in specs or [] if name not in stored]
+    if unknown:
+        store.close()
+        raise ParameterError("specs", f"no spec of that name in {run} (it has {', '.join(stored)})", unknown[0])
     if reference is not None:
         known = sorted(store.cells()["defense_name"].unique())
         if reference not in known:
@@ -76,7 +75,6 @@ def write_report(run: Path, reference: str | None = None, specs: list[str] | Non
     folder.mkdir(parents=True, exist_ok=True)
     described = store.meta("specs", [])
     known = {spec["name"]: spec for spec in described}
-    stored = store.specs()
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
     order = [name for name in order if specs is None or name in specs]
     tested: set = set()  # a comparison is tested once per report, in the first section that shows it
@@ -100,8 +98,9 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     section = Section(title=spec)
     published = described.get("published", {})
     cells = in_spec_order(done_cells(store, spec), described)
-    section.text += unfinished_note(store, spec)
-    superseded = len(store.cells(spec=spec, status="done")) - len(cells)
+    statuses = store.cells(spec=spec)["status"]
+    section.text += unfinished_note(statuses)
+    superseded = int((statuses == "done").sum()) - len(cells)
     if superseded:
         section.text.append(f"{superseded} finished cells repeat a configuration and seed that a later run finished "
                             "again (say after an upgrade of robustag); only the later ones are shown and tested "
@@ -159,11 +158,11 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     return section
 
 
-def unfinished_note(store: ResultStore, spec: str) -> list[str]:
-    """A report written while its run is still going says so: the tables and tests cover only
-    the finished cells, and a comparison may lack seeds the spec asks for."""
-    statuses = store.cells(spec=spec)["status"]
-    waiting = int((statuses != "done").sum() - (statuses == "failed").sum())
+def unfinished_note(statuses: pd.Series) -> list[str]:
+    """A report written while its run is still going says so (from the status of each of a
+    spec's cells): the tables and tests cover only the finished cells, and a comparison may lack
+    seeds the spec asks for."""
+    waiting = int((statuses == "pending").sum())
     if not waiting:
         return []
     return [f"Unfinished: {waiting} of {len(statuses)} cells of this spec have not run yet; the tables and tests "
@@ -337,7 +336,7 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
         mark = " ▲" if test["significant"] and test["diff"] > 0 else " ▼" if test["significant"] else ""
         rows.append([test["dataset"], test["model"] + _param_note(json.loads(test["params"]), test["model"]),
                      label_of.get(test["defense"], test["defense"]), what, test["metric"].upper(),
-                     f"{test['diff']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]{mark}",
+                     interval_text(test["diff"], test["ci_low"], test["ci_high"]) + mark,
                      f"{test['rel_diff']:+.1%} [{test['rel_ci_low']:+.1%}, {test['rel_ci_high']:+.1%}]",
                      p_text(test["p_holm"]), str(test["seeds"]),
                      f"{test['seed_share']:.0%} / {test['post_share']:.0%} / {test['residual_share']:.0%}"
@@ -356,6 +355,11 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
             + (f" (median seed share here: {shares.median():.0%})" if len(shares) else "") + ". The per-post Wilcoxon "
             "test (seed-averaged values) is about these trained models on this split, not about the methods.")
     return ReportTable(name, f"Method-level comparisons against {reference}", header, rows, note)
+
+
+def interval_text(value: float, low: float, high: float) -> str:
+    """A difference with its 95% interval, as every table shows one: +0.0127 [-0.0037, +0.0290]."""
+    return f"{value:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def p_text(p: float) -> str:

@@ -55,16 +55,19 @@ def comparison_of(column: str) -> tuple[str, str]:
 def verdict(direction: int, comparison: pd.Series | None) -> str:
     if comparison is None:
         return "not rerun"
-    low, high = (float(v) for v in re.findall(r"[+-]\d+\.\d+", comparison["Δ vs plain [95% CI]"])[1:3])
-    centre = float(re.findall(r"[+-]\d+\.\d+", comparison["Δ vs plain [95% CI]"])[0])
+    centre, low, high = re.findall(r"[+-]\d+\.\d+", comparison["Δ vs plain [95% CI]"])[:3]
+    # The tables round to 4 decimals; the printed sign is the value's sign, so an interval
+    # ending at "-0.0000" lies below zero.
+    sign = lambda text: 1 if text.startswith("+") else -1
     p = comparison["p (Holm)"]
     significant = str(p).startswith("<") or (pd.notna(p) and float(p) < 0.05)
-    if significant and centre * direction > 0:
+    if significant and sign(centre) == direction:
         return "holds (method level)"
-    if centre * direction < 0 and (high < 0 if direction > 0 else low > 0):
+    clear_of_zero = sign(low) == sign(high)
+    if sign(centre) != direction and clear_of_zero:
         return "reversed"
-    side = "same direction" if centre * direction > 0 else "opposite direction"
-    return f"not supported ({side}, CI [{low:+.4f}, {high:+.4f}] includes 0)" if low <= 0 <= high else f"not supported after Holm ({side})"
+    side = "same direction" if sign(centre) == direction else "opposite direction"
+    return f"not supported after Holm ({side})" if clear_of_zero else f"not supported ({side}, CI [{low}, {high}] includes 0)"
 
 
 def defense_name(label: str) -> str:

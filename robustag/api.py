@@ -40,6 +40,7 @@ from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.robustness import run_attack, summarise, worst_cases
 from robustag.run import Run
 from robustag.spec import BenchSpec, default_spec, folder_name, load_specs, merge_described, parse_budgets, parse_seeds
+from robustag.stats import done_cells
 from robustag.store import ResultStore
 from robustag.training import TrainConfig, default_config, resolve_device
 from robustag.training import train as fit
@@ -267,7 +268,7 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
     trials = tuning.trial_specs(specs, budget, seed)
     with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
                report=False, on_event=on_event) as run:
-        scores = tuning.trial_scores(run.cells(status="done"), run.store.histories())
+        scores = tuning.trial_scores(done_cells(run.store), run.store.histories())
     best = tuning.best_trials(scores)
     return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget),
                         tuning.write_tables(folder, scores, best))

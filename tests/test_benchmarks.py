@@ -92,22 +92,24 @@ def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested
 def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():
     import pandas as pd
 
-    earlier = pd.DataFrame({"dataset": ["lastfm"] * 4, "model": ["metric (d=128)"] * 4,
-                            "defense": ["aml", "spaml-h", "spaml-s", "curriculum"],
-                            "NDCG@3": ["0.55 ± 0.01 ▲", "0.56 ± 0.01 ▼", "0.57 ± 0.01 ▲", "0.58 ± 0.01 ▲"],
-                            "F1@3": ["0.39", "0.39", "0.39", "0.39"]})
+    earlier = pd.DataFrame({"dataset": ["lastfm"] * 5, "model": ["metric (d=128)"] * 5,
+                            "defense": ["aml", "spaml-h", "spaml-s", "curriculum", "rank-adv"],
+                            "NDCG@3": ["0.55 ± 0.01 ▲", "0.56 ± 0.01 ▼", "0.57 ± 0.01 ▲", "0.58 ± 0.01 ▲", "0.5 ▼"],
+                            "F1@3": ["0.39"] * 5})
     before = marked_cells(earlier, "paper-main")
-    assert list(before["before_direction"]) == [1, -1, 1, 1] and set(before["column"]) == {"NDCG@3"}
-    rerun = pd.DataFrame({"dataset": ["lastfm"] * 3, "model": ["metric (d=128)"] * 3,
-                          "defense": ["aml (eps=0.2, beta=2)", "spaml-h", "spaml-s"],
-                          "comparison": ["clean"] * 3, "metric": ["NDCG@3"] * 3,
+    assert list(before["before_direction"]) == [1, -1, 1, 1, -1] and set(before["column"]) == {"NDCG@3"}
+    rerun = pd.DataFrame({"dataset": ["lastfm"] * 4, "model": ["metric (d=128)"] * 4,
+                          "defense": ["aml (eps=0.2, beta=2)", "spaml-h", "spaml-s", "rank-adv"],
+                          "comparison": ["clean"] * 4, "metric": ["NDCG@3"] * 4,
                           "Δ vs plain [95% CI]": ["+0.0200 [+0.0100, +0.0300] ▲", "+0.0100 [+0.0050, +0.0150]",
-                                                  "+0.0040 [-0.0100, +0.0180]"],
-                          "p (Holm)": ["< 0.001", "0.2", "1"], "seeds": ["5"] * 3})
+                                                  "+0.0040 [-0.0100, +0.0180]", "-0.0076 [-0.0152, -0.0000]"],
+                          "p (Holm)": ["< 0.001", "0.2", "1", "0.5"], "seeds": ["5"] * 4})
     verdicts = list(claims(before, rerun)["verdict"])
     assert verdicts[0] == "holds (method level)"  # a tuned defense's label still finds its comparison
     assert verdicts[1] == "reversed"  # marked ▼, the rerun's CI lies above 0
     assert verdicts[2].startswith("not supported (same direction") and verdicts[3] == "not rerun"
+    # A bound rounded to "-0.0000" is still below zero: the interval excludes it.
+    assert verdicts[4] == "not supported after Holm (same direction)"
 
 
 def test_every_paper_claim_names_a_spec_and_sides_that_the_paper_specs_run():

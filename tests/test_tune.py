@@ -69,6 +69,19 @@ def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_da
     assert any(d.startswith("aml:") and d.endswith("beta=2.0") for d in defenses)
 
 
+def test_a_tune_rerun_after_an_upgrade_lists_each_trial_once(tmp_path, real_data_dir, monkeypatch):
+    import robustag
+
+    options = dict(datasets=["movielens"], defenses=["plain"], budget=1, epochs=1, out=tmp_path / "tune",
+                   data_dir=real_data_dir, device="cpu")
+    first = rt.tune(**options)
+    monkeypatch.setattr(robustag, "__version__", "99.0")  # the upgrade keys every unit anew
+    again = rt.tune(**options)
+    assert len(first.trials) == len(again.trials) == 1  # the store holds both, the table the later one
+    assert again.trials["unit"].item() != first.trials["unit"].item()
+    assert len(pd.read_csv(again.tables[0])) == 1
+
+
 def _spec_file(path, body: str):
     path.write_text(f'name = "x"\ndatasets = ["movielens"]\n{body}\n')
     return path

@@ -337,7 +337,7 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
         rows.append([test["dataset"], test["model"] + _param_note(json.loads(test["params"]), test["model"]),
                      label_of.get(test["defense"], test["defense"]), what, test["metric"].upper(),
                      interval_text(test["diff"], test["ci_low"], test["ci_high"]) + mark,
-                     f"{test['rel_diff']:+.1%} [{test['rel_ci_low']:+.1%}, {test['rel_ci_high']:+.1%}]",
+                     interval_text(test["rel_diff"], test["rel_ci_low"], test["rel_ci_high"], "+.1%"),
                      p_text(test["p_holm"]), str(test["seeds"]),
                      f"{test['seed_share']:.0%} / {test['post_share']:.0%} / {test['residual_share']:.0%}"
                      if pd.notna(test["seed_share"]) else "",
@@ -357,9 +357,12 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
     return ReportTable(name, f"Method-level comparisons against {reference}", header, rows, note)
 
 
-def interval_text(value: float, low: float, high: float) -> str:
-    """A difference with its 95% interval, as every table shows one: +0.0127 [-0.0037, +0.0290]."""
-    return f"{value:+.4f} [{low:+.4f}, {high:+.4f}]"
+def interval_text(value: float, low: float, high: float, form: str = "+.4f") -> str:
+    """A difference with its 95% interval, as every table shows one: +0.0127 [-0.0037, +0.0290]
+    (from one seed: "+0.0127 [no interval]")."""
+    if pd.isna(low) or pd.isna(high):
+        return f"{value:{form}} [no interval]"
+    return f"{value:{form}} [{low:{form}}, {high:{form}}]"
 
 
 def p_text(p: float) -> str:

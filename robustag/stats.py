@@ -122,8 +122,10 @@ def crossed_test(diff: np.ndarray) -> dict[str, float]:
     seeds, posts = diff.shape
     mean = float(diff.mean())
     if seeds < 2 or np.allclose(diff, diff.flat[0]):
-        return {"diff": mean, "ci_low": mean, "ci_high": mean, "p": 1.0 if np.allclose(diff, 0) else np.nan, "df": np.nan,
-                "seed_share": np.nan, "post_share": np.nan, "residual_share": np.nan}
+        # identical differences are exact; from one seed no method-level interval exists
+        bound = mean if np.allclose(diff, diff.flat[0]) else np.nan
+        return {"diff": mean, "ci_low": bound, "ci_high": bound, "p": 1.0 if np.allclose(diff, 0) else np.nan,
+                "df": np.nan, "seed_share": np.nan, "post_share": np.nan, "residual_share": np.nan}
     by_seed, by_post = diff.mean(1), diff.mean(0)
     ms_seed = posts * np.sum((by_seed - mean) ** 2) / (seeds - 1)
     ms_post = seeds * np.sum((by_post - mean) ** 2) / (posts - 1)

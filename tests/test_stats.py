@@ -40,6 +40,16 @@ def test_the_variance_components_are_statsmodels_two_way_anova():
     assert result["ci_high"] - result["diff"] == pytest.approx(stats.t.ppf(0.975, df) * se, rel=1e-9)
 
 
+def test_one_seed_gives_a_difference_but_no_method_level_interval():
+    from robustag.report import interval_text
+
+    result = crossed_test(_simulate(np.random.default_rng(5), 1))
+    assert np.isfinite(result["diff"]) and np.isnan(result["ci_low"]) and np.isnan(result["p"])
+    assert interval_text(result["diff"], result["ci_low"], result["ci_high"]).endswith(" [no interval]")
+    same = crossed_test(np.full((3, 10), 0.25))  # identical differences are exact
+    assert same["ci_low"] == same["ci_high"] == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize("seeds", [3, 5])
 def test_the_method_level_test_is_calibrated_under_a_realistic_seed_effect(seeds):
     """No true difference, a seed effect as measured: marks at α = 0.05 no more often than 5%

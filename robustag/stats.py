@@ -121,9 +121,10 @@ def crossed_test(diff: np.ndarray) -> dict[str, float]:
     Satterthwaite's df, the two-sided p-value, and each component's share of Var(mean)."""
     seeds, posts = diff.shape
     mean = float(diff.mean())
-    if seeds < 2 or np.allclose(diff, diff.flat[0]):
+    identical = np.allclose(diff, diff.flat[0])
+    if seeds < 2 or identical:
         # identical differences are exact; from one seed no method-level interval exists
-        bound = mean if np.allclose(diff, diff.flat[0]) else np.nan
+        bound = mean if identical else np.nan
         return {"diff": mean, "ci_low": bound, "ci_high": bound, "p": 1.0 if np.allclose(diff, 0) else np.nan,
                 "df": np.nan, "seed_share": np.nan, "post_share": np.nan, "residual_share": np.nan}
     by_seed, by_post = diff.mean(1), diff.mean(0)

@@ -17,6 +17,12 @@ class LabelFree(IterativeAttack):
               "n": Param(3, "how many of the clean top tags stand in for the unknown true ones", **positive("≥ 1"))}
     knows_labels = False
     threat_model = "label-free"
+    threat_description = "the model (white box), not the test labels: it pushes the model's own top tags down"
+
+    def check(self, split) -> None:
+        if self.n >= split.n_tags:
+            raise PluginError(f"label-free: n={self.n} needs fewer than the data set's {split.n_tags} tags "
+                              "(its own top-n pushed below the rest)")
 
     def schedule(self):
         return self.steps, self.step_size, self.random_start

@@ -8,7 +8,7 @@ target tag enters the top-N of test posts that do not carry it (`promotion@N`).
 
 import numpy as np
 
-from robustag.attack import DataAttack, Param, chosen_tag, fraction, positive
+from robustag.attack import DataAttack, Param, PluginError, chosen_tag, fraction, non_negative, positive
 from robustag.preprocess import Posts, replace_train
 
 
@@ -20,11 +20,14 @@ class TagPromote(DataAttack):
         "target": Param(-1, "tag id to promote; -1: the training tag at the 25th popularity percentile"),
         "fake_users": Param(0.05, "fake users, as a fraction of the real users", **fraction()),
         "items_per_user": Param(20, "items each fake user tags", **positive()),
-        "filler": Param(2, "filler tags per fake post: the item's most frequent ones"),
+        "filler": Param(2, "filler tags per fake post: the item's most frequent ones", **non_negative()),
     }
 
     def check(self, split) -> None:
         self.target_tag(split)
+        if self.items_per_user > split.n_items:
+            raise PluginError(f"{self.name}: items_per_user={self.items_per_user} exceeds the {split.n_items} items of "
+                              f"the data set (a fake user tags each item once)")
 
     def target_tag(self, split) -> int:
         return chosen_tag(self.target, split, self.name)
@@ -33,9 +36,11 @@ class TagPromote(DataAttack):
         rng = np.random.default_rng(seed)
         target = self.target_tag(split)
         users, items, tags = split.train.triples()
-        n_fake = max(1, int(round(self.fake_users * split.n_users)))
+        if self.fake_users == 0:  # strength 0: no fake user, the clean training data
+            return split
+        n_fake = max(1, int(round(self.fake_users * split.n_users)))  # some, however few, were asked for
         item_popularity = np.bincount(items, minlength=split.n_items).astype(float)
-        per_user = min(self.items_per_user, split.n_items)
+        per_user = self.items_per_user
         fake_items = np.concatenate([
             rng.choice(split.n_items, size=per_user, replace=False, p=item_popularity / item_popularity.sum())
             for _ in range(n_fake)

@@ -23,9 +23,13 @@ class Targeted(EmbeddingAttack):
     }
     knows_labels = False
     threat_model = "targeted"
+    threat_description = "the model (white box), not the test labels: it pushes one chosen tag into the top N"
 
     def check(self, split) -> None:
         self.target_tag(split)
+        if self.n >= split.n_tags:
+            raise PluginError(f"targeted: n={self.n} needs fewer than the data set's {split.n_tags} tags "
+                              "(the target pushed into a top-n that leaves other tags out)")
 
     def target_tag(self, split) -> int:
         return chosen_tag(self.target, split, self.name)

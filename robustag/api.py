@@ -35,7 +35,7 @@ from robustag.defense import DEFENSES, Defense
 from robustag.errors import ParameterError
 from robustag.evaluation import Evaluation, evaluate_model
 from robustag.models import MODELS
-from robustag.planning import check_data, pending_units, plan
+from robustag.planning import check_data, note_overridden_budgets, pending_units, plan
 from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.robustness import run_attack, summarise, worst_cases
 from robustag.run import Run
@@ -48,9 +48,10 @@ from robustag.training import train as fit
 EventFn = Callable[[str, dict], None]
 
 
-def load_plugins(files: Sequence[str | Path]) -> list[str]:
-    """Register the attacks, defenses and models of local plugin files; returns their names. A file
-    that defines none is refused (a typo would otherwise pass silently)."""
+def load_plugins(files: str | Path | Sequence[str | Path]) -> list[str]:
+    """Register the attacks, defenses and models of local plugin files (one, or several); returns
+    their names. A file that defines none is refused (a typo would otherwise pass silently)."""
+    files = [files] if isinstance(files, (str, Path)) else _expect(files, (list, tuple), "plugins", "plugin files")
     names = []
     for file in files:
         found = [name for registry in (ATTACKS, DEFENSES, MODELS) for name in registry.load_file(file)]
@@ -64,6 +65,7 @@ def load_plugins(files: Sequence[str | Path]) -> list[str]:
 def load_dataset(name: str, data_dir: str | Path | None = None, p_core: int = 10, split_seed: int = 0,
                  validation: bool = True) -> TagSplit:
     """A data set, p-core filtered and split leave-last-post-out (from the on-disk cache when unchanged)."""
+    _expect(name, str, "name", "a data set name (movielens, lastfm, tsv:PATH, synthetic:...)")
     return load_split(name, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation))
 
 
@@ -82,6 +84,7 @@ class Trained:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     compiled: bool = False  # whether training ran its losses compiled (results differ from eager by rounding)
+    split: tuple | None = None  # what it was trained for (`split_identity`): attacked on that split only
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -101,6 +104,9 @@ def train(split: TagSplit, model: str = "metric", defense: str = "plain", seed: 
     """Train `model` under `defense` on the split's training posts (early stopping on its
     validation posts) and evaluate it on its test posts. `params` are training options
     (dim, lr, epochs, batch_size, negatives, margin, norm, reg, patience, mix); None keeps a default."""
+    _expect(split, TagSplit, "split", "a TagSplit (rt.load_dataset)")
+    for parameter, value in (("model", model), ("defense", defense)):
+        _expect(value, str, parameter, "a spec string")
     config = default_config(model, seed=seed, **params)
     regime = make_defense(defense, model)
     torch_device = resolve_device(device)
@@ -110,7 +116,8 @@ def train(split: TagSplit, model: str = "metric", defense: str = "plain", seed: 
     started = time.perf_counter()
     evaluation = evaluate_model(result.model, split.test, split.n_tags, torch_device)
     return Trained(result.model, result.config, regime.spec, torch_device, evaluation, result.history,
-                   result.best_epoch, result.best_valid, result.train_seconds, time.perf_counter() - started, result.compiled)
+                   result.best_epoch, result.best_valid, result.train_seconds, time.perf_counter() - started, result.compiled,
+                   split_identity(split))
 
 
 def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str = "plain") -> Trained:
@@ -121,18 +128,37 @@ def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str =
     started = time.perf_counter()
     evaluation = evaluate_model(model, split.test, split.n_tags, torch_device)
     return Trained(model, config, make_defense(defense, config.model).spec, torch_device, evaluation,
-                   eval_seconds=time.perf_counter() - started)
+                   eval_seconds=time.perf_counter() - started, split=split_identity(split))
+
+
+def split_identity(split: TagSplit) -> tuple:
+    """What a trained model is bound to: the data set, its split options and table sizes."""
+    return split.name, asdict(split.options), (split.n_users, split.n_items, split.n_tags)
+
+
+def _expect(value, kinds, parameter: str, what: str):
+    """`value`, if of `kinds`; else the library's error naming the parameter (not an internal one)."""
+    if not isinstance(value, kinds):
+        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+        raise ParameterError(parameter, f"expected {what}, got {type(value).__name__}", shown)
+    return value
 
 
 def build_attacks(specs: str | Attack | Sequence[str | Attack], eps: Sequence[float] | None = None, seed: int | None = None) -> list[Attack]:
     """Attacks from specs; every evasion attack runs at each of `eps` when given, and takes
     `seed` unless its spec sets one. One spec may be given alone."""
-    specs = [specs] if isinstance(specs, (str, Attack)) else specs
+    specs = [specs] if isinstance(specs, (str, Attack)) else _expect(specs, (list, tuple), "attacks", "attack specs")
     if not specs:
         raise ParameterError("attacks", "no attack given")
-    budgets = parse_budgets(list(eps), "eps") if eps is not None else [None]
+    eps = [eps] if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
+    budgets = parse_budgets(list(_expect(eps, (list, tuple), "eps", "budgets")), "eps") if eps is not None else [None]
+    if eps is not None:
+        note_overridden_budgets([s for s in specs if isinstance(s, str)], budgets)
     built = []
     for spec in specs:
+        _expect(spec, (str, Attack), "attacks", "attack specs or Attack instances")
+        if isinstance(spec, Attack) and ATTACKS.declared(spec.name, "name") is None:
+            ATTACKS.register(type(spec), f"instance given to robustag ({type(spec).__module__})")
         text = spec.spec if isinstance(spec, Attack) else spec
         probe = ATTACKS.create(text)
         overrides = {"seed": seed} if seed is not None and "seed" in probe.params and "seed=" not in text else {}
@@ -152,6 +178,12 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
     where the model allows them, and `attrs["clean"]` the clean metrics. Poisoning attacks retrain
     with the same configuration and defense, early-stopping on clean validation posts unless
     `poison_valid` (then the attack changes them too)."""
+    _expect(trained, Trained, "trained", "a Trained model (rt.train or rt.load)")
+    _expect(split, TagSplit, "split", "a TagSplit (rt.load_dataset)")
+    if trained.split is not None and trained.split != split_identity(split):
+        raise ParameterError("split", f"the model was trained on {trained.split[0]} {trained.split[1]} with sizes "
+                             f"{list(trained.split[2])}; this split is {split.name} {asdict(split.options)} with sizes "
+                             f"{[split.n_users, split.n_items, split.n_tags]}")
     built = build_attacks(attacks, eps, seed)
     for each in built:
         each.check(split)
@@ -266,9 +298,11 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
     name = specs[0].name if len(specs) == 1 else "bench"
     folder = Path(out) if out else Path("runs") / folder_name(f"{name}-tune")
     trials = tuning.trial_specs(specs, budget, seed)
+    planned = {row["key"] for rows in plan(trials).rows.values() for row in rows}
     with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
                report=False, on_event=on_event) as run:
-        scores = tuning.trial_scores(done_cells(run.store), run.store.histories())
+        cells = done_cells(run.store)  # the folder may hold other cells (a bench's): only the trials count
+        scores = tuning.trial_scores(cells[cells["key"].isin(planned)], run.store.histories())
     best = tuning.best_trials(scores)
     return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget),
                         tuning.write_tables(folder, scores, best))
@@ -281,7 +315,10 @@ def _specs(spec) -> list[BenchSpec]:
         return [spec]
     if isinstance(spec, (str, Path)):
         return load_specs(Path(spec))
-    return list(spec)
+    specs = list(_expect(spec, (list, tuple), "spec", "a spec file, a BenchSpec or a list of them"))
+    for each in specs:
+        _expect(each, BenchSpec, "spec", "a spec file, a BenchSpec or a list of them")
+    return specs
 
 
 def _override(spec: BenchSpec, datasets, models, defenses, attacks, seeds, eps, epochs) -> None:

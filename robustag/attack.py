@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
+from robustag.errors import RobustagError
 from robustag.plugins import Param, Plugin, PluginError, Registry, fraction, non_negative, positive
 from robustag.preprocess import Posts, TagSplit
 
@@ -64,6 +67,16 @@ class Attack(Plugin):
     def check(self, split: TagSplit) -> None:
         """Parameters that only make sense for a given data set (a tag id, say) are checked
         here, before any training; raise PluginError naming the plugin."""
+
+
+def _plugin_line(plugin, error: Exception) -> str:
+    """' (file.py:42)': the innermost line of the failing plugin's own file, where the traceback has one."""
+    try:
+        source = inspect.getfile(type(plugin))
+    except TypeError:
+        return ""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == source]
+    return f" ({Path(source).name}:{frames[-1].lineno})" if frames else ""
 
 
 @dataclass
@@ -100,6 +113,8 @@ class EmbeddingAttack(Attack):
     # What the attacker wants, for reports: label-aware (push the true tags down, the worst
     # case), label-free (push the model's own top tags down), targeted (promote one tag).
     threat_model: ClassVar[str] = "label-aware"
+    # What the attacker knows and does, in a phrase for the report's threat table ("" : the threat model's own)
+    threat_description: ClassVar[str] = ""
     # A bound, not an attack (`certified`): its `bound(model, posts, n_tags, device)` gives the
     # per-post metrics; it never enters a worst case over attacks.
     is_bound: ClassVar[bool] = False
@@ -117,6 +132,10 @@ class EmbeddingAttack(Attack):
         chosen = self.target_tables
         if not chosen or any(t not in TARGETS for t in chosen):
             raise PluginError(f"{self.name}: targets={self.targets!r} must join some of {', '.join(TARGETS)} with +")
+        if len(set(chosen)) < len(chosen):
+            raise PluginError(f"{self.name}: targets={self.targets!r} names a table twice")
+        # one spelling per threat (item+user is user+item), so one threat never makes two worst-case rows
+        self.config["targets"] = self.targets = "+".join(t for t in TARGETS if t in chosen)
 
     @property
     def target_tables(self) -> tuple[str, ...]:
@@ -136,7 +155,12 @@ class EmbeddingAttack(Attack):
         `deferred` (adversarial training) the checks of values (finite, within budget) stay on
         the device and are read once per epoch (`raise_deferred`), so no step waits on them."""
         takes_context = "context" in inspect.signature(self.perturb).parameters
-        moved = self.perturb(objective, deltas, radius, context) if takes_context else self.perturb(objective, deltas, radius)
+        try:
+            moved = self.perturb(objective, deltas, radius, context) if takes_context else self.perturb(objective, deltas, radius)
+        except RobustagError:
+            raise
+        except Exception as error:  # a plugin's own failure: named, with its line, not a traceback through robustag
+            raise PluginError(f"attack {self.name} raised {type(error).__name__}: {error}{_plugin_line(self, error)}") from error
         if not isinstance(moved, dict) or set(moved) != set(deltas):
             got = sorted(moved) if isinstance(moved, dict) else type(moved).__name__
             raise PluginError(f"attack {self.name}: perturb returned {got}, expected the keys {sorted(deltas)}")
@@ -145,6 +169,9 @@ class EmbeddingAttack(Attack):
                 shape = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
                 raise PluginError(f"attack {self.name}: perturbation {key!r} has shape {shape}, "
                                   f"expected {tuple(deltas[key].shape)}")
+            if delta.dtype != deltas[key].dtype:
+                raise PluginError(f"attack {self.name}: perturbation {key!r} is {delta.dtype}, expected "
+                                  f"{deltas[key].dtype} (the dtype of the deltas it was given)")
         excess = {key: self._excess(delta, radius[key]) for key, delta in moved.items()}
         if deferred:
             seen = getattr(self, "_deferred", {})

@@ -59,7 +59,9 @@ def check_settings(settings: RunSettings) -> None:
             raise ParameterError(option, "expected a count ≥ 1", value)
     if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
         raise ParameterError("executor", "needs Ray: pip install 'robustag[ray]'", "ray")
-    devices_for(settings)
+    if devices_for(settings) == ["cpu"] and settings.per_gpu > 1:
+        raise ParameterError("per_gpu", "packs units on each GPU, and this run has none (use --workers on a CPU)",
+                             settings.per_gpu)
 
 
 def executor_for(settings: RunSettings, devices: list[str]) -> Executor:

@@ -40,6 +40,9 @@ def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: Ta
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk or a file-size limit as RuntimeError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RobustagError(f"{path}: could not be written ({reason}); nothing was saved") from error
     finally:
         tmp.unlink(missing_ok=True)  # a failed save leaves nothing behind
 

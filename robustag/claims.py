@@ -11,8 +11,8 @@ each declared family (a claim's `family`; by default the whole file is one):
     id = "main-1"
     says = "SPAML-S is more accurate than the metric model trained without an adversary"
     spec = "paper-main"          # optional: the spec whose cells to read (default: any)
-    better = "metric/spaml-s"    # MODEL/DEFENSE_NAME
-    than = "metric/plain"
+    better = "metric/spaml-s"    # MODEL/DEFENSE, each optionally with the options that pick
+    than = "metric/plain"        # one configuration of a sweep: "metric:dim=32/aml:eps=0.1"
     metrics = ["ndcg@3", "f1@3"] # default ["ndcg@3"]
     attack = "pgd"               # optional: under this attack, "loses less" (change from clean)
     strength = 0.1               # the attack's ε or rate, when the run holds several
@@ -30,6 +30,7 @@ still going, "so far" where cells of the claim's models on that data set are sti
 from __future__ import annotations
 
 import functools
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustag.errors import RobustagError
-from robustag.report import interval_text, p_text
+from robustag.errors import ParameterError, RobustagError
+from robustag.display import interval_text, labelled, p_text
+from robustag.plugins import parse_spec
 from robustag.stats import MIN_SEEDS, aggregate, compare_groups, done_cells, holm
 from robustag.store import ResultStore
 
@@ -76,13 +78,28 @@ def load_claims(path: str | Path) -> list[Claim]:
         if unknown or missing:
             raise RobustagError(f"{where}: " + (f"unknown key {unknown[0]!r}; known: {', '.join(sorted(CLAIM_KEYS))}"
                                                 if unknown else f"missing key {missing[0]!r}"))
-        for side in ("better", "than"):
-            if str(table[side]).count("/") != 1:
-                raise RobustagError(f"{where}: {side} {table[side]!r}: expected MODEL/DEFENSE_NAME")
+        _check_claim(table, where, seen={claim.id for claim in claims})
         claims.append(Claim(**table))
     if not claims:
         raise RobustagError(f"claims {path}: no [[claim]] tables")
     return claims
+
+
+def _check_claim(table: dict, where: str, seen: set[str]) -> None:
+    """What a claim's keys must hold, each error naming the key."""
+    if table["id"] in seen:
+        raise RobustagError(f"{where}: id {table['id']!r} is used by an earlier claim; ids must be unique")
+    for side in ("better", "than"):
+        if not isinstance(table[side], str) or table[side].count("/") != 1:
+            raise RobustagError(f"{where}: {side} {table[side]!r}: expected MODEL/DEFENSE (options optional: "
+                                "metric:dim=32/aml:eps=0.1)")
+        for part in table[side].split("/"):
+            parse_spec(part)  # a malformed option names itself
+    if table["better"] == table["than"]:
+        raise RobustagError(f"{where}: better and than are both {table['better']!r}: a claim compares two configurations")
+    metrics = table.get("metrics", ["ndcg@3"])
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        raise RobustagError(f"{where}: metrics must be a non-empty list of metric names, got {metrics!r}")
 
 
 def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataFrame:
@@ -91,6 +108,8 @@ def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataF
     difference (better − than; under an attack, of their changes from clean) with its 95% CI,
     p and the p Holm-corrected within the claim's family, the seeds and the verdict."""
     claims = load_claims(claims) if isinstance(claims, (str, Path)) else claims
+    if not isinstance(claims, (list, tuple)) or not claims or not all(isinstance(c, Claim) for c in claims):
+        raise ParameterError("claims", "expected a claims file or a non-empty list of Claim", repr(claims)[:40])
     store = ResultStore.existing(run)
     try:
         read = functools.cache(lambda spec, metrics: _spec_cells(store, spec, list(metrics), run))  # once per spec
@@ -110,10 +129,14 @@ def _spec_cells(store: ResultStore, spec: str | None, metrics: list[str], run) -
     planned, cells = store.cells(spec=spec), done_cells(store, spec)
     if cells.empty:
         return planned, None
+    cells = labelled(cells)
     unknown = [metric for metric in metrics if metric not in cells]
     if unknown:
         raise RobustagError(f"metric {unknown[0]!r} is not stored in {run}")
-    return planned, aggregate(store, cells, metrics, ci_metrics=[])
+    table = aggregate(store, cells, metrics, ci_metrics=[])
+    labels = dict(zip(zip(cells["model"], cells["params"], cells["defense"]), cells["model_label"] + " " + cells["defense_label"]))
+    table["label"] = [labels[key] for key in zip(table["model"], table["params"], table["defense"])]
+    return planned, table
 
 
 def _claim_rows(store: ResultStore, read, claim: Claim, run) -> list[dict]:
@@ -123,7 +146,9 @@ def _claim_rows(store: ResultStore, read, claim: Claim, run) -> list[dict]:
         planned, table = read(claim.spec, tuple(claim.metrics))
     except RobustagError as error:
         raise RobustagError(f"claim {claim.id!r}: {error}") from None
-    models = {side.split("/")[0] for side in (claim.better, claim.than)}
+    models = {parse_spec(side.split("/")[0])[0] for side in (claim.better, claim.than)}
+    if table is not None:
+        _check_attack(claim, table)
     waiting = set(planned.loc[(planned["status"] == "pending") & planned["model"].isin(models), "dataset"])
     rows = []
     for dataset in claim.datasets or list(dict.fromkeys(planned["dataset"])):
@@ -156,11 +181,34 @@ def _side_means(sides: list[pd.Series], column: str) -> dict:
     return {"better_mean": sides[0][column] - sides[2][column], "than_mean": sides[1][column] - sides[3][column]}
 
 
+def _check_attack(claim: Claim, table: pd.DataFrame) -> None:
+    """A claim's attack and strength must be in the run: naming what is not, and what is."""
+    if not claim.attack:
+        return
+    attacked = table[table["attack_name"] == claim.attack]
+    if attacked.empty:
+        known = sorted(set(table["attack_name"].dropna()))
+        raise RobustagError(f"claim {claim.id!r}: attack {claim.attack!r} is not in the run (it has "
+                            f"{', '.join(known) or 'no attack'})")
+    strengths = sorted(set(attacked["strength"].dropna()))
+    if claim.strength is not None and not any(math.isclose(s, claim.strength) for s in strengths):
+        raise RobustagError(f"claim {claim.id!r}: strength {claim.strength:g} of {claim.attack} is not in the run "
+                            f"(it has {', '.join(f'{s:g}' for s in strengths) or 'none'})")
+
+
+def _matches(values: pd.Series, wanted: dict) -> list[bool]:
+    """Which stored option sets (dicts or JSON) hold every wanted option (compared as written)."""
+    parsed = [json.loads(v) if isinstance(v, str) else v for v in values]
+    return [all(str(options.get(k)) == str(v) for k, v in wanted.items()) for options in parsed]
+
+
 def _group(table: pd.DataFrame, claim: Claim, dataset: str, side: str, attacked: bool) -> pd.Series | None:
-    """The one aggregate row of MODEL/DEFENSE_NAME on this data set, under the claim's attack or
-    clean; several (say a sweep) make the claim ambiguous, which is an error naming it."""
-    model, defense = side.split("/")
+    """The one aggregate row of MODEL/DEFENSE on this data set, under the claim's attack or
+    clean; several (say a sweep) make the claim ambiguous, which is an error naming them."""
+    (model, model_options), (defense, defense_options) = (parse_spec(part) for part in side.split("/"))
     found = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["defense_name"] == defense)]
+    found = found[_matches(found["params"], model_options)] if model_options else found
+    found = found[_matches(found["defense_params"], defense_options)] if defense_options else found
     if attacked and claim.attack:
         found = found[found["attack_name"] == claim.attack]
         if claim.strength is not None:
@@ -168,8 +216,11 @@ def _group(table: pd.DataFrame, claim: Claim, dataset: str, side: str, attacked:
     else:
         found = found[found["attack"] == ""]
     if len(found) > 1:
-        raise RobustagError(f"claim {claim.id!r}: {side} on {dataset} matches {len(found)} configurations; "
-                            "name the spec (and the attack's strength) that makes it one")
+        raise RobustagError(f"claim {claim.id!r}: {side} on {dataset} matches {len(found)} configurations "
+                            f"({'; '.join(dict.fromkeys(found['label']))}"
+                            + (f"; strengths {', '.join(f'{s:g}' for s in sorted(set(found['strength'])))}"
+                               if attacked and found["strength"].nunique() > 1 else "")
+                            + "): pick one with its options (metric:dim=32/aml:eps=0.1), the spec, or the strength")
     return None if found.empty else found.iloc[0]
 
 

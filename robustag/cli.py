@@ -24,7 +24,9 @@ import robustag as rt
 from robustag import paths
 from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checkpoint import save_model
+from robustag.checks import checkable
 from robustag.claims import claims_table
+from robustag.display import attack_spec_labels, labelled
 from robustag.defense import DEFENSES
 from robustag.download import download_dataset
 from robustag.errors import ParameterError, RobustagError
@@ -33,8 +35,8 @@ from robustag.models import MODELS
 from robustag.plugins import split_specs
 from robustag.preprocess import TagSplit
 from robustag.provenance import versions
-from robustag.report import summary_table
 from robustag.spec import parse_budgets
+from robustag.stats import done_cells
 from robustag.store import STATUSES
 from robustag.training import default_config, resolve_device
 from robustag.trec import write_qrels, write_run
@@ -191,11 +193,17 @@ def data_download(
     url: Optional[str] = typer.Option(None, help="Fetch from this URL instead of GroupLens."),
 ):
     """Fetch a data set from GroupLens into the data directory, verifying its sha256."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console) as progress:
-        task = progress.add_task(f"downloading {name}", total=None)
-        path = download_dataset(
-            name, paths.data_dir(data_dir), sha256, url, lambda done, total: progress.update(task, completed=done, total=total)
-        )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console)
+    task = progress.add_task(f"downloading {name}", total=None)
+
+    def on_bytes(done: int, total: int | None) -> None:
+        progress.start()  # shown once bytes arrive: an input refused before any shows no bar
+        progress.update(task, completed=done, total=total)
+
+    try:
+        path = download_dataset(name, paths.data_dir(data_dir), sha256, url, on_bytes)
+    finally:
+        progress.stop()
     console.print(f"[green]verified[/green] {path}")
 
 
@@ -222,6 +230,8 @@ def train_command(
     for path, option in ((json_out, "--json"), (save_run, "--save-run"), (save, "--save")):
         _output_file(path, option)
     config = _checked_training(model, defense, device, seed, params)
+    if save and not config.recipe().learned:
+        raise RobustagError(f"--save {save}: {config.model} is not a learned model; there is nothing to save")
     split = _load(dataset, data_dir, p_core, split_seed)
     trained = _train_with_progress(split, model, config, defense, device, compile, params)
     _stdout().print(_metrics_table(f"{model} on {dataset} ({len(split.test):,} test posts)", trained.metrics))
@@ -252,8 +262,6 @@ def _checked_training(model: str, defense: str, device: str, seed: int, params: 
 
 
 def _save(path: Path, trained: rt.Trained, split: TagSplit) -> None:
-    if not getattr(trained.model, "learned", False):
-        raise RobustagError(f"--save {path}: {trained.config.model} is not a learned model; there is nothing to save")
     _writing(path, "--save", lambda: save_model(path, trained.model, trained.config, split))
     console.print(f"saved model to {path}")
 
@@ -304,6 +312,13 @@ def attack_command(
     if evasions and not MODELS.resolve(model)[0].embeddings and not load:
         raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
     config = _checked_training(model, defense, device, seed, params)
+    if checks and not any(checkable(each) for each in attack_list):
+        raise RobustagError("--checks: none of these attacks has sanity checks (they test gradient-based evasion "
+                            "attacks: pgd, mim, fgsm, auto, ...); leave --checks out or add one")
+    if load:
+        _check_loaded_options(load, model, params, defense, save, poisons=len(attack_list) - len(evasions))
+    elif save and not config.recipe().learned:
+        raise RobustagError(f"--save {save}: {config.model} is not a learned model; there is nothing to save")
     split = _load(dataset, data_dir, p_core, split_seed)
     for each in attack_list:
         each.check(split)  # before training: a bad target tag must not cost a training run
@@ -340,13 +355,26 @@ def attack_command(
         _report_checks(rt.sanity_checks(trained, split, attack_list))
 
 
+def _check_loaded_options(load: Path, model: str, params: dict, defense: str, save: Optional[Path], poisons: int) -> None:
+    """With --load the saved model's own configuration is used (a poisoning attack retrains with
+    it): options that would configure another model are refused, not silently ignored."""
+    given = [f"--{name.replace('_', '-')}" for name, value in params.items() if value is not None]
+    given += ["--model"] if model != "metric" else []
+    given += ["--save"] if save else []
+    given += ["--defense"] if defense != "plain" and not poisons else []
+    if given:
+        raise RobustagError(f"--load {load}: the saved model's configuration is used, so {', '.join(given)} would "
+                            "change nothing (leave them out; --defense applies to a poisoning attack's retraining)")
+
+
 def _report_checks(results) -> None:
     table = Table(title="sanity checks (Carlini et al. 2019)")
     for column in ("attack", "ε", "check", "verdict", "measured"):
         table.add_column(column)
-    for _, row in results.iterrows():
+    labels = attack_spec_labels(list(results["attack"]), list(results["eps"]))
+    for (_, row), label in zip(results.iterrows(), labels):
         verdict = "[green]pass[/green]" if row["passed"] else "[bold red]FAIL[/bold red]"
-        table.add_row(row["attack"].split(":")[0], f"{row['eps']:g}", row["check"], verdict, escape(row["detail"]))
+        table.add_row(escape(label.split(" ε=")[0]), f"{row['eps']:g}", row["check"], verdict, escape(row["detail"]))
     _stdout().print(table)
     failed = results[~results["passed"]]
     if len(failed):
@@ -362,9 +390,10 @@ def _attack_table(title: str, rows: list[dict], worst: list[dict], certified: li
     for column in ("attack", "ε", "F1@3 clean", "F1@3 attacked", "rel. drop", "NDCG@3 clean", "NDCG@3 attacked",
                    "rel. drop", "overlap@3", "seconds"):
         table.add_column(column, justify="left" if column == "attack" else "right")
-    for row in rows:
+    labels = attack_spec_labels([row["attack"] for row in rows], [row["eps"] for row in rows])
+    for row, label in zip(rows, labels):
         table.add_row(
-            row["attack"].split(":")[0], "" if row["eps"] is None else f"{row['eps']:g}",
+            escape(label.split(" ε=")[0]), "" if row["eps"] is None else f"{row['eps']:g}",
             f"{row['clean_f1@3']:.4f}", f"{row['attacked_f1@3']:.4f}", f"{row['rel_drop_f1@3']:.1%}",
             f"{row['clean_ndcg@3']:.4f}", f"{row['attacked_ndcg@3']:.4f}", f"{row['rel_drop_ndcg@3']:.1%}",
             f"{row['overlap@3']:.3f}", f"{row['seconds']:.1f}",
@@ -463,7 +492,7 @@ def bench_command(
     attacks: Optional[str] = typer.Option(None, help="Attack specs, evasion and poisoning, e.g. pgd,mim,tag-replace-20"),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (0..N-1)."),
     eps: Optional[str] = typer.Option(None, help="Comma-separated budgets for every evasion attack."),
-    epochs: Optional[int] = typer.Option(None, help="Most training epochs."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Most training epochs."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/SPEC_NAME)."),
     data_dir: Optional[Path] = DataDirOption,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -490,12 +519,28 @@ def bench_command(
             address=address, plugins=plugin or (), retry_failed=retry_failed, prune=prune, reference=reference,
             compile=compile, report=report, poison_valid=poison_valid, stack=stack, on_event=live.on_event)
     with run:
-        _stdout().print(summary_table(run.store))
+        _stdout().print(summary_table(run))
         failed = run.failed
     if failed:
         console.print(f"[yellow]{failed} cells failed[/yellow]; see `robustag results {escape(str(run.folder))} "
                       "--status failed`, rerun with --retry-failed")
         raise typer.Exit(1)
+
+
+def summary_table(run: rt.Run) -> Table:
+    """The table printed at the end of `robustag bench`: NDCG@3 per group, mean ± std over seeds."""
+    cells = done_cells(run.store)
+    table = Table(title="NDCG@3, mean ± std over seeds")
+    for column in ("dataset", "model", "defense", "attack", "seeds", "NDCG@3", "F1@3"):
+        table.add_column(column)
+    if cells.empty:
+        return table
+    for _, group in labelled(cells).groupby(["dataset", "model", "params", "defense", "attack"], sort=False):
+        first = group.iloc[0]
+        table.add_row(*(escape(first[c]) for c in ("dataset", "model_label", "defense_label", "attack_label")), str(len(group)),
+                      f"{group['ndcg@3'].mean():.4f} ± {group['ndcg@3'].std(ddof=1) if len(group) > 1 else 0:.4f}",
+                      f"{group['f1@3'].mean():.4f}")
+    return table
 
 
 class BenchProgress:
@@ -506,15 +551,15 @@ class BenchProgress:
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
 
     def __enter__(self):
-        self.progress.__enter__()
         self.overall = self.progress.add_task("cells", total=None, info="")
         self.current = self.progress.add_task("", total=None, info="")
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        self.progress.stop()
 
     def on_event(self, kind: str, data: dict) -> None:
+        self.progress.start()  # from the first event on: a bench refused while it checks its input shows no bars
         if kind == "plan":
             if data["pruned"]:
                 self.progress.console.print(f"pruned {data['pruned']} stale cells")
@@ -543,7 +588,7 @@ def tune_command(
     datasets: Optional[str] = typer.Option(None, help="Comma-separated datasets (overrides the spec)."),
     models: Optional[str] = typer.Option(None, help="Comma-separated models."),
     defenses: Optional[str] = typer.Option(None, help='Defense sweeps, e.g. "plain,aml:eps=[0.05,0.1],beta=[0.5,1,2]"'),
-    epochs: Optional[int] = typer.Option(None, help="Most training epochs."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Most training epochs."),
     seed: int = typer.Option(0, help="Seed of the random subset (the trials train with the spec's first seed)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/SPEC_NAME-tune)."),
     data_dir: Optional[Path] = DataDirOption,
@@ -582,6 +627,8 @@ def results_command(
     attack: Optional[str] = typer.Option(None, help="Attack name ('clean' for none)."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Export the listed cells (metrics flattened) as CSV."),
     parquet: Optional[Path] = typer.Option(None, "--parquet", help="Export as Parquet (needs pyarrow)."),
+    histories: bool = typer.Option(False, "--histories", help="Export the per-epoch training records (every figure "
+                                   "a model and its defense recorded) instead of the cells, with --csv or --parquet."),
 ):
     """List and filter the cells of a run; export them."""
     if status is not None and status not in STATUSES:
@@ -590,19 +637,29 @@ def results_command(
         _output_file(path, option)
     if parquet and importlib.util.find_spec("pyarrow") is None:
         raise RobustagError("--parquet needs pyarrow: pip install pyarrow")
+    if histories and not (csv or parquet):
+        raise RobustagError("--histories: name where to write them (--csv FILE or --parquet FILE)")
     with rt.Run(run) as opened:
-        frame = opened.cells(spec=spec, status=status)
+        frame = opened.histories(spec=spec) if histories else opened.cells(spec=spec, status=status)
+    if histories:
+        _export(frame, csv, parquet)
+        _stdout().print(f"{len(frame)} epochs of {frame['unit'].nunique() if len(frame) else 0} trained models written")
+        return
     for column, value in (("dataset", dataset), ("defense_name", defense), ("attack_name", attack)):
         if value:
             frame = frame[frame[column] == value]
     table = Table(title=f"{run}: {len(frame)} cells")
-    for column in ("dataset", "model", "seed", "defense", "attack", "eps", "status", "f1@3", "ndcg@3", "seconds"):
+    for column in ("dataset", "model", "seed", "defense", "attack", "status", "f1@3", "ndcg@3", "seconds"):
         table.add_column(column)
-    for _, row in frame.iterrows():
-        table.add_row(row["dataset"], row["model"], str(row["seed"]), row["defense_name"], row["attack_name"],
-                      _fmt(row["eps"], "{:g}"), row["status"],
+    for _, row in labelled(frame).iterrows():
+        table.add_row(escape(row["dataset"]), escape(row["model_label"]), str(row["seed"]), escape(row["defense_label"]),
+                      escape(row["attack_label"]), row["status"],
                       _fmt(row.get("f1@3")), _fmt(row.get("ndcg@3")), _fmt(row.get("seconds"), "{:.1f}"))
     _stdout().print(table)
+    _export(frame, csv, parquet)
+
+
+def _export(frame: pd.DataFrame, csv: Optional[Path], parquet: Optional[Path]) -> None:
     if csv:
         _writing(csv, "--csv", lambda: frame.to_csv(csv, index=False))
     if parquet:

@@ -22,7 +22,7 @@ import torch
 
 from robustag.attack import ATTACKS, AttackContext, EmbeddingAttack, batch_budget
 from robustag.models import BatchEmbeddings, EmbeddingModel
-from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative
+from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative, parse_spec
 from robustag.training import TrainingRegime
 
 
@@ -45,6 +45,16 @@ class Defense(Plugin, TrainingRegime):
         return {"name": self.name, **self.config}
 
 
+def _over_default(attack_spec: str, default: str) -> str:
+    """The attack as given, over the default adversary's settings where it names the same attack:
+    `aml:attack=pgd` is `aml` (PGD at the defense's own ε and steps), not PGD at PGD's defaults."""
+    name, given = parse_spec(attack_spec)
+    default_name, settings = parse_spec(default)
+    if name != default_name:
+        return attack_spec
+    return f"{name}:" + ",".join(f"{k}={v}" for k, v in {**settings, **given}.items())
+
+
 class AdversarialDefense(Defense):
     """A defense that trains on adversarial perturbations made by an attack plugin."""
 
@@ -55,7 +65,7 @@ class AdversarialDefense(Defense):
     }
 
     def __init__(self, **values: Any):
-        attack_spec = str(values.get("attack", self.params["attack"].default))
+        attack_spec = _over_default(str(values.get("attack", self.params["attack"].default)), self.params["attack"].default)
         passed = {k: v for k, v in values.items() if k not in self.params}
         own = {k: v for k, v in values.items() if k in self.params}
         attack_class, _ = _resolve_attack(self.name, attack_spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,13 +22,14 @@ from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checks import checkable
 from robustag.datasets import resolve_source
 from robustag.defense import DEFENSES
-from robustag.errors import ParameterError
+from robustag.errors import ParameterError, RobustagError
 from robustag.models import MODELS
+from robustag.plugins import parse_spec
 from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
 from robustag.stacking import stackable
 from robustag.store import ResultStore, parsed_columns
-from robustag.training import SHARED_OPTIONS, TrainConfig, default_config
+from robustag.training import SHARED_OPTIONS, TrainConfig, check_negatives, default_config
 
 
 def digest(payload: dict) -> str:
@@ -85,12 +87,14 @@ def plan(specs: list[BenchSpec]) -> Plan:
         rows = result.rows.setdefault(spec.name, [])
         defenses = spec.expanded_defenses()
         attacks = [ATTACKS.create(s) for s in spec.expanded_attacks()]
+        if spec.eps:
+            note_overridden_budgets(spec.expanded_attacks(), spec.eps)
         evasions = _with_budgets([a for a in attacks if isinstance(a, EmbeddingAttack)], spec.eps)
         poisons = [a for a in attacks if not isinstance(a, EmbeddingAttack)]
         options = SplitOptions(spec.p_core, spec.split_seed, True)
         for dataset in spec.datasets:
             for model in spec.expanded_models():
-                for params in spec.param_grid():
+                for params in _checked_grid(spec, model):
                     for seed in spec.seeds:
                         recipe = default_config(model, seed=seed, **_declared(model, params)).recipe()
                         for written in defenses:
@@ -108,6 +112,19 @@ def plan(specs: list[BenchSpec]) -> Plan:
                                 unit = _unit(result, dataset, options, config, defense.spec, poison.spec, spec.poison_valid)
                                 rows.append(_cell(unit, poison))
     return result
+
+
+def _checked_grid(spec: BenchSpec, model: str) -> list[dict]:
+    """The spec's [params] combinations, each checked as `model`'s options: a bad value is named
+    as the spec writes it (`[params] dim`), not as a command-line flag."""
+    grid = spec.param_grid()
+    for params in grid:
+        try:
+            default_config(model, **_declared(model, params))
+        except ParameterError as error:
+            where = f"[params] {error.parameter}" if error.parameter in params else f"model {model!r}: {error.parameter}"
+            raise RobustagError(f"spec {spec.name}: {error.naming(where)}") from None
+    return grid
 
 
 def _tuned(spec: BenchSpec, dataset: str, model: str, defense: str) -> tuple[str, dict]:
@@ -128,6 +145,14 @@ def _declared(model: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in SHARED_OPTIONS or k in own}
 
 
+def note_overridden_budgets(written: list[str], budgets: list[float]) -> None:
+    """An attack written with its own ε runs at the given budgets instead: say so, once."""
+    own = [spec for spec in written if "eps" in parse_spec(spec)[1]]
+    if own:
+        warnings.warn(f"{', '.join(own)}: the budgets {', '.join(f'{b:g}' for b in budgets)} given for every evasion "
+                      "attack replace the eps written in the spec", UserWarning, stacklevel=2)
+
+
 def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) -> list[EmbeddingAttack]:
     if not budgets:
         return evasions
@@ -140,6 +165,10 @@ def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: 
     poison_valid = bool(poison and poison_valid)
     if poison_valid:  # only then in the key: the keys of every other unit stay as they were
         identity["poison_valid"] = True
+    code = {kind: each for kind, each in (("model", MODELS.code(config.model)), ("defense", DEFENSES.code(defense)),
+                                          ("poison", ATTACKS.code(poison) if poison else None)) if each}
+    if code:  # a plugin from outside robustag: its code determines the model (built-ins leave keys as they were)
+        identity["code"] = code
     key = digest(identity)
     if key not in plan_.units:
         plan_.units[key] = UnitTask(key, dataset, options, config, defense, poison, poison_valid=poison_valid)
@@ -150,7 +179,8 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
     spec = attack.spec if attack is not None else None
     surface = attack.surface if attack is not None else "none"
     eps = attack.eps if isinstance(attack, EmbeddingAttack) else None
-    key = digest({"unit": unit.key, "attack": spec})
+    code = ATTACKS.code(spec) if spec else None
+    key = digest({"unit": unit.key, "attack": spec, **({"code": code} if code else {})})
     task = CellTask(key, spec if surface == "embedding" else None, surface, eps, checks)
     known = [k for k, c in enumerate(unit.cells) if c.key == key]
     if not known:
@@ -175,9 +205,9 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
 def pending_units(plan_: Plan, store: ResultStore, retry_failed: bool) -> list[UnitTask]:
     """Units with a cell still to do (pending, or failed when --retry-failed), each with only
     those cells: adding an attack evaluates the new cells alone, and done cells are left alone."""
-    if retry_failed:
-        store.mark_failed_pending()
     keys = [c.key for u in plan_.units.values() for c in u.cells]
+    if retry_failed:
+        store.mark_failed_pending(keys)  # the planned cells only: another plan's failures stay as they are
     status = store.statuses(keys)
     todo = []
     for unit in plan_.units.values():
@@ -216,6 +246,8 @@ def check_data(units: list[UnitTask], data_dir: Path) -> None:
     for dataset, options in dict.fromkeys((u.dataset, u.options) for u in units):
         split = load_split(dataset, data_dir, options)
         same = [u for u in units if u.dataset == dataset]
+        if any(u.config.recipe().learned for u in same):
+            check_negatives(split.train, split.n_tags, dataset)
         attacks = [u.poison for u in same if u.poison] + [c.attack for u in same for c in u.cells if c.attack]
         for attack in dict.fromkeys(attacks):
             ATTACKS.create(attack).check(split)

@@ -13,6 +13,7 @@ coerced to the declared types and checked, and every error names the plugin.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -138,6 +139,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PluginError(f"{match['name']}: malformed parameter {item!r} in {spec!r}: expected key=value")
+        if key.strip() in values:
+            raise PluginError(f"{match['name']}: parameter {key.strip()!r} given twice in {spec!r}")
         values[key.strip()] = value.strip()
     return match["name"], values
 
@@ -193,6 +196,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._loaded = False
         self._files: dict[str, list[str]] = {}
+        self._versions: dict[str, str] = {}  # plugin name -> "distribution==version" (entry points)
 
     # -- registration -------------------------------------------------------------------
     def register(self, cls: type, origin: str) -> type:
@@ -250,10 +254,9 @@ class Registry:
             obj = ep.load()
         except Exception as error:
             raise PluginError(f"{self.kind} plugin {origin} failed to import: {type(error).__name__}: {error}") from error
-        if inspect.ismodule(obj):
-            self.register_module(obj, origin)
-        else:
-            self.register(obj, origin)
+        names = self.register_module(obj, origin) if inspect.ismodule(obj) else [self.register(obj, origin).name]
+        if ep.dist is not None:
+            self._versions.update({name: f"{ep.dist.name}=={ep.dist.version}" for name in names})
 
     # -- lookup ---------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -274,6 +277,22 @@ class Registry:
 
     def origin(self, name: str) -> str:
         return self._origins[name]
+
+    def code(self, spec: str) -> str | None:
+        """What identifies the code of the plugin a spec names, for the keys of what it
+        computes: None for a built-in (robustag's own code, versioned with it), else a hash of the
+        source file that defines it (a `--plugin` file, or an installed package's module) with
+        the installed distribution's version where there is one; a change of a plugin's code
+        changes the keys of its results, so they are recomputed, never served stale."""
+        cls = self.resolve(spec)[0]
+        origin = self._origins[cls.name]
+        if origin.startswith("built-in "):
+            return None
+        try:
+            source = hashlib.sha256(Path(inspect.getfile(cls)).read_bytes()).hexdigest()[:16]
+        except (OSError, TypeError):  # defined where no file is (an interactive session): its name alone
+            source = f"{cls.__module__}.{cls.__qualname__}"
+        return f"{source} {self._versions.get(cls.name, '')}".strip()
 
     def get(self, name: str) -> type:
         self._ensure_builtins()

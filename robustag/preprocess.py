@@ -91,6 +91,7 @@ class TagSplit:
     test: Posts
     raw_assignments: int
     options: SplitOptions
+    added_users: int = 0  # users a poisoning attack appended (the last rows of user_labels)
 
     @property
     def n_users(self) -> int:
@@ -288,7 +289,8 @@ def _read_cache(cache_file: Path, name: str, options: SplitOptions) -> TagSplit:
 
 
 def replace_train(split: TagSplit, train: Posts, user_labels: np.ndarray | None = None) -> TagSplit:
-    """The same split with other training posts (poisoning); validation and test are untouched."""
-    return dataclasses.replace(
-        split, train=train, user_labels=split.user_labels if user_labels is None else np.asarray(user_labels)
-    )
+    """The same split with other training posts (poisoning); validation and test are untouched.
+    `user_labels` longer than the split's appends users (fake ones), counted in `added_users`."""
+    labels = split.user_labels if user_labels is None else np.asarray(user_labels)
+    return dataclasses.replace(split, train=train, user_labels=labels,
+                               added_users=split.added_users + len(labels) - len(split.user_labels))

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from robustag import plots
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
 from robustag.errors import ParameterError, RobustagError
 from robustag.models import MODELS
+from robustag.display import attack_labels, defense_labels, interval_text, labelled, model_labels, p_text
 from robustag.plugins import parse_spec
 from robustag.stats import ALPHA, MIN_BLOCKS, MIN_SEEDS, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
@@ -69,10 +69,35 @@ def write_report(run: Path, reference: str | None = None, specs: list[str] | Non
             store.close()
             raise RobustagError(f"reference {reference!r}: no defense of that name in {run} (it has {', '.join(known)})")
     reference = reference or store.meta("reference", "plain")
-    folder = Path(run) / "report"
+    folder, staging = Path(run) / "report", Path(run) / ".report-new"
+    try:
+        _write_sections(store, staging, reference, specs, stored)
+    except OSError as error:  # a full disk, a file-size limit, a read-only folder: the old report stays whole
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RobustagError(f"report {folder}: could not be written ({error.strerror or error}); the previous "
+                            "report, if any, is unchanged") from error
+    finally:
+        store.close()
+    _swap(staging, folder)
+    return folder
+
+
+def _swap(staging: Path, folder: Path) -> None:
+    """Put the new report where the old one was: renames, so a reader sees one or the other,
+    never a report whose figures are gone; an old one that cannot be removed is left beside it."""
+    old = folder.with_name(".report-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_sections(store: ResultStore, folder: Path, reference: str, specs: list[str] | None, stored: list[str]) -> None:
+    """Every file of the report, into `folder` (made anew)."""
+    shutil.rmtree(folder, ignore_errors=True)
     figures = folder / "plots"
-    shutil.rmtree(figures, ignore_errors=True)  # no stale plots from an earlier report
-    folder.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True)
     described = store.meta("specs", [])
     known = {spec["name"]: spec for spec in described}
     order = [s["name"] for s in described if s["name"] in stored] + [s for s in stored if s not in known]
@@ -83,14 +108,12 @@ def write_report(run: Path, reference: str | None = None, specs: list[str] | Non
     sections += [tuned] if tuned.tables else []
     sections.append(runtime_section(store, reference, order))
     environment = environment_info(store)
-    (folder / "report.md").write_text(render_markdown(run, sections, environment))
-    (folder / "report.html").write_text(render_html(run, sections, environment, figures))
+    (folder / "report.md").write_text(render_markdown(store.folder, sections, environment))
+    (folder / "report.html").write_text(render_html(store.folder, sections, environment, figures))
     for section in sections:
         for table in section.tables:
             (folder / f"{table.name}.tex").write_text(render_latex(table))
             pd.DataFrame(table.rows, columns=table.header).to_csv(folder / f"{table.name}.csv", index=False)
-    store.close()
-    return folder
 
 
 def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, described: dict,
@@ -103,13 +126,14 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     superseded = int((statuses == "done").sum()) - len(cells)
     if superseded:
         section.text.append(f"{superseded} finished cells repeat a configuration and seed that a later run finished "
-                            "again (say after an upgrade of robustag); only the later ones are shown and tested "
+                            "again (say after an upgrade of robustag, or a change of a plugin's code); only the later ones are shown and tested "
                             "(`robustag bench SPEC --prune` forgets the others).")
     if cells.empty:
         section.text.append("No finished cells yet.")
         return section
-    labels = short_labels(dict(zip(cells["defense"], cells["defense_params"])))
-    cells = cells.assign(defense_label=cells["defense"].map(labels))
+    labels = defense_labels(dict(zip(cells["defense"], cells["defense_params"])))
+    cells = labelled(cells)
+    model_label = dict(zip(zip(cells["model"], cells["params"]), cells["model_label"]))
     if described.get("tuned"):
         section.text.append(f"Tuned: the defenses this spec names bare ran, on each data set and model, at the "
                             f"configuration `robustag tune` chose on validation NDCG@3 with the same budget for each "
@@ -120,6 +144,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     unit_of = dict(zip(cells["key"], cells["unit"]))
     table["capped"] = table["cells"].map(lambda keys: any(unit_of[key] in capped for key in keys))
     table["defense_label"] = table["defense"].map(labels)
+    table["model_label"] = [model_label[key] for key in zip(table["model"], table["params"])]
     table["attack_label"] = attack_labels(table)
     clean = table[table["surface"] == "none"]
     attacked = table[table["surface"] != "none"]
@@ -207,10 +232,10 @@ def runtime_section(store: ResultStore, reference: str, specs: list[str]) -> Sec
         return section
     per_unit = histories.groupby("unit").agg(epochs=("epoch", "max"), epoch_seconds=("seconds", "median"))
     units = trained.join(per_unit, on="unit").dropna(subset=["epoch_seconds"])
-    units = units.assign(defense_label=units["defense"].map(short_labels(
-        dict(zip(units["defense"], units["defense_params"].map(json.loads))))))
+    units = units.assign(defense_label=units["defense"].map(defense_labels(
+        dict(zip(units["defense"], units["defense_params"].map(json.loads))))), model_label=model_labels(units))
     keys = ["dataset", "model", "params", "device"]
-    table = units.groupby([*keys, "defense", "defense_name", "defense_label"], sort=False).agg(
+    table = units.groupby([*keys, "model_label", "defense", "defense_name", "defense_label"], sort=False).agg(
         n=("unit", "size"), epochs=("epochs", "mean"), epoch_seconds=("epoch_seconds", "mean"),
         train_seconds=("train_seconds", "mean")).reset_index()
     # the reference defense by name, as the paired tests take it (its first configuration if swept)
@@ -330,11 +355,12 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
     tests = pd.concat(frames, ignore_index=True)
     attack_of = dict(zip(table["attack"], table["attack_label"]))
     label_of = dict(zip(table["defense"], table["defense_label"]))
+    model_of = dict(zip(zip(table["model"], table["params"]), table["model_label"]))
     rows = []
     for _, test in tests.iterrows():
         what = "clean" if test["kind"] == "level" else f"change under {attack_of.get(test['attack'], test['attack'])}"
         mark = " ▲" if test["significant"] and test["diff"] > 0 else " ▼" if test["significant"] else ""
-        rows.append([test["dataset"], test["model"] + _param_note(json.loads(test["params"]), test["model"]),
+        rows.append([test["dataset"], model_of[(test["model"], test["params"])],
                      label_of.get(test["defense"], test["defense"]), what, test["metric"].upper(),
                      interval_text(test["diff"], test["ci_low"], test["ci_high"]) + mark,
                      interval_text(test["rel_diff"], test["rel_ci_low"], test["rel_ci_high"], "+.1%"),
@@ -357,16 +383,8 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
     return ReportTable(name, f"Method-level comparisons against {reference}", header, rows, note)
 
 
-def interval_text(value: float, low: float, high: float, form: str = "+.4f") -> str:
-    """A difference with its 95% interval, as every table shows one: +0.0127 [-0.0037, +0.0290]
-    (from one seed: "+0.0127 [no interval]")."""
-    if pd.isna(low) or pd.isna(high):
-        return f"{value:{form}} [no interval]"
-    return f"{value:{form}} [{low:{form}}, {high:{form}}]"
 
 
-def p_text(p: float) -> str:
-    return "" if pd.isna(p) else f"{p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 CAPPED = "†"
@@ -384,53 +402,16 @@ def capped_units(store: ResultStore, cells: pd.DataFrame) -> set[str]:
 
 
 def _label(row) -> list[str]:
-    params = json.loads(row["params"])
     defense = row["defense_label"] + (f" {CAPPED}" if row.get("capped", False) else "")
-    return [row["dataset"], row["model"] + _param_note(params, row["model"]), defense]
+    return [row["dataset"], row["model_label"], defense]
 
 
-def _param_note(params: dict, model: str) -> str:
-    return f" (d={params['dim']})" if MODELS.declared(model, "learned", True) else ""
 
 
-def short_labels(specs: dict[str, dict]) -> dict[str, str]:
-    """A readable label per defense spec (given with its parsed parameters): its name, plus
-    the parameters that tell apart several configurations of the same defense (a sweep). The
-    attack's own parameters follow from its name, so they count only between configurations
-    with the same attack (`attack=pgd,steps=3` beside `attack=pgd,steps=10`)."""
-    parsed = {spec: (spec.partition(":")[0], params) for spec, params in specs.items()}
-    labels = {}
-    for spec, (name, params) in parsed.items():
-        siblings = [p for n, p in parsed.values() if n == name]
-        same_attack = [p for p in siblings if p.get("attack") == params.get("attack")]
-        declared = DEFENSES.declared(name, "params")  # None (all count) for a plugin not loaded here
-        varying = sorted(k for k in params if _varies(k, siblings if declared is None or k in declared else same_attack))
-        labels[spec] = name + (" " + ",".join(f"{k}={params[k]}" for k in varying) if varying else "")
-    return labels
 
 
-def attack_labels(cells: pd.DataFrame) -> pd.Series:
-    """clean, `pgd ε=0.1`, or a poisoning attack with its first parameter (`tag-replace rate=0.2`);
-    plus every parameter (ε aside) that differs between configurations of the same attack
-    among these cells, so that no two configurations share a label (`pgd steps=1 ε=0.1`)."""
-    parsed = {spec: (spec.partition(":")[0], params) for spec, params in zip(cells["attack"], cells["attack_params"]) if spec}
-
-    def label(spec: str, eps: float) -> str:
-        if not spec:
-            return "clean"
-        name, params = parsed[spec]
-        siblings = [p for n, p in parsed.values() if n == name]
-        shown = [k for k in params if k != "eps" and _varies(k, siblings)]
-        if pd.isna(eps) and params and not shown:
-            shown = [next(iter(params))]
-        text = f"{name} " + ",".join(f"{k}={params[k]}" for k in shown)
-        return text.strip() + ("" if pd.isna(eps) else f" ε={eps:g}")
-
-    return pd.Series([label(spec, eps) for spec, eps in zip(cells["attack"], cells["eps"])], index=cells.index, dtype=object)
 
 
-def _varies(key: str, configurations: list[dict]) -> bool:
-    return len({str(p.get(key)) for p in configurations}) > 1
 
 
 def clean_table(name: str, clean: pd.DataFrame, tests: pd.DataFrame, reference: str, published: dict) -> ReportTable:
@@ -534,10 +515,11 @@ def worst_case_table(name: str, store: ResultStore, cells: pd.DataFrame) -> Repo
     return ReportTable(name, "Worst case per post, and how far it may be from the true worst case", header, rows, note)
 
 
+# What an attacker of each threat model knows, where its attack states no description of its own.
 KNOWS = {
     "label-aware": "the model (white box) and each test post's true tags: the worst case",
-    "label-free": "the model (white box), not the test labels: it pushes the model's own top tags down",
-    "targeted": "the model (white box), not the test labels: it pushes one chosen tag into the top N",
+    "label-free": "the model (white box), not the test labels",
+    "targeted": "the model (white box), not the test labels; it promotes a chosen tag",
 }
 
 
@@ -558,7 +540,8 @@ def threat_table(name: str, cells: pd.DataFrame, poison_valid: bool = False) -> 
         threat_label = ATTACKS.declared(first["attack_name"], "threat_label")  # None: a plugin not loaded here
         threat = threat_label() if threat_label else "label-aware"
         knows = ("none: a guarantee over every perturbation in the budget" if threat == "certified bound"
-                 else KNOWS.get(threat, "declared by the plugin"))
+                 else ATTACKS.declared(first["attack_name"], "threat_description", "")
+                 or KNOWS.get(threat, f"declared by the plugin ({threat})"))
         perturbs = f"{params.get('targets')} rows; {params.get('norm')} per row ≤ ε × the table's mean row norm"
         budgets = [f"{table} {group[column].min():.3g}–{group[column].max():.3g}"
                    for table in ("user", "item", "tag") if (column := f"budget_{table}") in group and group[column].notna().any()]
@@ -615,21 +598,31 @@ def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> tuple[Re
 
 
 def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
+    """Per data set and model configuration (a `[params]` sweep gives one each): the relative
+    drop under every attack as a heat map, and NDCG@3 against each attack's strength."""
     out = []
-    for (dataset, model), base in clean.groupby(["dataset", "model"]):
-        rows = attacked[(attacked["dataset"] == dataset) & (attacked["model"] == model)]
+    several = clean.groupby(["dataset", "model"])["params"].nunique()
+    for (dataset, model, params), base in clean.groupby(["dataset", "model", "params"], sort=False):
+        rows = attacked[(attacked["dataset"] == dataset) & (attacked["model"] == model) & (attacked["params"] == params)]
         reference = base.set_index("defense")["ndcg@3_mean"]
         frame = rows.assign(label=rows["attack_label"],
                             drop=1 - rows["ndcg@3_mean"] / rows["defense"].map(reference))
         drops = frame.pivot_table(index="defense_label", columns="label", values="drop", aggfunc="mean")
+        shown = base["model_label"].iloc[0]
+        name = f"{dataset}-{model}" + (f"-{_short_hash(params)}" if several[(dataset, model)] > 1 else "")
         if drops.size:
-            out.append((f"Relative drop of NDCG@3 under each attack, {dataset} / {model}",
-                        plots.heatmap(drops, f"{dataset} / {model}", folder, f"{slug}-{dataset}-{model}-heatmap")))
-        out += _strength_curves(base, rows, dataset, model, folder, slug)
+            out.append((f"Relative drop of NDCG@3 under each attack, {dataset} / {shown}",
+                        plots.heatmap(drops, f"{dataset} / {shown}", folder, f"{slug}-{name}-heatmap")))
+        out += _strength_curves(base, rows, dataset, shown, folder, f"{slug}-{name}")
     return out
 
 
-def _strength_curves(base, rows, dataset, model, folder, slug):
+def _short_hash(text: str) -> str:
+    """Six hex digits naming a configuration in a figure's file name."""
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def _strength_curves(base, rows, dataset, model, folder, prefix):
     """NDCG@3 against each attack's declared strength (ε, a poisoning rate, fake users...),
     from the clean model at strength 0; an evasion attack needs two budgets to make a curve."""
     out = []
@@ -651,7 +644,7 @@ def _strength_curves(base, rows, dataset, model, folder, slug):
         label = group["attack_label"].iloc[0].split(" ε=")[0]
         out.append((f"NDCG@3 against the {strength} of {label}, {dataset} / {model}",
                     plots.curves(data, axis, f"{label}: {dataset} / {model}", folder,
-                                 f"{slug}-{dataset}-{model}-{attack_name}-{number}-{strength}")))
+                                 f"{prefix}-{attack_name}-{number}-{strength}")))
     return out
 
 
@@ -661,7 +654,7 @@ def training_figures(store: ResultStore, cells: pd.DataFrame, folder: Path, slug
         return []
     clean = cells[(cells["surface"] == "none")]
     out = []
-    for (dataset, model, params), group in clean.groupby(["dataset", "model", "params"]):
+    for (dataset, model, params), group in clean.groupby(["dataset", "model", "params"], sort=False):
         data = {}
         for defense, per_defense in group.groupby("defense"):
             curves = histories[histories["unit"].isin(per_defense["unit"])]
@@ -670,9 +663,9 @@ def training_figures(store: ResultStore, cells: pd.DataFrame, folder: Path, slug
                 data[per_defense["defense_label"].iloc[0]] = (list(by_epoch.mean().index), list(by_epoch.mean()),
                                                  list(by_epoch.std().fillna(0)))
         if data:
-            out.append((f"Validation NDCG@3 per epoch, {dataset} / {model}{_param_note(json.loads(params), model)}",
+            out.append((f"Validation NDCG@3 per epoch, {dataset} / {group['model_label'].iloc[0]}",
                         plots.curves(data, "epoch", f"training: {dataset} / {model}", folder,
-                                     f"{slug}-{dataset}-{model}-{hashlib.sha256(params.encode()).hexdigest()[:6]}-training")))
+                                     f"{slug}-{dataset}-{model}-{_short_hash(params)}-training")))
     return out
 
 
@@ -787,20 +780,3 @@ def render_latex(table: ReportTable) -> str:
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     return "\n".join(lines)
 
-
-def summary_table(store: ResultStore) -> Table:
-    """The table printed at the end of `robustag bench`: NDCG@3 per group, mean ± std over seeds."""
-    cells = done_cells(store)
-    table = Table(title="NDCG@3, mean ± std over seeds")
-    for column in ("dataset", "model", "defense", "attack", "seeds", "NDCG@3", "F1@3"):
-        table.add_column(column)
-    if cells.empty:
-        return table
-    cells = cells.assign(defense_label=cells["defense"].map(short_labels(dict(zip(cells["defense"], cells["defense_params"])))),
-                         attack_label=attack_labels(cells))
-    for key, group in cells.groupby(["dataset", "model", "params", "defense", "attack"], sort=False):
-        first = group.iloc[0]
-        table.add_row(first["dataset"], first["model"], first["defense_label"], first["attack_label"], str(len(group)),
-                      f"{group['ndcg@3'].mean():.4f} ± {group['ndcg@3'].std(ddof=1) if len(group) > 1 else 0:.4f}",
-                      f"{group['f1@3'].mean():.4f}")
-    return table

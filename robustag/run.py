@@ -49,6 +49,18 @@ class Run:
         with the cell it checked, `passed` and what was measured."""
         return self.store.checks()
 
+    def histories(self, spec: str | None = None) -> pd.DataFrame:
+        """The per-epoch training record of every trained model (of `spec`): a row per model and
+        epoch, with its data set, model, options, defense and seed beside every figure its
+        training recorded (the loss, a defense's own figures, validation metrics, seconds)."""
+        histories = self.store.histories()
+        units = self.store.cells(spec=spec).drop_duplicates("unit")
+        if histories.empty or units.empty:
+            return pd.DataFrame()
+        described = units.assign(poison=units["attack"].where(units["surface"] == "data"))  # what the training data had
+        columns = ["unit", "dataset", "model", "params", "defense", "defense_name", "poison", "seed"]
+        return described[columns].merge(histories, on="unit")
+
     @property
     def failed(self) -> int:
         return len(self.store.cells(status="failed"))

@@ -112,9 +112,12 @@ def expand_sweep(spec: str) -> list[str]:
     return [f"{name}:" + ",".join(f"{k}={v}" for k, v in combo) for combo in itertools.product(*options)]
 
 
-def load_specs(path: Path) -> list[BenchSpec]:
+def load_specs(path: Path, _including: tuple[Path, ...] = ()) -> list[BenchSpec]:
     """Read a TOML spec; `include = ["a.toml", ...]` makes one run of several specs."""
     path = Path(path)
+    if path.resolve() in _including:
+        chain = " → ".join(str(p) for p in [*_including, path.resolve()])
+        raise RobustagError(f"spec {path}: includes itself ({chain})")
     if not path.is_file():
         raise RobustagError(f"spec {path}: file not found")
     try:
@@ -127,7 +130,10 @@ def load_specs(path: Path) -> list[BenchSpec]:
     if unknown:
         raise RobustagError(f"spec {path}: unknown key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
     if "include" in raw:
-        return [spec for part in raw["include"] for spec in load_specs(path.parent / part)]
+        parts = raw["include"]
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+            raise RobustagError(f"spec {path}: include must be a non-empty list of spec files, got {parts!r}")
+        return [spec for part in parts for spec in load_specs(path.parent / part, (*_including, path.resolve()))]
     return [spec_from_mapping(raw, str(path), default_name=path.stem)]
 
 
@@ -160,14 +166,28 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
         bad = sorted(set(raw["params"]) - allowed)
         if bad:
             raise RobustagError(f"spec {where}: [params] has unknown option {bad[0]!r}; known: {', '.join(sorted(allowed))}")
+        empty = [key for key, value in raw["params"].items() if value == []]
+        if empty:
+            raise RobustagError(f"spec {where}: [params] {empty[0]} = []: an empty sweep runs nothing; give one value or more")
         spec.params = dict(raw["params"])
     if "poison_valid" in raw:
         if not isinstance(raw["poison_valid"], bool):
             raise RobustagError(f"spec {where}: poison_valid must be true or false, got {raw['poison_valid']!r}")
         spec.poison_valid = raw["poison_valid"]
-    for key in ("reference", "p_core", "split_seed", "published"):
+    for key in ("p_core", "split_seed"):
         if key in raw:
+            if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < (1 if key == "p_core" else 0):
+                raise RobustagError(f"spec {where}: {key} must be a whole number ≥ {1 if key == 'p_core' else 0}, "
+                                    f"got {raw[key]!r}")
             setattr(spec, key, raw[key])
+    if "reference" in raw:
+        names = [d.partition(":")[0] for d in spec.defenses]
+        if raw["reference"] not in names:
+            raise RobustagError(f"spec {where}: reference {raw['reference']!r} is not one of its defenses "
+                                f"({', '.join(dict.fromkeys(names))})")
+        spec.reference = raw["reference"]
+    if "published" in raw:
+        spec.published = parse_published(raw["published"], where)
     if "tuned" in raw:
         spec.tuned = parse_tuned(raw["tuned"], where)
     return spec
@@ -197,9 +217,21 @@ def parse_tuned(value: Any, where: str) -> dict[str, dict]:
                 or not isinstance(entry.get("defense"), str) or entry["defense"].partition(":")[0] != parts[2]
                 or not isinstance(entry.get("params", {}), dict)):
             raise RobustagError(f"spec {source}: tuned entry {key!r} = {value[key]!r} must map dataset/model/defense "
-                                "to a spec of that defense (or to {{ defense = spec, params = {{...}} }})")
+                                "to a spec of that defense (or to { defense = spec, params = {...} })")
         table[key] = {"defense": entry["defense"], "params": dict(entry.get("params", {}))}
     return table
+
+
+def parse_published(value: Any, where: str) -> dict[str, dict[str, float]]:
+    """Published figures: a table of "dataset/model/defense" = { metric = number, ... }."""
+    def numbers(entry) -> bool:
+        return isinstance(entry, dict) and {"f1@3", "ndcg@3"} <= set(entry) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry.values())
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.count("/") >= 2 and numbers(v)
+                                              for k, v in value.items()):
+        raise RobustagError(f"spec {where}: published must be a table of \"dataset/model/defense\" = "
+                            f"{{ \"f1@3\" = number, \"ndcg@3\" = number }}, got {value!r}")
+    return {key: {metric: float(number) for metric, number in entry.items()} for key, entry in value.items()}
 
 
 def parse_budgets(values: list, where: str) -> list[float]:

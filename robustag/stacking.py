@@ -30,7 +30,8 @@ from robustag.errors import RobustagError
 from robustag.models import Batch, Replicas
 from robustag.preprocess import TagSplit
 from robustag.training import (EarlyStopping, EpochCallback, NegativeSampler, TrainConfig, TrainingRegime, TrainResult,
-                               add_figures, build_model, compile_mode, compiled_losses, keep_step_memory)
+                               add_figures, build_model, check_finite, compile_mode, compiled_losses, keep_step_memory,
+                               regime_loss)
 
 TABLES = ("user", "item", "tag")
 
@@ -121,7 +122,7 @@ def _fit_stack(stack, members, split, configs, device, regime, callbacks) -> lis
                           (negatives + offsets.unsqueeze(2) * sizes["tag"]).flatten(0, 1))
             stack.replicas = Replicas(len(members), offsets.squeeze(1), index.shape[1])
             with replicated(len(active)):
-                loss, figures = regime.loss(stack, batch)
+                loss, figures = regime_loss(regime, stack, batch)
             optimizer.zero_grad(set_to_none=True)
             (loss * len(active)).backward()  # the sum of the members' batch means: each its own gradient
             optimizer.step()
@@ -132,6 +133,7 @@ def _fit_stack(stack, members, split, configs, device, regime, callbacks) -> lis
         seconds = time.perf_counter() - epoch_start
         # The figures are the stack's (means over its members' rows), not one member's.
         shared = {f"stack_{k}": float(v) / len(users) for k, v in sums.items()}
+        check_finite({"epoch": epoch + 1, **shared}, regime)
         for m in list(active):
             with torch.no_grad():
                 for table in TABLES:

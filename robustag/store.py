@@ -80,9 +80,26 @@ def _named_errors(method):
             cause = error.__cause__ if isinstance(error, pd.errors.DatabaseError) else error
             if isinstance(cause, sqlite3.ProgrammingError):
                 raise  # a query built wrongly: a bug to report with its traceback, not a damaged database
-            raise RobustagError(f"{self.path}: not a readable results database ({error}); "
-                                "it was left untouched: restore it or choose another run folder") from error
+            raise RobustagError(f"{self.path}: {_database_problem(str(error))}") from error
     return wrapper
+
+
+# What SQLite says when the database is fine but the place it lives is not: no restore is due.
+_PLACE_PROBLEMS = {
+    "readonly": "cannot be written: the run folder or its database is read-only",
+    "disk is full": "cannot be written: the disk is full",
+    "disk i/o": "cannot be written: the disk refused the write (full, a file-size limit, or failing)",
+    "unable to open": "cannot be opened: the run folder is not readable or writable here",
+}
+
+
+def _database_problem(message: str) -> str:
+    """What is wrong, from SQLite's message: the place (read-only, full), or the file itself."""
+    for needle, problem in _PLACE_PROBLEMS.items():
+        if needle in message.lower():
+            return f"{problem} ({message}); the database is unchanged, and nothing stored was lost"
+    return (f"not a readable results database ({message}); it was left untouched: restore it or choose another "
+            "run folder")
 
 
 class ResultStore:
@@ -293,8 +310,9 @@ class ResultStore:
             stale = [key for (key,) in db.execute(
                 f"SELECT DISTINCT cell FROM cell_specs WHERE spec IN ({','.join('?' * len(names))})", names)
                 if key not in keep]
-            for key in stale:
-                db.execute("DELETE FROM cell_specs WHERE cell=?", (key,))
+            marks = ",".join("?" * len(names))
+            for key in stale:  # only these specs' claim on the cell goes; another spec's keeps it
+                db.execute(f"DELETE FROM cell_specs WHERE cell=? AND spec IN ({marks})", (key, *names))
                 if db.execute("SELECT 1 FROM cell_specs WHERE cell=?", (key,)).fetchone() is None:
                     db.execute("DELETE FROM cells WHERE key=?", (key,))
                     db.execute("DELETE FROM post_metrics WHERE cell=?", (key,))
@@ -303,7 +321,9 @@ class ResultStore:
             return len(stale)
 
     @_named_errors
-    def mark_failed_pending(self) -> int:
-        """`--retry-failed`: failed cells become pending again."""
+    def mark_failed_pending(self, keys: list[str]) -> int:
+        """`--retry-failed`: these cells, where they failed, become pending again; their error text
+        stays until a rerun replaces it (a retry that never runs erases nothing)."""
         with self.transaction() as db:
-            return db.execute("UPDATE cells SET status='pending', error=NULL WHERE status='failed'").rowcount
+            return sum(db.execute("UPDATE cells SET status='pending' WHERE key=? AND status='failed'", (key,)).rowcount
+                       for key in keys)

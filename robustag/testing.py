@@ -39,7 +39,7 @@ from robustag.defense import DEFENSES, Defense
 from robustag.plugins import NAME_PATTERN, PluginError, parse_spec
 from robustag.preprocess import SplitOptions, TagSplit, build_split
 from robustag.robustness import attacked_embeddings
-from robustag.models import MODELS, EmbeddingModel, Model
+from robustag.models import MODELS, Batch, EmbeddingModel, Model
 from robustag.training import TrainingRegime, build_model, default_config, train
 
 CPU = torch.device("cpu")
@@ -99,7 +99,7 @@ def check_model(cls: type, **params) -> list[str]:
     if cls.learned:
         checks.append(_trains)
     if cls.embeddings:
-        checks.append(_embeddings_serve_attacks)
+        checks += [_embeddings_serve_attacks, _scores_agree]
     return _run(cls, params, checks)
 
 
@@ -278,6 +278,45 @@ def _embeddings_serve_attacks(cls, params) -> None:
         if not torch.allclose(direct, model.score(users, items), atol=1e-5):
             _fail(cls, "embeddings_serve_attacks", "score_all of its own embeddings disagrees with score")
     attacked_embeddings(model, split.test, ATTACKS.create("pgd:eps=0.1,steps=3"), CPU)
+
+
+def _scores_agree(cls, params) -> None:
+    """What training optimises is what ranking uses: the score differences between tags that
+    the pair loss sees (`pair_scores`) equal those of `score_all`; and declared
+    `score_directions` reproduce how every tag's score moves under a perturbation of the user
+    and item rows (a sign error, swapped or scaled directions would make certificates wrong)."""
+    split = synthetic_split()
+    model = train(split, _model_config(cls, params), CPU, compile=False).model
+    generator = torch.Generator().manual_seed(0)
+    users, items = torch.as_tensor(split.test.users), torch.as_tensor(split.test.items)
+    tags = torch.randint(split.n_tags, (len(users), 5), generator=generator)
+    with torch.no_grad():
+        ranked = model.score_all(model.user(users), model.item(items), model.tag.weight).gather(1, tags)
+        positive, negative = model.pair_scores(model.embed(Batch(users, items, tags[:, 0], tags[:, 1:])))
+        trained_gaps, ranked_gaps = positive - negative, ranked[:, :1] - ranked[:, 1:]
+        if not torch.allclose(trained_gaps, ranked_gaps, rtol=1e-4, atol=1e-4):
+            same_sign = float((torch.sign(trained_gaps) == torch.sign(ranked_gaps)).float().mean())
+            _fail(cls, "scores_agree", "pair_scores (what training optimises) disagree with score_all (what ranking "
+                                       f"uses) on score differences between tags (same sign on {same_sign:.0%} of pairs)")
+        directions = model.score_directions(model.tag.weight)
+        if directions is not None:
+            _check_directions(cls, model, users, items, directions, generator)
+
+
+def _check_directions(cls, model, users, items, directions, generator) -> None:
+    """s_t(u + δu, i + δi) − s_t(u, i) − δu·a_t − δi·b_t must be the same for every tag t."""
+    user, item = model.user(users), model.item(items)
+    delta_user = 0.01 * torch.randn(user.shape, generator=generator)
+    delta_item = 0.01 * torch.randn(item.shape, generator=generator)
+    change = (model.score_all(user + delta_user, item + delta_item, model.tag.weight)
+              - model.score_all(user, item, model.tag.weight))
+    a, b = directions
+    residual = change - delta_user @ a.T - delta_item @ b.T
+    spread = (residual - residual.mean(1, keepdim=True)).abs().max()
+    scale = change.abs().max().clamp_min(1e-12)
+    if spread > 1e-3 * scale + 1e-6:
+        _fail(cls, "scores_agree", f"score_directions do not reproduce how scores move under a perturbation of the "
+                                   f"user and item rows (off by {float(spread / scale):.1%} of the change)")
 
 
 # -- defenses ---------------------------------------------------------------------------------

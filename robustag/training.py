@@ -8,6 +8,7 @@ gives the same numbers on CPU.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from robustag.allocator import keep_step_memory
-from robustag.errors import ParameterError
+from robustag.errors import ParameterError, RobustagError
 from robustag.evaluation import evaluate_model
 from robustag.models import MODELS, Batch, EmbeddingModel, Model
 from robustag.preprocess import Posts, TagSplit
@@ -91,7 +92,12 @@ def default_config(model: str, **overrides) -> TrainConfig:
     defaults, with every non-None override applied: shared options (dim, lr, epochs,
     batch_size, negatives, patience, seed) and the model's own parameters (margin, reg, ...)."""
     cls, values = MODELS.resolve(model)
-    given = {k: v for k, v in overrides.items() if v is not None}
+    written = {k: values.pop(k) for k in list(values) if k in SHARED_OPTIONS}  # `metric:dim=32`: a training option
+    clash = [k for k, v in written.items() if overrides.get(k) is not None and str(overrides[k]) != v]
+    if clash:
+        raise ParameterError(clash[0], f"given as {overrides[clash[0]]!r} and as {written[clash[0]]!r} in the model "
+                                       f"spec {model!r}; give it once")
+    given = {**{k: _typed(k, v) for k, v in written.items()}, **{k: v for k, v in overrides.items() if v is not None}}
     own = {k: v for k, v in given.items() if k not in SHARED_OPTIONS}
     unknown = sorted(k for k in own if k not in cls.params)
     if unknown:
@@ -100,6 +106,15 @@ def default_config(model: str, **overrides) -> TrainConfig:
     recipe = cls(**{**values, **own})
     shared = {**cls.defaults, **{k: v for k, v in given.items() if k in SHARED_OPTIONS}}
     return TrainConfig(model=cls.name, **shared, model_params=dict(recipe.config)).validate()
+
+
+def _typed(option: str, text: str):
+    """A shared option's value written in a model spec (`metric:dim=32`), as its field's type."""
+    kind = type(next(f.default for f in fields(TrainConfig) if f.name == option))
+    try:
+        return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+    except ValueError:
+        raise ParameterError(option, f"invalid value {text!r}; expected {kind.__name__}") from None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -118,6 +133,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+def check_negatives(train: Posts, n_tags: int, dataset: str = "the data set") -> None:
+    """Every training post leaves some tag out, so a negative can be drawn for it (a post that
+    carries every tag has an empty complement, and a ranking loss needs a negative)."""
+    full = int((train.tag_counts() >= n_tags).sum())
+    if full:
+        raise RobustagError(f"{dataset}: {full} training posts carry all {n_tags} of its tags, so no negative tag can "
+                            "be drawn for them (a ranking loss needs one); use a data set with more tags, or posts "
+                            "that leave some tags out")
+
+
 class NegativeSampler:
     """Draws K negatives per training triple uniformly from T \\ T+(u, i), with no rejection loop
     and no host round trip (nothing waits on the device's answer, so a GPU never stalls here).
@@ -129,6 +154,7 @@ class NegativeSampler:
     (post·T + p_m − m) answers every count with a single searchsorted."""
 
     def __init__(self, train: Posts, n_tags: int, generator: torch.Generator, device: torch.device):
+        check_negatives(train, n_tags)
         counts = train.tag_counts()
         post_index = np.repeat(np.arange(len(train)), counts)
         rank_in_post = np.arange(len(post_index)) - np.repeat(train.tag_indptr[:-1], counts)
@@ -277,7 +303,7 @@ def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
             batch = Batch(users[index], items[index], tags[index], sampler.sample(index, config.negatives))
-            loss, figures = regime.loss(model, batch)
+            loss, figures = regime_loss(regime, model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -285,10 +311,34 @@ def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
             add_figures(sums, figures, len(index))
         regime.end_epoch(epoch, model)
         record = {"epoch": epoch + 1, **{k: float(v) / len(users) for k, v in sums.items()}}
+        check_finite(record, regime)
         record["seconds"] = time.perf_counter() - epoch_start
         if stopping.end_epoch(model, record, split, device, on_epoch):
             break
     return stopping.finish(model)
+
+
+def regime_loss(regime: TrainingRegime, model: EmbeddingModel, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """`regime.loss`, its answer checked (a plugin defense's mistake named, not a traceback
+    from inside the loop): a scalar loss tensor and a dict of figures."""
+    answer = regime.loss(model, batch)
+    if (not isinstance(answer, tuple) or len(answer) != 2 or not isinstance(answer[0], torch.Tensor)
+            or answer[0].numel() != 1 or not isinstance(answer[1], dict)):
+        got = type(answer).__name__ if not isinstance(answer, tuple) else f"a tuple of {len(answer)}"
+        raise RobustagError(f"defense {getattr(regime, 'name', type(regime).__name__)}: loss() returned {got}; "
+                            "expected (loss, figures): a scalar tensor and a dict of per-batch figures")
+    return answer
+
+
+def check_finite(record: dict, regime: TrainingRegime) -> None:
+    """Stop a training whose figures (its loss above all) became NaN or infinite: its metrics
+    would mean nothing. Checked once per epoch, where the figures reach the host anyway."""
+    broken = {k: v for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+    if broken:
+        key, value = next(iter(broken.items()))
+        raise RobustagError(f"defense {getattr(regime, 'name', type(regime).__name__)}: its training figure {key!r} "
+                            f"became {value} in epoch {record['epoch']}; training stopped (a learning rate or "
+                            "weight too large, or a bug in the defense)")
 
 
 def add_figures(sums: dict[str, torch.Tensor], figures: dict, rows: int) -> None:
@@ -332,8 +382,20 @@ class EarlyStopping:
 
 
 def build_model(split: TagSplit, config: TrainConfig) -> EmbeddingModel:
-    """A learned model's network for this split (seed torch first for a reproducible start)."""
-    return config.recipe().build(split.n_users, split.n_items, split.n_tags, config.dim)
+    """A learned model's network for this split (seed torch first for a reproducible start).
+    Users a poisoning attack added get rows drawn after every other parameter, so the real
+    users', items' and tags' starting rows are the ones the clean model starts from: the
+    attack's measured effect holds no re-initialisation noise."""
+    recipe = config.recipe()
+    model = recipe.build(split.n_users - split.added_users, split.n_items, split.n_tags, config.dim)
+    if not split.added_users:
+        return model
+    grown = recipe.build(split.n_users, split.n_items, split.n_tags, config.dim)
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            target = grown.state_dict()[name]
+            (target[: len(value)] if value.dim() else target).copy_(value)  # the user table: its first rows
+    return grown
 
 
 def _validate(model, split: TagSplit, device: torch.device) -> dict[str, float]:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from robustag.errors import ParameterError
 from robustag.models import MODELS
+from robustag.plugins import parse_spec
 from robustag.spec import BenchSpec, expand_sweep
 from robustag.training import SHARED_OPTIONS
 
@@ -54,11 +55,15 @@ def trial_specs(specs: list[BenchSpec], budget: int, seed: int = 0) -> list[Benc
     joined with the [params] combinations the spec sweeps (a seeded random subset of that
     product, in order), with no attack and one seed (the spec's first). One spec per [params]
     combination, naming the defense configurations tried with it."""
-    if budget < 1:
-        raise ParameterError("budget", "must be ≥ 1", budget)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ParameterError("budget", "must be a whole number ≥ 1", repr(budget))
     rng = np.random.default_rng(seed)
     trials = []
     for spec in specs:
+        fixed = [m for m in spec.expanded_models() if not MODELS.declared(parse_spec(m)[0], "learned", True)]
+        if fixed:
+            raise ParameterError("models", f"{fixed[0]!r} learns nothing, so it has no training or defense to tune; "
+                                           "leave it out of the tune (bench it as it is)")
         swept_models = [m for m in spec.models if len(expand_sweep(m)) > 1]
         if swept_models:
             raise ParameterError("models", f"tune sweeps a model's parameters through [params], not in its name "

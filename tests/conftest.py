@@ -12,7 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Tests and CI read the real data sets from ../shared/data unless told otherwise.
-os.environ.setdefault("ROBUSTAG_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# A relative directory (`export ROBUSTAG_DATA_DIR=../shared/data`, as the README says) is taken
+# from where pytest started: tests change directory.
+os.environ["ROBUSTAG_DATA_DIR"] = str(Path(os.environ.get("ROBUSTAG_DATA_DIR", REPO.parent / "shared" / "data")).absolute())
 # Training compiles by default; the suite trains hundreds of tiny models, for which the
 # compiler's warm-up costs more than it saves. The tests of the default path unset this.
 os.environ["ROBUSTAG_COMPILE"] = "0"
@@ -102,3 +104,33 @@ dim = 8
 """)
     run_main("bench", spec, "--out", folder / "run", "--device", "cpu")
     return folder / "run"
+
+
+@pytest.fixture
+def robustag(capsys, monkeypatch):
+    """Run the `robustag` command as a user would (through `main`, errors and all); returns
+    (exit code, everything printed)."""
+    from robustag import cli
+
+    def invoke(*args) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["robustag", *map(str, args)])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+    return invoke
+
+
+def refused(result: tuple[int, str], *fragments: str) -> str:
+    """A non-zero exit with one error line holding every fragment, and no traceback."""
+    code, output = result
+    assert code != 0, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if "error" in line.lower()]
+    assert errors, output
+    for fragment in fragments:
+        assert any(fragment in line for line in errors), (fragment, output)
+    return output

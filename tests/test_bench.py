@@ -22,7 +22,8 @@ import robustag.worker as worker
 from robustag.bench import RunSettings, run_units
 from robustag.planning import pending_units, plan
 from robustag.plugins import spec_values
-from robustag.report import in_spec_order, mixed_device_warnings, short_labels, write_report
+from robustag.display import defense_labels
+from robustag.report import in_spec_order, mixed_device_warnings, write_report
 from robustag.spec import BenchSpec, expand_sweep, load_specs, merge_described
 from robustag.stats import aggregate, compare_to_reference, done_cells
 from robustag.store import ResultStore
@@ -395,7 +396,7 @@ def test_defense_labels_tell_apart_every_configuration_and_nothing_more():
     specs = [f"spaml-h:{pgd.format(3)},lambda=1.0", f"spaml-h:{pgd.format(10)},lambda=1.0",
              "spaml-h:attack=fgsm,eps=0.1,lambda=1.0", f"spaml-s:{pgd.format(3)},lambda=0.5",
              f"spaml-s:{pgd.format(3)},lambda=2.0", "plain"]
-    labels = short_labels({spec: spec_values(spec) for spec in specs})
+    labels = defense_labels({spec: spec_values(spec) for spec in specs})
     assert len(set(labels.values())) == len(specs)
     assert labels[specs[0]] == "spaml-h attack=pgd,steps=3"
     assert labels[specs[2]] == "spaml-h attack=fgsm"  # fgsm has no steps: the attack's name says enough

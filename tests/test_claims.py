@@ -73,7 +73,7 @@ def test_claims_command_writes_the_verdicts(claimed_run, tmp_path):
 @pytest.mark.parametrize("body, fragment", [
     ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "metric/aml"\nthan = "metric/plain"\nbogus = 1\n', "claim 'x': unknown key 'bogus'"),
     ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "metric/aml"\n', "claim 'x': missing key 'than'"),
-    ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "aml"\nthan = "metric/plain"\n', "better 'aml': expected MODEL/DEFENSE_NAME"),
+    ('[[claim]]\nid = "x"\nsays = "s"\nbetter = "aml"\nthan = "metric/plain"\n', "better 'aml': expected MODEL/DEFENSE"),
     ('title = "no claims"\n', "no [[claim]] tables"),
 ])
 def test_a_malformed_claims_file_is_refused_naming_the_claim(tmp_path, body, fragment):

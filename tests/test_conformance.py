@@ -1,6 +1,7 @@
 """The conformance kit on every built-in plugin and the example plugin, and on broken plugins
 it must catch."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,43 @@ class NamedBadly(Frozen):
 def test_the_kit_catches_broken_plugins(cls, check, fragment):
     with pytest.raises(ConformanceError, match=fragment):
         check(cls)
+
+
+# -- a model whose declared structure disagrees with its own scores fails the kit -----------------
+
+def _dot_product_variant(name: str, score_tags=None, directions=None):
+    """The example dot-product model with one thing made wrong."""
+    from robustag.models import Model
+
+    module = import_plugin_file(Path(__file__).resolve().parents[1] / "examples" / "plugins" / "dot_product.py")
+    methods = {}
+    if score_tags is not None:
+        methods["score_tags"] = score_tags
+    if directions is not None:
+        methods["score_directions"] = directions
+    network = type(f"{name}Network", (module.DotProductNetwork,), methods)
+    recipe = type(name, (Model,), {"name": name, "summary": "a broken variant", "params": module.DotProduct.params,
+                                   "defaults": module.DotProduct.defaults,
+                                   "build": lambda self, u, i, t, d: network(u, i, t, d, self.reg)})
+    return recipe
+
+
+@pytest.mark.parametrize("name, score_tags, directions, fragment", [
+    ("flipped-training", lambda self, user, item, tags: -((user + item).unsqueeze(1) * tags).sum(-1), None,
+     "pair_scores (what training optimises) disagree with score_all"),
+    ("scaled-directions", None, lambda self, table: (2 * table, 2 * table), "score_directions do not reproduce"),
+    ("signed-directions", None, lambda self, table: (-table, -table), "score_directions do not reproduce"),
+    ("half-directions", None, lambda self, table: (table, 0 * table), "score_directions do not reproduce"),
+])
+def test_the_kit_catches_a_model_whose_declared_structure_disagrees_with_its_scores(name, score_tags, directions, fragment):
+    from robustag.testing import check_model
+
+    with pytest.raises(ConformanceError, match=re.escape(f"{name}: scores_agree: {fragment}")):
+        check_model(_dot_product_variant(name, score_tags, directions))
+
+
+def test_a_model_declaring_true_directions_passes_the_kit():
+    from robustag.testing import check_model
+
+    passed = check_model(_dot_product_variant("true-directions", directions=lambda self, table: (table, table)))
+    assert "scores_agree" in passed

@@ -41,7 +41,7 @@ def test_the_variance_components_are_statsmodels_two_way_anova():
 
 
 def test_one_seed_gives_a_difference_but_no_method_level_interval():
-    from robustag.report import interval_text
+    from robustag.display import interval_text
 
     result = crossed_test(_simulate(np.random.default_rng(5), 1))
     assert np.isfinite(result["diff"]) and np.isnan(result["ci_low"]) and np.isnan(result["p"])

@@ -177,7 +177,11 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
     (budget, norm, tables), `attrs["certified"]` the certified lower bounds and attack gaps
     where the model allows them, and `attrs["clean"]` the clean metrics. Poisoning attacks retrain
     with the same configuration and defense, early-stopping on clean validation posts unless
-    `poison_valid` (then the attack changes them too)."""
+    `poison_valid` (then the attack changes them too).
+
+    (`robustag.attack` is this function. The module of the same name, the attack plugin API, is
+    imported by name: `from robustag.attack import EmbeddingAttack`, or
+    `help(importlib.import_module("robustag.attack"))` for all of it.)"""
     _expect(trained, Trained, "trained", "a Trained model (rt.train or rt.load)")
     _expect(split, TagSplit, "split", "a TagSplit (rt.load_dataset)")
     if trained.split is not None and trained.split != split_identity(split):

@@ -106,6 +106,8 @@ def expand_sweep(spec: str) -> list[str]:
             items = [v for v in _split_top_level(value[1:-1])]
             if not items:
                 raise RobustagError(f"spec {spec!r}: empty sweep for {key}")
+            if any(item.startswith("[") for item in items):  # bench and tune would read it differently
+                raise RobustagError(f"spec {spec!r}: {key} sweeps lists of values; a sweep is one flat list")
             options.append([(key, v) for v in items])
         else:
             options.append([(key, value)])

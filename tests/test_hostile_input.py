@@ -222,9 +222,9 @@ def test_a_spec_with_an_empty_axis_is_refused(axis, fragment, tmp_path, robustag
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("params, fragment", [('epochs = "x"', "--epochs: invalid value 'x'"),
-                                             ('dim = [16, "a"]', "--dim: invalid value 'a'"),
-                                             ("lr = true", "--lr: invalid value True")])
+@pytest.mark.parametrize("params, fragment", [('epochs = "x"', "[params] epochs: invalid value 'x'"),
+                                             ('dim = [16, "a"]', "[params] dim: invalid value 'a'"),
+                                             ("lr = true", "[params] lr: invalid value True")])
 def test_a_spec_parameter_of_the_wrong_type_is_refused(params, fragment, tmp_path, robustag):
     spec = write_spec(tmp_path, f'name = "typed"\n[params]\n{params}\n')
     refused(robustag("bench", spec, "--out", tmp_path / "run"), fragment)

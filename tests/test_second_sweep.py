@@ -608,3 +608,19 @@ def test_a_plugin_states_its_own_threat_description(planted_path, tmp_path):
     threats = pd.read_csv(tmp_path / "run" / "report" / "sweep-threats.csv").set_index("attack")
     assert threats.loc["blind-kl ε=0.1", "the attacker knows"].startswith("the model's output distribution only")
     assert "pushes the model's own top tags down" in threats.loc["label-free ε=0.1", "the attacker knows"]
+
+
+def test_a_nested_sweep_is_refused_by_bench_and_tune_alike(tmp_path, planted_path):
+    spec = spec_file(tmp_path, planted_path, 'defenses = ["plain", "aml:eps=[[0.1,0.2]]"]\n')
+    for run in (lambda: rt.bench(spec, tmp_path / "run", device="cpu"),
+                lambda: rt.tune(spec, tmp_path / "tune", budget=2, device="cpu")):
+        with pytest.raises(RobustagError, match="eps sweeps lists of values; a sweep is one flat list"):
+            run()
+
+
+def test_the_attack_function_says_where_the_module_of_its_name_is():
+    import importlib
+
+    assert 'help(importlib.import_module("robustag.attack"))' in rt.attack.__doc__
+    module = importlib.import_module("robustag.attack")  # the module, as the docstring says
+    assert module.__name__ == "robustag.attack" and hasattr(module, "EmbeddingAttack")

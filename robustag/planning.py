@@ -165,8 +165,7 @@ def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: 
     poison_valid = bool(poison and poison_valid)
     if poison_valid:  # only then in the key: the keys of every other unit stay as they were
         identity["poison_valid"] = True
-    code = {kind: each for kind, each in (("model", MODELS.code(config.model)), ("defense", DEFENSES.code(defense)),
-                                          ("poison", ATTACKS.code(poison) if poison else None)) if each}
+    code = plugin_code(config.model, defense, poison)
     if code:  # a plugin from outside robustag: its code determines the model (built-ins leave keys as they were)
         identity["code"] = code
     key = digest(identity)
@@ -179,8 +178,9 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
     spec = attack.spec if attack is not None else None
     surface = attack.surface if attack is not None else "none"
     eps = attack.eps if isinstance(attack, EmbeddingAttack) else None
-    code = ATTACKS.code(spec) if spec else None
-    key = digest({"unit": unit.key, "attack": spec, **({"code": code} if code else {})})
+    code = plugin_code(unit.config.model, unit.defense, unit.poison, spec if surface == "embedding" else None)
+    attack_code = code.get("attack")
+    key = digest({"unit": unit.key, "attack": spec, **({"code": attack_code} if attack_code else {})})
     task = CellTask(key, spec if surface == "embedding" else None, surface, eps, checks)
     known = [k for k, c in enumerate(unit.cells) if c.key == key]
     if not known:
@@ -197,8 +197,17 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
         "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": asdict(unit.options),
                                                               "defense": unit.defense, "poison": unit.poison,
                                                               "poison_valid": unit.poison_valid},
-                              "attack": spec}, sort_keys=True),
+                              "attack": spec, **({"code": code} if code else {})}, sort_keys=True),
     }
+
+
+def plugin_code(model: str, defense: str, poison: str | None, attack: str | None = None) -> dict[str, str]:
+    """The code identities (`Registry.code`) of the plugins from outside robustag that a unit
+    (model, defense, poisoning attack) or a cell (and its evasion attack) runs: keyed into what
+    they compute, and kept in the cell's configuration as its provenance."""
+    found = (("model", MODELS.code(model)), ("defense", DEFENSES.code(defense)),
+             ("poison", ATTACKS.code(poison) if poison else None), ("attack", ATTACKS.code(attack) if attack else None))
+    return {kind: code for kind, code in found if code}
 
 
 

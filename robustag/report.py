@@ -122,7 +122,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     published = described.get("published", {})
     cells = in_spec_order(done_cells(store, spec), described)
     statuses = store.cells(spec=spec)["status"]
-    section.text += unfinished_note(statuses)
+    section.text += unfinished_note(statuses) + changed_plugin_notes(cells)
     superseded = int((statuses == "done").sum()) - len(cells)
     if superseded:
         section.text.append(f"{superseded} finished cells repeat a configuration and seed that a later run finished "
@@ -192,6 +192,28 @@ def unfinished_note(statuses: pd.Series) -> list[str]:
         return []
     return [f"Unfinished: {waiting} of {len(statuses)} cells of this spec have not run yet; the tables and tests "
             "below cover the finished ones only (resume the run, then write the report again)."]
+
+
+def changed_plugin_notes(cells: pd.DataFrame) -> list[str]:
+    """Cells computed by a plugin (from outside robustag) whose code has changed since: their
+    stored code identity differs from that of the plugin loaded now (a plugin not loaded here
+    cannot be compared, and is not mentioned)."""
+    registries = {"model": (MODELS, "model"), "defense": (DEFENSES, "defense_name"), "poison": (ATTACKS, "attack_name"),
+                  "attack": (ATTACKS, "attack_name")}
+    stale: dict[tuple[str, str], int] = {}
+    for _, cell in cells.iterrows():
+        for kind, stored in json.loads(cell["config"]).get("code", {}).items():
+            registry, column = registries[kind]
+            name = cell[column]
+            try:
+                current = registry.code(name)
+            except RobustagError:  # not loaded in this process: nothing to compare with
+                continue
+            if current != stored:
+                stale[(kind, name)] = stale.get((kind, name), 0) + 1
+    return [f"{count} cells were computed by an earlier version of the {kind} plugin {name!r} than the one loaded now "
+            "(its code changed since); `robustag bench` with the plugin recomputes them."
+            for (kind, name), count in stale.items()]
 
 
 def mixed_device_warnings(cells: pd.DataFrame) -> list[str]:

@@ -75,7 +75,18 @@ def done_cells(store: ResultStore, spec: str | None = None) -> pd.DataFrame:
     robustag keys its units anew and keeps the old cells, the one that finished last; a report
     never averages two versions of one seed."""
     cells = flat_cells(store.cells(spec=spec, status="done"))
-    return cells.sort_values("finished", kind="stable").drop_duplicates("config", keep="last").sort_index()
+    computation = cells["config"].map(_without_code)  # a plugin's newer code supersedes its older cells
+    return cells[~computation.loc[cells.sort_values("finished", kind="stable").index].duplicated(keep="last")
+                 .reindex(cells.index)]
+
+
+def _without_code(config: str) -> str:
+    """A cell's configuration without its plugins' code identities (what `done_cells` dedupes on)."""
+    if '"code"' not in config:
+        return config
+    parsed = json.loads(config)
+    parsed.pop("code", None)
+    return json.dumps(parsed, sort_keys=True)
 
 
 def seed_averaged(store: ResultStore, keys: list[str], metric: str) -> np.ndarray:

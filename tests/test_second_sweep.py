@@ -624,3 +624,18 @@ def test_the_attack_function_says_where_the_module_of_its_name_is():
     assert 'help(importlib.import_module("robustag.attack"))' in rt.attack.__doc__
     module = importlib.import_module("robustag.attack")  # the module, as the docstring says
     assert module.__name__ == "robustag.attack" and hasattr(module, "EmbeddingAttack")
+
+
+def test_a_report_says_when_a_plugins_code_changed_since_its_cells_ran(planted_path, tmp_path):
+    from robustag.report import write_report
+
+    plugin = tmp_path / "nudge_report.py"
+    plugin.write_text(PLUGIN_ATTACK.format(tag="report", scale=0))
+    spec = spec_file(tmp_path, planted_path, 'attacks = ["nudge-report"]\n[params]\nepochs = 1\ndim = 8\n')
+    with rt.bench(spec, tmp_path / "run", device="cpu", plugins=[plugin], report=False) as run:
+        config = json.loads(run.store.cells(status="done").set_index("attack_name").loc["nudge-report", "config"])
+    assert config["code"]["attack"] == ATTACKS.code("nudge-report")  # the provenance of the cell
+    assert "changed since" not in (write_report(tmp_path / "run") / "report.md").read_text()
+    plugin.write_text(PLUGIN_ATTACK.format(tag="report", scale=0.0))
+    report = (write_report(tmp_path / "run") / "report.md").read_text()
+    assert "1 cells were computed by an earlier version of the attack plugin 'nudge-report'" in report

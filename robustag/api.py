@@ -40,7 +40,7 @@ from robustag.preprocess import SplitOptions, TagSplit, load_split
 from robustag.robustness import run_attack, summarise, worst_cases
 from robustag.run import Run
 from robustag.spec import BenchSpec, default_spec, folder_name, load_specs, merge_described, parse_budgets, parse_seeds
-from robustag.stats import done_cells
+from robustag.stats import TEST_ITEMS, done_cells
 from robustag.store import ResultStore
 from robustag.training import TrainConfig, default_config, resolve_device
 from robustag.training import train as fit
@@ -265,7 +265,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
                            plugins=tuple(str(p) for p in plugins), retry_failed=retry_failed, compile=compile,
                            stack=stack)
     check_settings(settings)
-    check_data(list(the_plan.units.values()), settings.data_dir)
+    test_items = check_data(list(the_plan.units.values()), settings.data_dir)
     store = ResultStore(settings.out)
     try:
         with store.bench_lock():
@@ -273,6 +273,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
                 store.add_cells(rows, spec_name)
             dropped = store.prune(the_plan.rows) if prune else 0
             store.set_meta("reference", reference or specs[0].reference)
+            store.set_meta(TEST_ITEMS, {**store.meta(TEST_ITEMS, {}), **test_items})  # how test posts cluster
             store.set_meta("specs", merge_described(store.meta("specs", []), [asdict(each) for each in specs]))
             todo = pending_units(the_plan, store, retry_failed)
             emit("plan", {"name": name, "out": str(settings.out), "units": len(the_plan.units), "cells": the_plan.n_cells,

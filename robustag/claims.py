@@ -21,8 +21,11 @@ each declared family (a claim's `family`; by default the whole file is one):
 
 "Better" is always "higher": a level higher than the other side's, or under an attack a change
 from clean above the other side's (a smaller loss). Verdicts: `holds` (significant in the
-claimed direction), `reversed` (significant against it), `not supported` (no significant
-difference; the direction is said), or `too few seeds` (below `MIN_SEEDS`, no verdict); in a run
+claimed direction), `reversed` (significant against it), `equivalent within ±margin` (a claim
+that declares `margin = 0.01`: two one-sided tests, Holm within the family, find the true
+difference inside the margin), `inconclusive (detectable from x)` (neither: x is the smallest
+difference the design would have found with 80% power), or `too few seeds` (below
+`MIN_SEEDS`, no verdict); in a run
 still going, "so far" where cells of the claim's models on that data set are still to run, and
 `not run yet` where the claim's cells are not there.
 """
@@ -36,15 +39,17 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
 from robustag.errors import ParameterError, RobustagError
 from robustag.display import interval_text, labelled, p_text
 from robustag.plugins import parse_spec
-from robustag.stats import MIN_SEEDS, aggregate, compare_groups, done_cells, holm
+from robustag.stats import ALPHA, MIN_SEEDS, aggregate, compare_groups, done_cells, equivalence_p, holm
 from robustag.store import ResultStore
 
-CLAIM_KEYS = {"id", "says", "spec", "better", "than", "metrics", "attack", "strength", "datasets", "family"}
+CLAIM_KEYS = {"id", "says", "spec", "better", "than", "metrics", "attack", "strength", "datasets", "family", "margin"}
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Claim:
     strength: float | None = None
     datasets: list[str] | None = None
     family: str = "all"
+    margin: float | None = None  # equivalence margin: |true Δ| < margin counts as "no difference that matters"
 
 
 def load_claims(path: str | Path) -> list[Claim]:
@@ -97,6 +103,9 @@ def _check_claim(table: dict, where: str, seen: set[str]) -> None:
             parse_spec(part)  # a malformed option names itself
     if table["better"] == table["than"]:
         raise RobustagError(f"{where}: better and than are both {table['better']!r}: a claim compares two configurations")
+    margin = table.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0):
+        raise RobustagError(f"{where}: margin must be a number > 0 (the equivalence margin), got {margin!r}")
     metrics = table.get("metrics", ["ndcg@3"])
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise RobustagError(f"{where}: metrics must be a non-empty list of metric names, got {metrics!r}")
@@ -117,7 +126,7 @@ def verify_claims(run: str | Path, claims: list[Claim] | str | Path) -> pd.DataF
     finally:
         store.close()
     answered = rows[rows["seeds"].notna()] if "seeds" in rows else rows.iloc[:0]
-    tested = [holm(family) for _, family in answered.groupby("family", sort=False)]
+    tested = [_equivalence(holm(family)) for _, family in answered.groupby("family", sort=False)]
     table = pd.concat([*tested, rows.drop(answered.index)]).sort_index()
     table["verdict"] = [_verdict(row) for _, row in table.iterrows()]
     return table.drop(columns=["id"], errors="ignore")
@@ -156,7 +165,7 @@ def _claim_rows(store: ResultStore, read, claim: Claim, run) -> list[dict]:
                                           for attacked in (True, False) if attacked or claim.attack
                                           for side in (claim.better, claim.than)]
         described = {"claim": claim.id, "family": claim.family, "says": claim.says, "dataset": dataset,
-                     "better": claim.better, "than": claim.than}
+                     "better": claim.better, "than": claim.than, "margin": claim.margin}
         if not sides or any(side is None for side in sides):
             if dataset in waiting:
                 rows.append({**described, "metric": ", ".join(claim.metrics), "under": _under(claim, None)})
@@ -234,15 +243,34 @@ def _under(claim: Claim, attacked: pd.Series | None) -> str:
     return f"change under {named}"
 
 
+def _equivalence(family: pd.DataFrame) -> pd.DataFrame:
+    """The claims of a family that declare a margin, tested for equivalence within it (two
+    one-sided tests), Holm-corrected over those claims of the family."""
+    family = family.assign(p_equivalence=np.nan, p_equivalence_holm=np.nan, equivalent=False)
+    declared = family["margin"].notna() & family["se"].notna()
+    if declared.any():
+        family.loc[declared, "p_equivalence"] = [equivalence_p(r.diff, r.se, r.df, r.margin)
+                                                 for r in family[declared].itertuples()]
+        reject, corrected, _, _ = multipletests(family.loc[declared, "p_equivalence"], alpha=ALPHA, method="holm")
+        family.loc[declared, "p_equivalence_holm"] = corrected
+        family.loc[declared, "equivalent"] = reject & (family.loc[declared, "seeds"] >= MIN_SEEDS).to_numpy()
+    return family
+
+
 def _verdict(row: pd.Series) -> str:
+    """holds / reversed (significant either way), equivalent within ±margin (two one-sided
+    tests), inconclusive (with the smallest Δ the design would have found at 80% power), too few
+    seeds, or not run yet."""
     if pd.isna(row.get("seeds")):
         return "not run yet"
     if row["seeds"] < MIN_SEEDS:
         verdict = "too few seeds"
     elif row["significant"]:
         verdict = "holds" if row["diff"] > 0 else "reversed"
+    elif bool(row.get("equivalent", False)):
+        verdict = f"equivalent within ±{row['margin']:g}"
     else:
-        verdict = f"not supported ({'same' if row['diff'] > 0 else 'opposite'} direction)"
+        verdict = f"inconclusive (detectable from {row['mde']:.4f})"
     return verdict + (" so far (the run is unfinished)" if bool(row["unfinished"]) else "")
 
 
@@ -250,7 +278,7 @@ def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
     """`verify_claims`' result as a report shows it: both sides' seed means, the difference with
     its 95% CI (4 decimals; not adjusted for the family), p before and after Holm, the verdict;
     blank figures where a claim is not run yet."""
-    numbers = ["better_mean", "than_mean", "diff", "ci_low", "ci_high", "p", "p_holm", "seeds"]
+    numbers = ["better_mean", "than_mean", "diff", "ci_low", "ci_high", "mde", "p", "p_holm", "seeds"]
     verified = verified.reindex(columns=[*verified.columns.drop(numbers, errors="ignore"), *numbers])
     change = verified["under"].str.startswith("change")
     side = lambda v, signed: "" if pd.isna(v) else f"{v:+.4f}" if signed else f"{v:.4f}"
@@ -261,5 +289,6 @@ def claims_table(verified: pd.DataFrame) -> pd.DataFrame:
         "better": [side(v, c) for v, c in zip(verified["better_mean"], change)],
         "than": [side(v, c) for v, c in zip(verified["than_mean"], change)],
         "Δ [95% CI]": ["" if pd.isna(r.diff) else interval_text(r.diff, r.ci_low, r.ci_high) for r in verified.itertuples()],
+        "detectable Δ": verified["mde"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}"),
         "p": verified["p"].map(p_text), "p (Holm)": verified["p_holm"].map(p_text),
         "seeds": verified["seeds"].map(lambda n: "" if pd.isna(n) else str(int(n))), "verdict": verified["verdict"]})

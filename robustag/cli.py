@@ -680,7 +680,8 @@ def claims_command(
     _output_file(csv, "--csv")
     shown = claims_table(rt.verify_claims(run, claims_file))
     table = Table(title=f"{len(shown)} comparisons of {shown['claim'].nunique()} claims ({claims_file})")
-    columns = ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]", "p", "p (Holm)", "seeds", "verdict")
+    columns = ("claim", "dataset", "metric", "comparison", "under", "Δ [95% CI]", "detectable Δ", "p", "p (Holm)", "seeds",
+               "verdict")
     for column in columns:
         table.add_column(column)
     for _, row in shown.iterrows():

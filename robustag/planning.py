@@ -248,16 +248,19 @@ def stack_groups(units: list[UnitTask], size: int) -> list[list[UnitTask]]:
     return ordered
 
 
-def check_data(units: list[UnitTask], data_dir: Path) -> None:
+def check_data(units: list[UnitTask], data_dir: Path) -> dict[str, list[int]]:
     """Every data set of these units loads (warming the split cache for the workers), and every
     attack accepts it, before a run folder is touched: bad data fails the command,
-    not every cell."""
+    not every cell. Returns the item of each test post per data set (how posts cluster)."""
+    items = {}
     for dataset, options in dict.fromkeys((u.dataset, u.options) for u in units):
         split = load_split(dataset, data_dir, options)
+        items[dataset] = split.test.items.tolist()
         same = [u for u in units if u.dataset == dataset]
         if any(u.config.recipe().learned for u in same):
             check_negatives(split.train, split.n_tags, dataset)
         attacks = [u.poison for u in same if u.poison] + [c.attack for u in same for c in u.cells if c.attack]
         for attack in dict.fromkeys(attacks):
             ATTACKS.create(attack).check(split)
+    return items
 

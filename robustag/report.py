@@ -386,17 +386,18 @@ def comparisons_table(name: str, table: pd.DataFrame, clean_tests: pd.DataFrame,
                      label_of.get(test["defense"], test["defense"]), what, test["metric"].upper(),
                      interval_text(test["diff"], test["ci_low"], test["ci_high"]) + mark,
                      interval_text(test["rel_diff"], test["rel_ci_low"], test["rel_ci_high"], "+.1%"),
-                     p_text(test["p_holm"]), str(test["seeds"]),
+                     f"{test['mde']:.4f}" if pd.notna(test["mde"]) else "", p_text(test["p_holm"]), str(test["seeds"]),
                      f"{test['seed_share']:.0%} / {test['post_share']:.0%} / {test['residual_share']:.0%}"
                      if pd.notna(test["seed_share"]) else "",
                      p_text(test["wilcoxon_p_holm"])])
     header = ["dataset", "model", "defense", "comparison", "metric", f"Δ vs {reference} [95% CI]", "relative Δ [CI]",
-              "p (Holm)", "seeds", "Var(Δ): seeds / posts / residual", "per-post Wilcoxon p (Holm)"]
+              "detectable Δ", "p (Holm)", "seeds", "Var(Δ): seeds / posts / residual", "per-post Wilcoxon p (Holm)"]
     shares = tests["seed_share"].dropna()
     note = (f"Δ: mean over seeds and test posts of the paired difference from {reference} (same seed: same "
             "initialisation and batch order); under attack, the difference of the changes from clean (attacked − clean), "
             "so ▲ means it loses significantly less. CI and p: crossed random effects of seed and post (Judd, Westfall "
-            f"& Kenny 2012), t with Satterthwaite's df capped at seeds − 1; Holm within each table's family (clean: "
+            f"& Kenny 2012), posts clustered by item where the run stored them, t with calibrated df (robustag.stats); "
+            f"detectable: the smallest true Δ found with 80% power by this design; Holm within each table's family (clean: "
             f"{len(clean_tests)} comparisons; robustness: {len(attack_tests)}). No ▲/▼ with fewer than {MIN_SEEDS} seeds. "
             "Var(Δ): the share of the variance of Δ due to seed-to-seed differences, to which posts are tested, and to "
             "the rest; a large seed share says more seeds, not more posts, would narrow the interval"

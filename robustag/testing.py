@@ -28,6 +28,7 @@ The kit trains eagerly: its models live for a few steps, shorter than the compil
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +349,69 @@ def _initial_state(split: TagSplit, config) -> dict:
     """The parameters training starts from (it seeds torch, then builds the model)."""
     torch.manual_seed(config.seed)
     return build_model(split, config).state_dict()
+
+
+# -- calibration of the method-level test -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Regime:
+    """A design and where the variance of a paired difference's mean comes from: shares of
+    Var(mean) due to seeds, posts (and, clustered, their items) and the residual."""
+
+    name: str
+    seeds: int
+    posts: int
+    seed_share: float
+    post_share: float
+    item_share: float = 0.0  # > 0: posts fall on items LastFM-like (933 posts on 673 items)
+
+    def items(self) -> np.ndarray | None:
+        """The item of each post (posts/933·673 items: every item one post, the rest by popularity)."""
+        if not self.item_share:
+            return None
+        rng = np.random.default_rng(9)
+        count = round(self.posts * 673 / 933)
+        weights = 1 / np.arange(1, count + 1)
+        extra = rng.choice(count, self.posts - count, p=weights / weights.sum())
+        return rng.permutation(np.concatenate([np.arange(count), extra]))
+
+    def simulate(self, rng: np.random.Generator, shift: float = 0.0, scale: float = 0.01) -> np.ndarray:
+        """One (seeds, posts) matrix of differences with mean `shift`, Var(mean) = scale²."""
+        seeds, posts, items = self.seeds, self.posts, self.items()
+        residual = 1 - self.seed_share - self.post_share - self.item_share
+        diff = (shift + rng.normal(0, scale * np.sqrt(self.seed_share * seeds), (seeds, 1))
+                + rng.normal(0, scale * np.sqrt(self.post_share * posts), (1, posts))
+                + rng.normal(0, scale * np.sqrt(residual * seeds * posts), (seeds, posts)))
+        if items is not None:  # an item effect shared by its posts: Var of the mean = σ²·Σ n_c² / P²
+            sizes = np.bincount(items)
+            sd = scale * np.sqrt(self.item_share) * posts / np.sqrt((sizes ** 2).sum())
+            diff += rng.normal(0, sd, len(sizes))[items][None, :]
+        return diff
+
+
+CALIBRATION_REGIMES = (
+    Regime("seed-dominated, 3 seeds", 3, 933, 0.6, 0.2),
+    Regime("seed-dominated, 5 seeds", 5, 933, 0.6, 0.2),
+    Regime("suite sizes, 5 seeds", 5, 933, 0.66, 0.15),
+    Regime("post-dominated, MovieLens-like", 5, 184, 0.0, 0.75),
+    Regime("post-dominated, 3 seeds", 3, 184, 0.0, 0.75),
+    Regime("mixed, 10 seeds", 10, 933, 0.3, 0.4),
+    Regime("seed-dominated, 3 seeds, 184 posts", 3, 184, 0.9, 0.05),
+    Regime("10,000 posts", 5, 10000, 0.3, 0.4),
+    Regime("clustered by item, 5 seeds", 5, 933, 0.05, 0.25, item_share=0.4),
+    Regime("clustered by item, 3 seeds", 3, 933, 0.05, 0.25, item_share=0.4),
+)
+
+
+def calibration(regime: Regime, runs: int, seed: int = 0, shift: float = 0.0) -> dict[str, float]:
+    """`robustag.stats.crossed_test` on `runs` simulated designs of `regime` (posts clustered by
+    item where it has items): the share of runs whose p < 0.05 and whose 95% interval holds
+    the true mean `shift`, and the mean minimum detectable effect."""
+    from robustag.stats import crossed_test
+
+    rng = np.random.default_rng(seed)
+    items = regime.items()
+    results = [crossed_test(regime.simulate(rng, shift), items) for _ in range(runs)]
+    return {"rejected": float(np.mean([r["p"] < 0.05 for r in results])),
+            "covered": float(np.mean([r["ci_low"] <= shift <= r["ci_high"] for r in results])),
+            "mde": float(np.mean([r["mde"] for r in results])), "df": float(np.median([r["df"] for r in results]))}

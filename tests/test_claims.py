@@ -3,8 +3,10 @@ figures the report gives, Holm over the file, verdicts, and bad claims refused b
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import robustag as rt
 from robustag.claims import Claim, claims_table, load_claims, verify_claims
@@ -56,8 +58,36 @@ def test_a_claim_gets_the_figures_the_report_gives_and_its_mirror_the_opposite(c
     assert verified.loc[("pgd", "ndcg@3"), "p_holm"] == pytest.approx(verified.loc[("pgd", "ndcg@3"), "p"])
     assert list(verified.index.get_level_values("claim")) == ["clean", "clean", "mirror", "pgd"]  # the file's order
     for _, row in verified.iterrows():
-        expected = ("holds" if row["diff"] > 0 else "reversed") if row["significant"] else "not supported"
+        expected = ("holds" if row["diff"] > 0 else "reversed") if row["significant"] else "inconclusive (detectable from "
         assert row["verdict"].startswith(expected)
+        assert row["significant"] or row["verdict"] == f"inconclusive (detectable from {row['mde']:.4f})"
+
+
+def test_a_claim_with_a_margin_is_tested_for_equivalence(claimed_run):
+    folder, _ = claimed_run
+    wide, narrow = (Claim(f"m{m}", "AML loses as much as plain", "metric/aml", "metric/plain", attack="pgd",
+                          strength=0.2, margin=m) for m in (1.0, 1e-6))
+    verified = verify_claims(folder, [wide, narrow]).set_index("claim")
+    assert verified.loc["m1.0", "se"] > 0  # a real difference with a real spread
+    assert verified.loc["m1.0", "verdict"] == "equivalent within ±1"  # NDCG@3 cannot differ by 1
+    assert not verified.loc["m1e-06", "verdict"].startswith("equivalent")
+    row = verified.loc["m1.0"]
+    lower = stats.t.sf((row["diff"] + 1.0) / row["se"], row["df"])
+    upper = stats.t.sf((1.0 - row["diff"]) / row["se"], row["df"])
+    assert row["p_equivalence"] == pytest.approx(max(lower, upper))
+    assert verified["p_equivalence_holm"].min() >= verified["p_equivalence"].min()  # Holm over the family's margins
+
+
+def test_the_two_one_sided_tests_hold_their_level_at_the_margin():
+    """A true difference exactly at the margin is declared equivalent in at most 5% of designs."""
+    from robustag.stats import crossed_test, equivalence_p
+    from robustag.testing import CALIBRATION_REGIMES
+
+    regime = next(r for r in CALIBRATION_REGIMES if r.name == "post-dominated, MovieLens-like")
+    rng = np.random.default_rng(11)
+    results = [crossed_test(regime.simulate(rng, shift=0.03)) for _ in range(1000)]
+    equivalent = np.mean([equivalence_p(r["diff"], r["se"], r["df"], 0.03) < 0.05 for r in results])
+    assert 0.03 <= equivalent <= 0.065
 
 
 def test_claims_command_writes_the_verdicts(claimed_run, tmp_path):

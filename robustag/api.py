@@ -313,6 +313,16 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
                         tuning.write_tables(folder, scores, best))
 
 
+def power(run: str | Path | Run, effect: float, reference: str | None = None, metric: str = "ndcg@3",
+          spec: str | None = None, seeds: int = 10) -> pd.DataFrame:
+    """A finished (pilot) run's comparisons as designs (`Run.power`): what each could detect,
+    and the seeds that would detect `effect` at 80% power."""
+    if isinstance(run, Run):
+        return run.power(effect, reference, metric, spec, seeds)
+    with Run(run) as opened:
+        return opened.power(effect, reference, metric, spec, seeds)
+
+
 def _specs(spec) -> list[BenchSpec]:
     if spec is None:
         return [default_spec()]

@@ -691,6 +691,32 @@ def claims_command(
         _writing(csv, "--csv", lambda: shown.to_csv(csv, index=False))
 
 
+@app.command("power")
+def power_command(
+    run: Path = typer.Argument(..., help="A finished run, the pilot."),
+    effect: float = typer.Option(..., help="The difference to detect (say 0.01 NDCG@3)."),
+    reference: Optional[str] = typer.Option(None, help="Defense compared against (default: the run's)."),
+    metric: str = typer.Option("ndcg@3"),
+    seeds: int = typer.Option(10, min=3, help="Also state the effect detectable with this many seeds."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV."),
+):
+    """Design the next run from a pilot: per comparison, the effect it could detect and the seeds needed for --effect."""
+    _output_file(csv, "--csv")
+    table = rt.power(run, effect, reference, metric, seeds=seeds)
+    shown = Table(title=f"Seeds to detect Δ = {effect:g} {metric.upper()} at 80% power (α = 0.05), from {run}")
+    for column in ("dataset", "model", "defense", "comparison", "seeds", "posts", "detectable now", "seeds needed",
+                   f"detectable at {seeds} seeds"):
+        shown.add_column(column)
+    for _, row in table.iterrows():
+        needed = "more posts needed" if pd.isna(row["needed"]) else str(int(row["needed"]))
+        shown.add_row(escape(row["dataset"]), escape(row["model"]), escape(row["defense"].split(":")[0]),
+                      escape(row["attack"].split(",")[0] or "clean"), str(row["seeds"]), str(row["posts"]),
+                      f"{row['mde']:.4f}", needed, f"{row[f'mde_at_{seeds}_seeds']:.4f}")
+    _stdout().print(shown)
+    if csv:
+        _writing(csv, "--csv", lambda: table.to_csv(csv, index=False))
+
+
 @app.command("report")
 def report_command(
     run: Path = typer.Argument(..., help="A run folder written by robustag bench."),

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from robustag.report import HEADLINE, write_report
-from robustag.stats import aggregate, compare_to_reference, done_cells, flat_cells
+from robustag.errors import ParameterError
+from robustag.stats import aggregate, compare_to_reference, design_mde, done_cells, flat_cells, seeds_needed
 from robustag.store import ResultStore
 
 
@@ -77,6 +78,26 @@ class Run:
         cells = done_cells(self.store, spec)
         table = aggregate(self.store, cells, HEADLINE, ci_metrics=[])
         return compare_to_reference(self.store, table, metric, reference or self.store.meta("reference", "plain"))
+
+    def power(self, effect: float, reference: str | None = None, metric: str = "ndcg@3", spec: str | None = None,
+              seeds: int = 10) -> pd.DataFrame:
+        """Designing the next run from this one as a pilot: for every comparison of `compare`,
+        the effect this design could detect (80% power), the fewest seeds that would detect
+        `effect` with the same test posts (NaN: no number of seeds would; more posts are needed),
+        and the effect detectable with `seeds` seeds, from its variance components."""
+        if isinstance(effect, bool) or not isinstance(effect, (int, float)) or not effect > 0:
+            raise ParameterError("effect", "expected a difference > 0 to detect", repr(effect))
+        table = self.compare(reference, metric, spec)
+        if table.empty:
+            return table
+        usable = table["var_seed"].notna()
+        rows = table[usable]
+        components = list(zip(rows["var_seed"], rows["var_post"], rows["var_residual"], rows["posts"]))
+        return rows.assign(
+            needed=[seeds_needed(*c[:3], posts=int(c[3]), effect=effect) for c in components],
+            **{f"mde_at_{seeds}_seeds": [design_mde(*c[:3], seeds=seeds, posts=int(c[3])) for c in components]},
+            effect=effect)[["dataset", "model", "params", "defense", "attack", "metric", "seeds", "posts", "diff", "mde",
+                            "needed", f"mde_at_{seeds}_seeds", "effect"]]
 
     def report(self, reference: str | None = None, specs: list[str] | None = None) -> Path:
         """Write RUN/report/ (Markdown, HTML, LaTeX, CSV, plots) for `specs` (default: all);

@@ -166,7 +166,8 @@ def crossed_test(diff: np.ndarray, clusters: np.ndarray | None = None) -> dict[s
         bound = mean if identical else np.nan
         return {"diff": mean, "ci_low": bound, "ci_high": bound, "p": 1.0 if np.allclose(diff, 0) else np.nan,
                 "df": np.nan, "se": 0.0 if identical else np.nan, "mde": 0.0 if identical else np.nan,
-                "seed_share": np.nan, "post_share": np.nan, "residual_share": np.nan}
+                "seed_share": np.nan, "post_share": np.nan, "residual_share": np.nan,
+                "var_seed": np.nan, "var_post": np.nan, "var_residual": np.nan}
     by_seed, by_post = diff.mean(1), diff.mean(0)
     ms_seed = posts * np.sum((by_seed - mean) ** 2) / (seeds - 1)
     df_res = (seeds - 1) * (posts - 1)
@@ -176,20 +177,36 @@ def crossed_test(diff: np.ndarray, clusters: np.ndarray | None = None) -> dict[s
     # terms with S − 1 df; a post component estimated below zero is set to zero (dropping the
     # bracket), never the seed term.
     seed_var, post_var = (ms_seed - ms_res) / posts, (ms_post - ms_res) / seeds
-    post_terms = [(ms_post, df_post), (-ms_res, df_res)] if post_var > 0 else []
-    variance = (ms_seed + sum(ms for ms, _ in post_terms)) / (seeds * posts)
-    bounded = ms_seed * (seeds - 1) / stats.chi2.ppf(1 - SEED_DF_LEVEL, seeds - 1)
-    terms = [(bounded, seeds - 1), *post_terms]
-    df = sum(ms for ms, _ in terms) ** 2 / sum(ms ** 2 / d for ms, d in terms)
-    se = np.sqrt(max(variance, 0.0))
+    se, df = _standard_error(ms_seed, ms_post, df_post, ms_res, seeds, posts)
     critical = stats.t.ppf(0.975, df)
     p = 2 * stats.t.sf(abs(mean) / se, df) if se > 0 else (0.0 if mean != 0 else 1.0)
     parts = {"seed_share": max(seed_var, 0) / seeds, "post_share": max(post_var, 0) / posts,
              "residual_share": ms_res / (seeds * posts)}
     total = sum(parts.values()) or 1.0
+    # the components themselves (σ²_seed, σ²_post as Var(mean)·P, σ²_res), for designing the next run
+    components = {"var_seed": max(seed_var, 0.0), "var_post": max(post_var, 0.0), "var_residual": float(ms_res)}
     return {"diff": mean, "ci_low": mean - critical * se, "ci_high": mean + critical * se, "p": float(p),
             "df": float(df), "se": float(se), "mde": float(minimum_detectable(se, df)),
-            **{k: float(v / total) for k, v in parts.items()}}
+            **{k: float(v / total) for k, v in parts.items()}, **components}
+
+
+def design_mde(var_seed: float, var_post: float, var_residual: float, seeds: int, posts: int) -> float:
+    """The detectable effect (80% power, α = 0.05) that `crossed_test` would state for a design
+    with `seeds` and `posts`, from a pilot's variance components: the mean squares such a design
+    expects (P·σ²_seed + σ²_res, S·σ²_post + σ²_res, σ²_res) through the same interval."""
+    ms_seed = posts * var_seed + var_residual
+    ms_post = seeds * var_post + var_residual
+    return float(minimum_detectable(*_standard_error(ms_seed, ms_post, posts - 1, var_residual, seeds, posts)))
+
+
+def seeds_needed(var_seed: float, var_post: float, var_residual: float, posts: int, effect: float,
+                 most: int = 200) -> int | None:
+    """The fewest seeds (≥ 3) whose design with `posts` detects `effect` at 80% power; None when
+    even `most` seeds would not (the posts' variance alone is too large: more posts are needed)."""
+    for seeds in range(MIN_SEEDS, most + 1):
+        if design_mde(var_seed, var_post, var_residual, seeds, posts) <= effect:
+            return seeds
+    return None
 
 
 def equivalence_p(diff: float, se: float, df: float, margin: float) -> float:
@@ -198,6 +215,18 @@ def equivalence_p(diff: float, se: float, df: float, margin: float) -> float:
     if not se > 0:
         return 0.0 if abs(diff) < margin else 1.0
     return float(max(stats.t.sf((margin - diff) / se, df), stats.t.sf((diff + margin) / se, df)))
+
+
+def _standard_error(ms_seed: float, ms_post: float, df_post: int, ms_res: float, seeds: int,
+                    posts: int) -> tuple[float, float]:
+    """The standard error of the mean and the df of its t, from the mean squares (module docstring)."""
+    df_res = (seeds - 1) * (posts - 1)
+    post_terms = [(ms_post, df_post), (-ms_res, df_res)] if ms_post > ms_res else []
+    variance = (ms_seed + sum(ms for ms, _ in post_terms)) / (seeds * posts)
+    bounded = ms_seed * (seeds - 1) / stats.chi2.ppf(1 - SEED_DF_LEVEL, seeds - 1)
+    terms = [(bounded, seeds - 1), *post_terms]
+    df = sum(ms for ms, _ in terms) ** 2 / sum(ms ** 2 / d for ms, d in terms)
+    return float(np.sqrt(max(variance, 0.0))), float(df)
 
 
 def _post_mean_square(deviations: np.ndarray, seeds: int, clusters: np.ndarray | None) -> tuple[float, int]:
@@ -306,7 +335,8 @@ def compare_groups(store: ResultStore, pairs: list[tuple], metric: str) -> dict:
     level = float(matrices[-1][1].mean())  # the reference's clean level
     relative = {f"rel_{k}": method[k] / level if level else np.nan for k in ("diff", "ci_low", "ci_high")}
     identity = json.dumps([metric, [sorted(r["cells"]) for pair in pairs for r in pair]])
-    return {"id": identity, "metric": metric, "seeds": len(seeds), "kind": "change" if len(pairs) > 1 else "level",
+    return {"id": identity, "metric": metric, "seeds": len(seeds), "posts": ours.shape[1],
+            "kind": "change" if len(pairs) > 1 else "level",
             **method, **relative, **paired_test(ours.mean(0), theirs.mean(0))}
 
 

@@ -141,3 +141,23 @@ def test_in_a_run_still_going_claims_say_what_is_not_run_yet(claimed_run, tmp_pa
     assert verified.loc["old", "verdict"].endswith("so far (the run is unfinished)") and verified.loc["old", "seeds"] == 3
     shown = claims_table(verified.reset_index()).set_index("claim")
     assert shown.loc["new", "Δ [95% CI]"] == "" and shown.loc["new", "seeds"] == ""
+
+
+def test_power_designs_the_next_run_from_a_pilot(claimed_run, tmp_path):
+    from robustag.stats import design_mde
+
+    folder, _ = claimed_run
+    table = rt.power(folder, effect=0.02)
+    assert len(table) and set(table["seeds"]) == {3}
+    for row in table.itertuples():
+        components = rt.Run(folder).compare().set_index(["defense", "attack"]).loc[(row.defense, row.attack)]
+        parts = (components["var_seed"], components["var_post"], components["var_residual"])
+        assert design_mde(*parts, seeds=3, posts=row.posts) == pytest.approx(row.mde, rel=0.05)  # the pilot, as tested
+        if not pd.isna(row.needed):
+            needed = int(row.needed)
+            assert design_mde(*parts, seeds=needed, posts=row.posts) <= 0.02
+            assert needed == 3 or design_mde(*parts, seeds=needed - 1, posts=row.posts) > 0.02
+    code = run_main("power", folder, "--effect", "0.02", "--csv", tmp_path / "power.csv")
+    assert code is None and len(pd.read_csv(tmp_path / "power.csv")) == len(table)
+    with pytest.raises(RobustagError, match="effect"):
+        rt.power(folder, effect=0)

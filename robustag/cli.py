@@ -717,6 +717,30 @@ def power_command(
         _writing(csv, "--csv", lambda: table.to_csv(csv, index=False))
 
 
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="A run folder written by robustag bench."),
+    archive: Path = typer.Argument(..., help="The archive to write (a .zip)."),
+    metrics: Optional[str] = typer.Option(None, help="Keep the per-post values of these metrics only, e.g. "
+                                          "ndcg@3,f1@3,p@3 (what reports and claims test)."),
+):
+    """Write a run's results as one portable archive: reports and claims regenerate from it."""
+    _output_file(archive, "archive")
+    with rt.Run(run) as opened:
+        written = opened.export(archive, _names(metrics, "--metrics"))
+    console.print(f"archive: {escape(str(written))} ({written.stat().st_size / 2**20:.1f} MiB)")
+
+
+@app.command("import")
+def import_command(
+    archive: Path = typer.Argument(..., help="An archive written by robustag export."),
+    run: Path = typer.Argument(..., help="A new run folder to rebuild it in."),
+):
+    """Rebuild a run folder from an archive (then `robustag report RUN`, `claims`, `power`)."""
+    with rt.Run.from_archive(archive, run) as opened:
+        console.print(f"{escape(str(opened.folder))}: {len(opened.cells())} cells")
+
+
 @app.command("report")
 def report_command(
     run: Path = typer.Argument(..., help="A run folder written by robustag bench."),

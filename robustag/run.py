@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustag.report import HEADLINE, write_report
+from robustag.archive import export_run, import_run
 from robustag.errors import ParameterError
 from robustag.stats import aggregate, compare_to_reference, design_mde, done_cells, flat_cells, seeds_needed
 from robustag.store import ResultStore
@@ -26,6 +27,17 @@ class Run:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.store = ResultStore.existing(self.folder)
+
+    @classmethod
+    def from_archive(cls, archive: str | Path, folder: str | Path) -> "Run":
+        """A run rebuilt from an archive (`robustag.archive`) in a new `folder`: reports, claims
+        and statistics from a fresh clone, with no retraining."""
+        return cls(import_run(archive, folder))
+
+    def export(self, path: str | Path, metrics: list[str] | None = None) -> Path:
+        """This run as one portable archive (`robustag.archive`; per-post values of `metrics` only
+        when given)."""
+        return export_run(self.folder, path, metrics)
 
     def __enter__(self) -> "Run":
         return self

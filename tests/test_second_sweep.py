@@ -639,3 +639,39 @@ def test_a_report_says_when_a_plugins_code_changed_since_its_cells_ran(planted_p
     plugin.write_text(PLUGIN_ATTACK.format(tag="report", scale=0.0))
     report = (write_report(tmp_path / "run") / "report.md").read_text()
     assert "1 cells were computed by an earlier version of the attack plugin 'nudge-report'" in report
+
+
+# -- results that travel with the repository (issue 24, point 6) ---------------------------------------
+
+def test_a_run_rebuilt_from_its_archive_regenerates_the_same_report(swept, robustag, tmp_path):
+    from robustag.report import write_report
+
+    _, run = swept
+    original = write_report(run)
+    code, output = robustag("export", run, tmp_path / "run.zip")
+    assert code == 0 and "archive:" in output, output
+    code, output = robustag("import", tmp_path / "run.zip", tmp_path / "rebuilt")
+    assert code == 0 and "8 cells" in output, output
+    rebuilt = write_report(tmp_path / "rebuilt")
+    tables = sorted(p.name for p in original.glob("*.csv"))
+    assert tables and tables == sorted(p.name for p in rebuilt.glob("*.csv"))
+    for name in tables:
+        assert (original / name).read_text() == (rebuilt / name).read_text(), name
+    with rt.Run(run) as before, rt.Run(tmp_path / "rebuilt") as after:
+        assert before.store.meta("test_items") == after.store.meta("test_items") is not None
+        assert before.per_post("ndcg@3").equals(after.per_post("ndcg@3"))
+    refused(robustag("import", tmp_path / "run.zip", tmp_path / "rebuilt"), "already holds results.sqlite")
+
+
+def test_an_archive_can_keep_only_the_metrics_reports_test(swept, tmp_path):
+    import zipfile
+
+    _, run = swept
+    with rt.Run(run) as opened:
+        full, small = opened.export(tmp_path / "full.zip"), opened.export(tmp_path / "small.zip", ["ndcg@3", "f1@3", "p@3"])
+    assert small.stat().st_size < full.stat().st_size
+    with zipfile.ZipFile(small) as archive:
+        values = np.load(archive.open("post_metrics.npz"))
+        assert sorted(values["metrics"]) == ["f1@3", "ndcg@3", "p@3"]
+    with rt.Run(run) as opened, pytest.raises(RobustagError, match="expected a .zip"):
+        opened.export(tmp_path / "x.tar")

@@ -3,7 +3,7 @@ every metric under this budget (`robustag.certify`), for models affine in the us
 rows (metric, PITF, FM). In a benchmark it is a column like an attack's: the robustness a
 model is guaranteed, to read beside what the attacks found (the truth lies between)."""
 
-from robustag.attack import EmbeddingAttack, PluginError
+from robustag.attack import EmbeddingAttack, Param, PluginError
 from robustag.certify import certify
 
 
@@ -11,6 +11,9 @@ class Certified(EmbeddingAttack):
     name = "certified"
     summary = "the certified lower bound under this budget (a floor no attack goes under; metric, pitf, fm)"
     is_bound = True
+    params = {**EmbeddingAttack.params,
+              "joint": Param(True, "one perturbation for all of a post's true tags (robustag.certify); false: "
+                                   "each true tag bounded on its own (looser)")}
 
     def validate(self):
         super().validate()
@@ -21,4 +24,4 @@ class Certified(EmbeddingAttack):
         return deltas  # nothing is searched: `bound` computes the guarantee
 
     def bound(self, model, posts, n_tags, device) -> dict:
-        return certify(model, posts, n_tags, self.eps, self.norm, self.targets, device)
+        return certify(model, posts, n_tags, self.eps, self.norm, self.targets, device, joint=self.joint)

@@ -28,8 +28,22 @@ whatever the tie-break), and under every perturbation in the budget
     hits@N ≥ #{t true : R(t) ≤ N},   DCG@N ≥ Σ_{t true, R(t) ≤ N} 1 / log2(1 + R(t)),
 
 which give lower bounds of P@N, R@N, F1@N and NDCG@N (each is increasing in the hits and in
-the DCG). The bound is sound, not tight: overtakers are counted one at a time, while one
-perturbation must serve them all. Any attack's result is an upper bound of the true worst
+the DCG).
+
+**The joint bound** (the default): one perturbation must serve every true tag of a post at
+once. Under any δ, let t_1, …, t_n be the post's n true tags in the order δ ranks them. A tag
+above t_k is either one of t_1 … t_{k−1} or a non-true tag ranked above t_k, t_{k+1}, …, t_n,
+so able to overtake at least n − k + 1 of the true tags, each pair checked by the closed form
+above (a necessary condition of overtaking them all at once). Hence
+
+    rank(t_k) ≤ ρ_k = k + #{j not true : j can overtake ≥ n − k + 1 of the true tags},
+
+and also rank(t_k) ≤ R_(k), the k-th smallest per-tag bound (the order statistics of ranks
+bounded one by one). The k-th best true tag is certified at rank ≤ min(ρ_k, R_(k)), which is
+never worse than the per-tag bound and is what DCG@N and hits@N sum over. For one true tag
+it is the per-tag bound; the more true tags, the more it gains (a perturbation that pushes
+one true tag down cannot push every other one down with it). `joint=False` gives the per-tag
+bound alone. Both are sound, neither tight: the pairs are checked one at a time. Any attack's result is an upper bound of the true worst
 case, so the truth lies between the certificate and the best attack. Perturbations of the
 tag table change the scores non-linearly (and for every post at once): no certificate.
 """
@@ -54,10 +68,11 @@ def certifiable(model) -> bool:
 
 
 def certify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targets: str = "user+item",
-            device: torch.device | str = "cpu", cutoffs=CUTOFFS) -> dict[str, np.ndarray]:
+            device: torch.device | str = "cpu", cutoffs=CUTOFFS, joint: bool = True) -> dict[str, np.ndarray]:
     """Per post, certified lower bounds of p@N, r@N, f1@N and ndcg@N under perturbations of
-    the user and/or item rows within `eps` (relative, as the attacks' budgets), and each true
-    tag's certified worst rank summary (`worst_rank@mean`)."""
+    the user and/or item rows within `eps` (relative, as the attacks' budgets), and the mean of
+    its true tags' certified worst ranks (`worst_rank@mean`); `joint`: one perturbation for all
+    of a post's true tags (the module docstring), else each tag bounded on its own."""
     tables = tuple(t for t in targets.split("+") if t)
     if "tag" in tables or not set(tables) <= {"user", "item"}:
         raise RobustagError(f"certify: targets={targets!r}; only user and item perturbations have a certificate")
@@ -76,8 +91,8 @@ def certify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targ
     worst = torch.empty(len(true_tags), dtype=torch.float64, device=device)
     step = max(1, BLOCK_ELEMENTS // (n_tags * (1 if norm == "l2" else max(a.shape[1], 1))))
     same = torch.equal(a, b)  # metric and FM: one direction for user and item
-    for start in range(0, len(true_tags), step):
-        stop = min(start + step, len(true_tags))
+    for first, last in _post_blocks(posts.tag_indptr, step):  # whole posts: the joint bound needs all their tags
+        start, stop = int(posts.tag_indptr[first]), int(posts.tag_indptr[last])
         tags, post_rows = true_tags[start:stop], torch.as_tensor(rows[start:stop], device=device)
         gap = scores[post_rows] - scores[post_rows].gather(1, tags.unsqueeze(1))  # s_j − s_t, (k, T)
         if same:
@@ -85,8 +100,42 @@ def certify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targ
         else:
             reach = radius["user"] * _dual_distances(a, tags, norm) + radius["item"] * _dual_distances(b, tags, norm)
         overtakes = gap + reach >= -1e-9 * (1 + scores[post_rows].abs().amax(1, keepdim=True))
-        worst[start:stop] = overtakes.sum(1).to(torch.float64)  # t itself is counted: rank = 1 + others
+        ranks = overtakes.sum(1).to(torch.float64)  # t itself is counted: rank = 1 + others
+        worst[start:stop] = _joint_ranks(overtakes, tags, post_rows - first, ranks) if joint else ranks
     return bounds_from_ranks(worst.cpu().numpy(), posts, cutoffs)
+
+
+def _post_blocks(indptr: np.ndarray, step: int) -> list[tuple[int, int]]:
+    """Consecutive runs of whole posts holding about `step` true tags each (a post with more
+    is a block of its own)."""
+    blocks, first = [], 0
+    while first < len(indptr) - 1:
+        last = max(first + 1, int(np.searchsorted(indptr, indptr[first] + step, side="right")) - 1)
+        blocks.append((first, min(last, len(indptr) - 1)))
+        first = blocks[-1][1]
+    return blocks
+
+
+def _joint_ranks(overtakes: torch.Tensor, tags: torch.Tensor, local_post: torch.Tensor,
+                 single: torch.Tensor) -> torch.Tensor:
+    """The joint bound (module docstring): for the true tags of a block of whole posts (rows of
+    `overtakes`, in post order), min(ρ_k, R_(k)) for k = 1 … n of each post, written back over
+    its tags (best first). `single` holds the per-tag bounds R(t)."""
+    posts = int(local_post[-1]) + 1
+    n_true = torch.bincount(local_post, minlength=posts)
+    reach = torch.zeros(posts, overtakes.shape[1], dtype=torch.int32, device=overtakes.device)
+    reach.index_add_(0, local_post, overtakes.to(torch.int32))  # per post: how many of its true tags j overtakes
+    reach[local_post, tags] = 0  # a true tag above t_k is one of t_1 … t_{k−1}, counted in k
+    starts = torch.cumsum(n_true, 0) - n_true
+    position = torch.arange(len(tags), device=tags.device) - starts[local_post]  # k − 1 within its post
+    widest = int(n_true.max())
+    sorted_single = torch.full((posts, widest), float("inf"), dtype=torch.float64, device=single.device)
+    sorted_single[local_post, position] = single
+    sorted_single = sorted_single.sort(1).values
+    joint = torch.empty_like(sorted_single)
+    for k in range(1, widest + 1):
+        joint[:, k - 1] = k + (reach >= (n_true - k + 1).unsqueeze(1)).sum(1)
+    return torch.minimum(joint, sorted_single)[local_post, position]
 
 
 def _dual_distances(directions: torch.Tensor, tags: torch.Tensor, norm: str) -> torch.Tensor:

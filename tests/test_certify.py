@@ -111,6 +111,40 @@ def test_the_certified_rank_is_never_beaten_by_a_dense_search():
     assert bounds["p@3"][0] * 3 <= hits3  # the certificate never promises more hits than the worst grid point
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_joint_bound_is_sound_against_a_dense_search_and_never_below_the_per_tag_one(seed):
+    """Tiny random cases (2-d, 8 tags, posts of 2–4 true tags), the user and item rows moved
+    together over a fine grid of their disc: no grid point goes below the joint bound, which is
+    never below the per-tag bound and, over the cases, strictly above it somewhere."""
+    model, tags, joint, single, eps = _tiny_case(seed)
+    radius = sum(float(row_budget(getattr(model, t).weight, eps, "l2")) for t in ("user", "item"))
+    angles, scales = torch.linspace(0, 2 * np.pi, 721), torch.linspace(0, 1, 41)
+    deltas = (torch.stack([torch.cos(angles), torch.sin(angles)], 1)[:, None, :] * scales[None, :, None] * radius).reshape(-1, 2)
+    with torch.no_grad():  # the metric model's scores move with δu + δi only: one disc of radius r_u + r_i
+        scores = model.score_all(model.user.weight[0] + deltas, model.item.weight[0].expand(len(deltas), 2), model.tag.weight)
+    for row, true in enumerate(tags):
+        ranks = 1 + (scores.unsqueeze(2) > scores[:, true].unsqueeze(1)).sum(1)  # (grid, true tags)
+        discount = torch.where(ranks <= 3, 1 / torch.log2(1.0 + ranks.double()), torch.zeros(()))
+        ideal = sum(1 / np.log2(k + 2) for k in range(min(3, len(true))))
+        searched = (discount.sum(1) / ideal).min().item()
+        assert joint["ndcg@3"][row] <= searched + 1e-9 and single["ndcg@3"][row] <= joint["ndcg@3"][row] + 1e-12
+
+
+def _tiny_case(seed: int, eps: float = 0.6):
+    """A 2-d metric model with 8 tags and three posts of 2, 3 and 4 true tags; both bounds."""
+    torch.manual_seed(seed)
+    model = MetricModel(1, 1, 8, dim=2)
+    tags = [np.sort(np.random.default_rng(seed + k).choice(8, k, replace=False)) for k in (2, 3, 4)]
+    posts = Posts(np.zeros(3, int), np.zeros(3, int), np.cumsum([0, *map(len, tags)]), np.concatenate(tags))
+    joint, single = (certify(model, posts, 8, eps, targets="user+item", joint=j) for j in (True, False))
+    return model, tags, joint, single, eps
+
+
+def test_the_joint_bound_gains_over_the_per_tag_one_somewhere():
+    gains = [float((case[2]["ndcg@3"] - case[3]["ndcg@3"]).sum()) for case in map(_tiny_case, range(6))]
+    assert min(gains) >= 0 and max(gains) > 0
+
+
 @pytest.fixture(scope="module")
 def trained(real_data_dir):
     split = load_split("movielens", real_data_dir)
@@ -129,6 +163,8 @@ def test_the_bound_never_exceeds_an_attack_and_is_exact_at_zero(trained, name):
     for eps in (0.05, 0.2):
         bound = certify(model, split.test, split.n_tags, eps)
         assert (bound["ndcg@3"] <= previous + 1e-12).all()  # a larger budget certifies less
+        per_tag = certify(model, split.test, split.n_tags, eps, joint=False)
+        assert all((bound[key] >= per_tag[key] - 1e-12).all() for key in ("ndcg@3", "p@3", "f1@10"))  # never looser
         previous = bound["ndcg@3"]
         for spec in ("fgsm", "pgd:steps=30", "mim", "label-free", "pgd:norm=linf"):
             attack = ATTACKS.create(spec, eps=eps)

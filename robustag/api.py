@@ -63,10 +63,13 @@ def load_plugins(files: str | Path | Sequence[str | Path]) -> list[str]:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, p_core: int = 10, split_seed: int = 0,
-                 validation: bool = True) -> TagSplit:
-    """A data set, p-core filtered and split leave-last-post-out (from the on-disk cache when unchanged)."""
+                 validation: bool = True, test_posts: int = 1) -> TagSplit:
+    """A data set, p-core filtered and split leave-last-post-out (each user's last `test_posts`
+    posts; from the on-disk cache when unchanged)."""
     _expect(name, str, "name", "a data set name (movielens, lastfm, tsv:PATH, synthetic:...)")
-    return load_split(name, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation))
+    if isinstance(test_posts, bool) or not isinstance(test_posts, int) or test_posts < 1:
+        raise ParameterError("test_posts", "expected a whole number ≥ 1", repr(test_posts))
+    return load_split(name, paths.data_dir(data_dir), SplitOptions(p_core, split_seed, validation, test_posts))
 
 
 @dataclass
@@ -133,7 +136,7 @@ def load(path: str | Path, split: TagSplit, device: str = "auto", defense: str =
 
 def split_identity(split: TagSplit) -> tuple:
     """What a trained model is bound to: the data set, its split options and table sizes."""
-    return split.name, asdict(split.options), (split.n_users, split.n_items, split.n_tags)
+    return split.name, split.options.describe(), (split.n_users, split.n_items, split.n_tags)
 
 
 def _expect(value, kinds, parameter: str, what: str):
@@ -186,7 +189,7 @@ def attack(trained: Trained, split: TagSplit, attacks: Sequence[str | Attack], e
     _expect(split, TagSplit, "split", "a TagSplit (rt.load_dataset)")
     if trained.split is not None and trained.split != split_identity(split):
         raise ParameterError("split", f"the model was trained on {trained.split[0]} {trained.split[1]} with sizes "
-                             f"{list(trained.split[2])}; this split is {split.name} {asdict(split.options)} with sizes "
+                             f"{list(trained.split[2])}; this split is {split.name} {split.options.describe()} with sizes "
                              f"{[split.n_users, split.n_items, split.n_tags]}")
     built = build_attacks(attacks, eps, seed)
     for each in built:

@@ -7,7 +7,6 @@ values only, so opening one never runs code from the file.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ def save_model(path: Path, model: EmbeddingModel, config: TrainConfig, split: Ta
         "format": FORMAT,
         "config": config.describe(),
         "dataset": split.name,
-        "split": asdict(split.options),
+        "split": split.options.describe(),
         "sizes": [split.n_users, split.n_items, split.n_tags],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
@@ -59,10 +58,10 @@ def load_model(path: Path, split: TagSplit, device: torch.device, with_extra: bo
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ParameterError("load", f"not a robustag checkpoint of format {FORMAT}", path)
     sizes = [split.n_users, split.n_items, split.n_tags]
-    if saved["dataset"] != split.name or saved["sizes"] != sizes or saved["split"] != asdict(split.options):
+    if saved["dataset"] != split.name or saved["sizes"] != sizes or saved["split"] != split.options.describe():
         raise ParameterError(
             "load", f"trained on {saved['dataset']} {saved['split']} with sizes {saved['sizes']}, "
-            f"but this run uses {split.name} {asdict(split.options)} with sizes {sizes}", path
+            f"but this run uses {split.name} {split.options.describe()} with sizes {sizes}", path
         )
     try:
         config = TrainConfig.from_description(saved["config"])

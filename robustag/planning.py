@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import robustag
@@ -91,7 +91,7 @@ def plan(specs: list[BenchSpec]) -> Plan:
             note_overridden_budgets(spec.expanded_attacks(), spec.eps)
         evasions = _with_budgets([a for a in attacks if isinstance(a, EmbeddingAttack)], spec.eps)
         poisons = [a for a in attacks if not isinstance(a, EmbeddingAttack)]
-        options = SplitOptions(spec.p_core, spec.split_seed, True)
+        options = SplitOptions(spec.p_core, spec.split_seed, True, spec.test_posts)
         for dataset in spec.datasets:
             for model in spec.expanded_models():
                 for params in _checked_grid(spec, model):
@@ -160,7 +160,7 @@ def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) 
 
 
 def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: bool = False) -> UnitTask:
-    identity = {"dataset": dataset, "split": asdict(options), "config": config.describe(), "defense": defense,
+    identity = {"dataset": dataset, "split": options.describe(), "config": config.describe(), "defense": defense,
                 "poison": poison, "version": robustag.__version__}
     poison_valid = bool(poison and poison_valid)
     if poison_valid:  # only then in the key: the keys of every other unit stay as they were
@@ -194,7 +194,7 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
         "defense_name": unit.defense.split(":")[0], "attack": spec, "attack_name": spec.split(":")[0] if spec else None,
         "surface": surface, "eps": eps,
         **parsed_columns(spec, unit.defense, attack.strength if attack is not None else None),
-        "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": asdict(unit.options),
+        "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": unit.options.describe(),
                                                               "defense": unit.defense, "poison": unit.poison,
                                                               "poison_valid": unit.poison_valid},
                               "attack": spec, **({"code": code} if code else {})}, sort_keys=True),

@@ -33,6 +33,17 @@ class SplitOptions:
     p_core: int = 10
     seed: int = 0
     validation: bool = True
+    # each user's last k posts are test posts (k = 1: the paper's leave-last-post-out); more test
+    # posts per user narrow every method-level interval, at the cost of training data
+    test_posts: int = 1
+
+    def describe(self) -> dict:
+        """What keys a split (caches, unit keys, checkpoints): its options, `test_posts` only
+        where it is not the paper's 1, so keys from before the option stay as they were."""
+        described = asdict(self)
+        if self.test_posts == 1:
+            del described["test_posts"]
+        return described
 
 
 @dataclass
@@ -138,13 +149,17 @@ def p_core(users: np.ndarray, items: np.ndarray, tags: np.ndarray, p: int) -> np
         keep = ok
 
 
-def split_posts(posts_time: np.ndarray, posts: Posts, seed: int, validation: bool) -> tuple[np.ndarray, ...]:
-    """Role of each post: 0 train, 1 validation, 2 test (the last post of each user with ≥ 2 posts)."""
+def split_posts(posts_time: np.ndarray, posts: Posts, seed: int, validation: bool,
+                test_posts: int = 1) -> tuple[np.ndarray, ...]:
+    """Role of each post: 0 train, 1 validation, 2 test (each user's last `test_posts` posts,
+    as long as the user keeps another post for training), then validation (the last post left
+    of each user with ≥ 2 left)."""
     rng = np.random.default_rng(seed)
     tie_break = rng.random(len(posts))
     order = np.lexsort((tie_break, posts_time, posts.users))
     role = np.zeros(len(posts), dtype=np.int8)
-    _assign_last(order, posts.users, role, 2)
+    for _ in range(test_posts):
+        _assign_last(order[role[order] == 0], posts.users, role, 2)
     if validation:
         remaining = order[role[order] == 0]
         _assign_last(remaining, posts.users, role, 1)
@@ -178,7 +193,7 @@ def build_split(assignments: TagAssignments, name: str, options: SplitOptions) -
     tags, tag_labels = _relabel(kept.t.to_numpy(), tag_uniques)
     posts = Posts.from_triples(users, items, tags)
     post_time = _post_times(users, items, kept.ts.to_numpy(), posts)
-    role = split_posts(post_time, posts, options.seed, options.validation)
+    role = split_posts(post_time, posts, options.seed, options.validation, options.test_posts)
     return TagSplit(
         name=name,
         user_labels=user_labels,
@@ -239,7 +254,7 @@ def _cache_path(name: str, fingerprint: str, normalise_tags: bool, options: Spli
         {
             "source_sha256": fingerprint,
             "normalise_tags": normalise_tags,
-            "options": asdict(options),
+            "options": options.describe(),
             "version": PROCESSING_VERSION,
         },
         sort_keys=True,

@@ -10,6 +10,7 @@ read from a TOML file and/or CLI flags, with parameter sweeps written as lists.
     seeds = 3                                          # 0, 1, 2 (or a list)
     reference = "plain"                                # the defense the tests compare against
     poison_valid = false                               # poisoning changes validation posts too?
+    test_posts = 1                                     # each user's last k posts are test posts (1: the paper's)
     tuned = "tuned.toml"                               # defenses named bare run as tuned (see below)
     [params]                                           # model/training options, lists sweep
     epochs = 30
@@ -37,7 +38,7 @@ from robustag.plugins import _split_top_level, parse_spec
 from robustag.training import SHARED_OPTIONS
 
 SPEC_KEYS = ("name", "datasets", "models", "defenses", "attacks", "eps", "seeds", "reference", "params",
-             "p_core", "split_seed", "include", "published", "poison_valid", "tuned")
+             "p_core", "split_seed", "test_posts", "include", "published", "poison_valid", "tuned")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class BenchSpec:
     params: dict[str, Any] = field(default_factory=dict)
     p_core: int = 10
     split_seed: int = 0
+    test_posts: int = 1  # each user's last k posts are test posts (1: the paper's protocol)
     # poisoning attacks change the validation posts too (early stopping then sees poisoned data);
     # by default they change the training posts only and early stopping sees clean validation posts
     poison_valid: bool = False
@@ -176,11 +178,10 @@ def spec_from_mapping(raw: dict[str, Any], where: str, default_name: str = "defa
         if not isinstance(raw["poison_valid"], bool):
             raise RobustagError(f"spec {where}: poison_valid must be true or false, got {raw['poison_valid']!r}")
         spec.poison_valid = raw["poison_valid"]
-    for key in ("p_core", "split_seed"):
+    for key, least in (("p_core", 1), ("split_seed", 0), ("test_posts", 1)):
         if key in raw:
-            if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < (1 if key == "p_core" else 0):
-                raise RobustagError(f"spec {where}: {key} must be a whole number ≥ {1 if key == 'p_core' else 0}, "
-                                    f"got {raw[key]!r}")
+            if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < least:
+                raise RobustagError(f"spec {where}: {key} must be a whole number ≥ {least}, got {raw[key]!r}")
             setattr(spec, key, raw[key])
     if "reference" in raw:
         names = [d.partition(":")[0] for d in spec.defenses]

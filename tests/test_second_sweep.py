@@ -675,3 +675,21 @@ def test_an_archive_can_keep_only_the_metrics_reports_test(swept, tmp_path):
         assert sorted(values["metrics"]) == ["f1@3", "ndcg@3", "p@3"]
     with rt.Run(run) as opened, pytest.raises(RobustagError, match="expected a .zip"):
         opened.export(tmp_path / "x.tar")
+
+
+# -- more test posts per user (issue 24, point 5) --------------------------------------------------------
+
+def test_more_test_posts_per_user_keep_a_training_post_and_the_paper_split_unchanged(planted_path, tmp_path):
+    one = rt.load_dataset(f"tsv:{planted_path}", p_core=3)
+    three = rt.load_dataset(f"tsv:{planted_path}", p_core=3, test_posts=3)
+    assert one.options.describe() == {"p_core": 3, "seed": 0, "validation": True}  # keys from before stay
+    per_user = np.bincount(three.test.users, minlength=three.n_users)
+    assert per_user.max() == 3 and len(three.test) > 2 * len(one.test)
+    assert set(np.unique(three.train.users)) == set(range(three.n_users))  # every user keeps training posts
+    last = {(u, i) for u, i in zip(one.test.users, one.test.items)}
+    assert last <= {(u, i) for u, i in zip(three.test.users, three.test.items)}  # the last post is still a test post
+    spec = spec_file(tmp_path, planted_path, 'test_posts = 2\n[params]\nepochs = 1\ndim = 8\n')
+    with rt.bench(spec, tmp_path / "run", device="cpu", report=False) as run:
+        assert len(run.per_post("ndcg@3")) == len(rt.load_dataset(f"tsv:{planted_path}", p_core=3, test_posts=2).test)
+    with pytest.raises(RobustagError, match="test_posts"):
+        rt.load_dataset(f"tsv:{planted_path}", p_core=3, test_posts=0)

@@ -686,9 +686,7 @@ def claims_command(
         table.add_column(column)
     for _, row in shown.iterrows():
         table.add_row(*(escape(str(row[c])) for c in columns))
-    _stdout().print(table)
-    if csv:
-        _writing(csv, "--csv", lambda: shown.to_csv(csv, index=False))
+    _show(table, shown, csv)
 
 
 @app.command("power")
@@ -712,9 +710,13 @@ def power_command(
         shown.add_row(escape(row["dataset"]), escape(row["model"]), escape(row["defense"].split(":")[0]),
                       escape(row["attack"].split(",")[0] or "clean"), str(row["seeds"]), str(row["posts"]),
                       f"{row['mde']:.4f}", needed, f"{row[f'mde_at_{seeds}_seeds']:.4f}")
-    _stdout().print(shown)
-    if csv:
-        _writing(csv, "--csv", lambda: table.to_csv(csv, index=False))
+    _show(shown, table, csv)
+
+
+def _show(table: Table, frame: pd.DataFrame, csv: Optional[Path]) -> None:
+    """Print a command's table, and write the frame it shows as CSV where asked."""
+    _stdout().print(table)
+    _export(frame, csv, None)
 
 
 @app.command("export")

@@ -16,6 +16,7 @@ class TagPromote(DataAttack):
     name = "tag-promote"
     summary = "fake users tag popular items with one target tag (shilling-style promotion)"
     strength = "fake_users"
+    adds_users = True
     params = {
         "target": Param(-1, "tag id to promote; -1: the training tag at the 25th popularity percentile"),
         "fake_users": Param(0.05, "fake users, as a fraction of the real users", **fraction()),

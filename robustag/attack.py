@@ -206,6 +206,9 @@ class DataAttack(Attack):
     """Poisoning: change the training data; the model is retrained on it."""
 
     surface = "data"
+    # A built-in that appends users (tag-promote): its models are keyed apart from those trained
+    # before fake users' rows were drawn last (`training.build_model`), which re-initialised every row
+    adds_users: ClassVar[bool] = False
 
     def poison(self, split: TagSplit, seed: int) -> TagSplit:
         raise NotImplementedError

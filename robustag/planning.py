@@ -165,6 +165,8 @@ def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: 
     poison_valid = bool(poison and poison_valid)
     if poison_valid:  # only then in the key: the keys of every other unit stay as they were
         identity["poison_valid"] = True
+    if poison and ATTACKS.declared(poison.partition(":")[0], "adds_users", False):
+        identity["added_users"] = "drawn after the real rows"  # models from before re-initialised every row
     code = plugin_code(config.model, defense, poison)
     if code:  # a plugin from outside robustag: its code determines the model (built-ins leave keys as they were)
         identity["code"] = code

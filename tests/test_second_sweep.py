@@ -693,3 +693,13 @@ def test_more_test_posts_per_user_keep_a_training_post_and_the_paper_split_uncha
         assert len(run.per_post("ndcg@3")) == len(rt.load_dataset(f"tsv:{planted_path}", p_core=3, test_posts=2).test)
     with pytest.raises(RobustagError, match="test_posts"):
         rt.load_dataset(f"tsv:{planted_path}", p_core=3, test_posts=0)
+
+
+def test_models_poisoned_by_added_users_are_keyed_apart_from_those_before_the_fix(planted_path, tmp_path):
+    from robustag.planning import digest, plan
+
+    spec = load_specs(spec_file(tmp_path, planted_path, 'attacks = ["tag-promote"]\n'))
+    unit = next(u for u in plan(spec).units.values() if u.poison)
+    before = {"dataset": unit.dataset, "split": unit.options.describe(), "config": unit.config.describe(),
+              "defense": unit.defense, "poison": unit.poison, "version": rt.__version__}
+    assert unit.key != digest(before)  # a rerun retrains it: its stored cells re-initialised every row

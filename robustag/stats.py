@@ -20,8 +20,8 @@ components have closed-form ANOVA estimates (equal to REML's when none is negati
 
 and a t interval. Its degrees of freedom are the crux with 3–10 seeds. Satterthwaite's df,
 computed from the estimates, is large exactly when MS_seed happens to be small (so the t is
-large too): uncapped it rejects 7–9% at 3 seeds when seeds carry much of the variance; capped
-at S − 1 (robustag ≤ 0.2) it rejects 0.4–3% where posts dominate and loses power. robustag
+large too): uncapped it rejected 7.3–8.6% at 3 seeds when seeds carry much of the variance;
+capped at S − 1 (robustag ≤ 0.2) it rejected 0.4–4.3%, least where posts dominate, and lost power. robustag
 takes Satterthwaite's df with MS_seed replaced by its upper 75% chi-square confidence limit,
 MS_seed·(S − 1)/χ²_{0.25, S−1} (the standard error keeps the estimate): when the seed term
 could matter the df shrink toward S − 1, when it cannot they stay near the posts'. The level
@@ -30,12 +30,13 @@ was chosen by simulation; `benchmarks/calibration.py` writes the table it achiev
 within [0.935, 0.965] from seed- to post-dominated, 3 to 10 seeds, 184 to 10,000 posts, and
 clustered posts), and the suite checks both bounds in each regime. A parametric bootstrap of
 the t under the fitted components is as liberal as the uncapped df (it plugs in the same
-estimates); a generalized (fiducial) interval was conservative at 3 seeds (2.9%).
+estimates; it rejected up to 10.1%); a generalized (fiducial) interval was conservative at 3
+seeds (2.9%). These comparison figures come from prototypes, 2,000 designs per regime.
 
 Test posts are not independent: posts on one item share the item. Where the run stored each
 test post's item (every bench does since this calibration), the post term is cluster-robust, summed per item,
 C/(C − 1)·Σ_c(Σ_{p∈c}(ȳ_p − ȳ))²/P² with C − 1 df (C items); unclustered, LastFM-like item
-sharing gave 11% false positives. Every comparison also states its minimum detectable effect
+sharing gave 8.7–11.5% false positives. Every comparison also states its minimum detectable effect
 at 80% power, (t_{0.975} + t_{0.8})·SE: a "no difference" could not have seen less.
 
 A hierarchical bootstrap resamples among only 10–126 seed multisets and its intervals

@@ -5,7 +5,9 @@ The suite, at the attack's budget, norm and tables, in this order:
 
 1. APGD (100 steps) on the smooth NDCG of the true tags (the evaluation objective);
 2. APGD (100 steps) on a margin: each true tag's score below the best wrong tag's;
-3. APGD (100 steps) on the model's own clean top-3 (the label-free objective).
+3. APGD (100 steps) on the model's own clean top-3 (the label-free objective);
+4. for a model affine in the user and item rows (metric, PITF, FM; not on tag tables), the
+   complete verifier's witnesses (`witness`): each post's exact worst NDCG@3 where it solved.
 
 For each post the perturbation that leaves the lowest NDCG@3 wins (the first in suite order on
 ties). A perturbed tag table is shared by every post, so there the member with the lowest mean
@@ -15,6 +17,7 @@ NDCG@3 wins. As a training adversary (no posts to score) it is APGD on the train
 import torch
 
 from robustag.attack import ATTACKS, EmbeddingAttack, Param, PluginError, positive
+from robustag.certify import certifiable
 from robustag.robustness import margin_objective, own_top_objective, post_metric
 
 SUITE = ("given", "margin", "label-free")
@@ -24,7 +27,8 @@ class Auto(EmbeddingAttack):
     name = "auto"
     summary = "per-post worst of APGD on smooth NDCG, on a margin and label-free (AutoAttack's rule)"
     params = {**EmbeddingAttack.params, "steps": Param(100, "APGD steps of each member", **positive("≥ 1")),
-              "seed": Param(0, "seed of the members' random starts")}
+              "seed": Param(0, "seed of the members' random starts"),
+              "witness": Param(True, "add the verifier's witnesses where the model allows (false: the APGD members alone)")}
 
     def member(self):
         return ATTACKS.create("apgd", eps=self.eps, norm=self.norm, targets=self.targets, steps=self.steps, seed=self.seed)
@@ -35,9 +39,14 @@ class Auto(EmbeddingAttack):
         if objective is None:
             raise PluginError("auto: needs the test labels (it keeps each post's worst NDCG@3)")
         objectives = {"given": objective, "margin": margin_objective(context), "label-free": own_top_objective(context, 3)}
+        verified = self.witness and "tag" not in deltas and certifiable(context.model)
         best, best_metric = None, None
-        for name in SUITE:
-            found = self.member().perturb(objectives[name], deltas, radius)
+        for name in SUITE + (("witness",) if verified else ()):
+            if name == "witness":
+                found = ATTACKS.create("witness", eps=self.eps, norm=self.norm, targets=self.targets).perturb(
+                    None, deltas, radius, context)
+            else:
+                found = self.member().perturb(objectives[name], deltas, radius)
             metric = post_metric(context, found)
             if best is None:
                 best, best_metric = found, metric

@@ -118,6 +118,9 @@ class EmbeddingAttack(Attack):
     # A bound, not an attack (`certified`): its `bound(model, posts, n_tags, device)` gives the
     # per-post metrics; it never enters a worst case over attacks.
     is_bound: ClassVar[bool] = False
+    # What a bound's numbers are, as the threat table names them: a floor ("certified bound"), or
+    # the truth where its search finished ("exact worst case": `exact`)
+    bound_label: ClassVar[str] = "certified bound"
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),
@@ -126,7 +129,7 @@ class EmbeddingAttack(Attack):
 
     @classmethod
     def threat_label(cls) -> str:
-        return "certified bound" if cls.is_bound else cls.threat_model
+        return cls.bound_label if cls.is_bound else cls.threat_model
 
     def validate(self) -> None:
         chosen = self.target_tables

@@ -142,3 +142,22 @@ def test_exact_is_a_bound_kind_and_auto_reaches_it(models):
     assert ATTACKS.get("exact").threat_label() == "exact worst case"
     with pytest.raises(RobustagError, match="no verifier"):
         ATTACKS.create("exact", targets="user+item+tag")
+
+
+def test_a_bench_reports_the_exact_value_between_the_bound_and_the_attacks(tmp_path, real_data_dir):
+    import pandas as pd
+
+    import robustag as rt
+
+    with rt.bench(datasets=["movielens"], models=["metric"], defenses=["plain"], attacks=["pgd", "certified", "exact"],
+                  seeds=1, epochs=2, out=tmp_path / "run", data_dir=real_data_dir, device="cpu") as run:
+        cells = run.cells(status="done").set_index("attack_name")
+    assert cells.loc["certified", "ndcg@3"] <= cells.loc["exact", "ndcg@3"] <= cells.loc["pgd", "ndcg@3"]
+    assert 0.95 <= cells.loc["exact", "solved@3"] <= 1
+    row = pd.read_csv(tmp_path / "run" / "report" / "default-worst-case.csv").iloc[0]
+    assert row["attacks"] == 1 and "solved)" in row["exact NDCG@3"]
+    exact = float(row["exact NDCG@3"].split(" ± ")[0])
+    assert float(row["attacks miss"]) == pytest.approx(cells.loc["pgd", "ndcg@3"] - exact, abs=1e-4)
+    assert float(row["bound gives away"]) == pytest.approx(exact - cells.loc["certified", "ndcg@3"], abs=1e-4)
+    threats = pd.read_csv(tmp_path / "run" / "report" / "default-threats.csv").set_index("attack")
+    assert threats.loc["exact ε=0.1", "threat model"] == "exact worst case"

@@ -6,8 +6,10 @@ The suite, at the attack's budget, norm and tables, in this order:
 1. APGD (100 steps) on the smooth NDCG of the true tags (the evaluation objective);
 2. APGD (100 steps) on a margin: each true tag's score below the best wrong tag's;
 3. APGD (100 steps) on the model's own clean top-3 (the label-free objective);
-4. for a model affine in the user and item rows (metric, PITF, FM; not on tag tables), the
-   complete verifier's witnesses (`witness`): each post's exact worst NDCG@3 where it solved.
+4. where the complete verifier is fast — an L2 budget and one ball of perturbations (metric and
+   FM, or one perturbed table of PITF) — its witnesses (`witness`): each post's exact worst
+   NDCG@3 where it solved. (PITF with both rows and L∞ budgets need a conic or linear solver
+   per step; run `witness` or `exact` there explicitly.)
 
 For each post the perturbation that leaves the lowest NDCG@3 wins (the first in suite order on
 ties). A perturbed tag table is shared by every post, so there the member with the lowest mean
@@ -18,6 +20,7 @@ import torch
 
 from robustag.attack import ATTACKS, EmbeddingAttack, Param, PluginError, positive
 from robustag.certify import certifiable
+from robustag.verify import one_ball
 from robustag.robustness import margin_objective, own_top_objective, post_metric
 
 SUITE = ("given", "margin", "label-free")
@@ -39,7 +42,7 @@ class Auto(EmbeddingAttack):
         if objective is None:
             raise PluginError("auto: needs the test labels (it keeps each post's worst NDCG@3)")
         objectives = {"given": objective, "margin": margin_objective(context), "label-free": own_top_objective(context, 3)}
-        verified = self.witness and "tag" not in deltas and certifiable(context.model)
+        verified = self.witness and certifiable(context.model) and one_ball(context.model, self.norm, self.targets)
         best, best_metric = None, None
         for name in SUITE + (("witness",) if verified else ()):
             if name == "witness":

@@ -131,6 +131,15 @@ def geometry_of(model, eps: float, norm: str, targets: str) -> tuple[Geometry, c
     return Geometry(norm, scale, blocks), lambda a, b: torch.cat([a, b], -1), lambda x: (x[:d], x[d:])
 
 
+def one_ball(model, norm: str, targets: str) -> bool:
+    """Whether the verifier's set is one L2 ball (metric and FM, or one perturbed table): its
+    fast case, least-distance programming alone (two balls and boxes need a conic or linear solver)."""
+    if norm != "l2" or "tag" in targets.split("+"):
+        return False
+    a, b = model.score_directions(model.tag.weight.detach())
+    return "+" not in targets or torch.equal(a, b)
+
+
 def feasible(rows: np.ndarray, rhs: np.ndarray, margin: float, geometry: Geometry) -> tuple[bool, np.ndarray]:
     """Is {x ∈ S : rows·x ≥ rhs} non-empty? (True, x) with rows·x ≥ rhs + margin, or (False, λ)
     a checked certificate that even rows·x ≥ rhs has no point in S. `_Undecided` otherwise."""

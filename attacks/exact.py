@@ -4,9 +4,9 @@ user and item rows (metric, PITF, FM). A post whose search runs past `max_solves
 bracket: the stored metric is its sound lower end (never below `certified`), `upper_ndcg@N` the
 best witness, `solved@N` whether the two met."""
 
-from robustag.attack import EmbeddingAttack, Param, PluginError, positive
+from robustag.attack import EmbeddingAttack, Param, positive
 from robustag.evaluation import CUTOFFS
-from robustag.verify import MAX_SOLVES, verify
+from robustag.verify import MAX_SOLVES, check_targets, verify
 
 
 class Exact(EmbeddingAttack):
@@ -19,8 +19,7 @@ class Exact(EmbeddingAttack):
 
     def validate(self):
         super().validate()
-        if "tag" in self.target_tables:
-            raise PluginError("exact: perturbed tag tables have no verifier; use targets=user+item")
+        check_targets("exact", self.target_tables)
 
     def perturb(self, objective, deltas, radius):
         return deltas  # nothing is searched here: `bound` runs the verifier

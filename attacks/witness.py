@@ -7,7 +7,7 @@ the verifier solved."""
 import torch
 
 from robustag.attack import EmbeddingAttack, Param, PluginError, positive
-from robustag.verify import MAX_SOLVES, verify
+from robustag.verify import MAX_SOLVES, check_targets, verify
 
 
 class Witness(EmbeddingAttack):
@@ -18,8 +18,7 @@ class Witness(EmbeddingAttack):
 
     def validate(self):
         super().validate()
-        if "tag" in self.target_tables:
-            raise PluginError("witness: perturbed tag tables have no verifier; use targets=user+item")
+        check_targets("witness", self.target_tables)
 
     def perturb(self, objective, deltas, radius, context=None):
         if context is None or context.posts is None or not len(context.posts.tag_indices):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sparse
@@ -54,6 +54,7 @@ from scipy.optimize import linprog, nnls
 from robustag.attack import row_budget
 from robustag.certify import certify
 from robustag.errors import RobustagError
+from robustag.plugins import PluginError
 from robustag.evaluation import CUTOFFS, post_tensors
 from robustag.preprocess import Posts
 
@@ -92,12 +93,15 @@ class Verification:
 
     lower: dict[str, np.ndarray]
     upper: dict[str, np.ndarray]
-    solved: np.ndarray
     witness: dict[str, np.ndarray]
     solves: np.ndarray
     seconds: float
     certificates: int = 0
-    witnesses: list = field(default_factory=list, repr=False)  # per post {metric: x}, for tests
+
+    @property
+    def solved(self) -> np.ndarray:
+        """Per post: whether every metric is exact."""
+        return np.all([np.isclose(self.lower[k], self.upper[k], rtol=0, atol=1e-12) for k in self.lower], axis=0)
 
     def solved_at(self, cutoff: int) -> np.ndarray:
         """Per post: whether every metric at this cutoff is exact (its bracket closed)."""
@@ -129,6 +133,12 @@ def geometry_of(model, eps: float, norm: str, targets: str) -> tuple[Geometry, c
     scale = np.concatenate([np.full(d, radius["user"]), np.full(d, radius["item"])])
     blocks = (2 * d,) if norm == "linf" else (d, 2 * d)  # a product of boxes is one box
     return Geometry(norm, scale, blocks), lambda a, b: torch.cat([a, b], -1), lambda x: (x[:d], x[d:])
+
+
+def check_targets(plugin: str, tables: tuple[str, ...]) -> None:
+    """A verifier's plugin refuses perturbed tag tables (the score is not affine in them)."""
+    if "tag" in tables:
+        raise PluginError(f"{plugin}: perturbed tag tables have no verifier; use targets=user+item")
 
 
 def one_ball(model, norm: str, targets: str) -> bool:
@@ -409,7 +419,7 @@ def verify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targe
     keys = [f"{m}@{n}" for n in cutoffs for m in ("p", "r", "f1", "ndcg")]
     lower = {k: np.zeros(len(posts)) for k in keys}
     upper = {k: np.zeros(len(posts)) for k in keys}
-    solves, certificates, found = np.zeros(len(posts), dtype=np.int64), 0, []
+    solves, certificates = np.zeros(len(posts), dtype=np.int64), 0
     witness = {t: np.zeros((len(posts), model.tables()["user"].weight.shape[1])) for t in ("user", "item")}
     for post in range(len(posts)):
         tags = posts.tag_indices[posts.tag_indptr[post]:posts.tag_indptr[post + 1]]
@@ -420,8 +430,4 @@ def verify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targe
         solves[post], certificates = problem.solves, certificates + problem.certificates
         key = "ndcg@3" if "ndcg@3" in values else keys[-1]
         witness["user"][post], witness["item"][post] = split(values[key][2])
-        found.append({k: v[2] for k, v in values.items()})
-    verification = Verification(lower, upper, np.ones(len(posts), dtype=bool), witness, solves,
-                                time.perf_counter() - started, certificates, found)
-    verification.solved = np.all([verification.solved_at(n) for n in cutoffs], axis=0)
-    return verification
+    return Verification(lower, upper, witness, solves, time.perf_counter() - started, certificates)

@@ -306,7 +306,7 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
     name = specs[0].name if len(specs) == 1 else "bench"
     folder = Path(out) if out else Path("runs") / folder_name(f"{name}-tune")
     trials = tuning.trial_specs(specs, budget, seed)
-    planned = {row["key"] for rows in plan(trials).rows.values() for row in rows}
+    planned = {row.key for rows in plan(trials).rows.values() for row in rows}
     with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
                report=False, on_event=on_event) as run:
         cells = done_cells(run.store)  # the folder may hold other cells (a bench's): only the trials count

@@ -13,7 +13,7 @@ from robustag.errors import ParameterError
 from robustag.executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
 from robustag.planning import UnitTask, stack_groups
 from robustag.provenance import run_info
-from robustag.store import ResultStore
+from robustag.store import ResultStore, UnitResult
 from robustag.training import resolve_device
 from robustag.worker import EventFn, WorkerSetup
 
@@ -83,12 +83,11 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
     devices = devices_for(settings)
     (settings.out / "models").mkdir(parents=True, exist_ok=True)
 
-    def store_unit(unit: UnitTask, result: dict, device: str) -> None:
-        store.write_unit(unit.key, result["results"], result["history"], run_info(device, result.get("compiled", False)))
-        for message in result.get("warnings", []):
+    def store_unit(unit: UnitTask, result: UnitResult, device: str) -> None:
+        store.write_unit(result, run_info(device, result.compiled))
+        for message in result.warnings:
             on_event("warning", {"unit": unit.label, "message": message})
-        failed = sum(r["status"] == "failed" for r in result["results"])
-        on_event("unit_done", {"unit": unit.label, "failed": failed, "cells": len(unit.cells)})
+        on_event("unit_done", {"unit": unit.label, "failed": result.failed, "cells": len(unit.cells)})
 
     groups = stack_groups(units, stack_size(settings, devices))
     executor_for(settings, devices).run(groups, settings.worker_setup(), devices, store_unit, on_event)

@@ -20,9 +20,10 @@ from typing import Callable, Protocol
 
 from robustag.errors import RobustagError
 from robustag.planning import UnitTask
+from robustag.store import UnitResult
 from robustag.worker import EventFn, WorkerSetup, execute_units, threads_per_worker
 
-ResultFn = Callable[[UnitTask, dict, str], None]
+ResultFn = Callable[[UnitTask, UnitResult, str], None]
 
 
 class Executor(Protocol):
@@ -31,7 +32,7 @@ class Executor(Protocol):
         """Run every group of units on one of `devices`; `on_result` each unit as its group finishes."""
 
 
-def _hand_over(group: list[UnitTask], results: list[dict], device: str, on_result: ResultFn) -> None:
+def _hand_over(group: list[UnitTask], results: list[UnitResult], device: str, on_result: ResultFn) -> None:
     for unit, result in zip(group, results):
         on_result(unit, result, device)
 

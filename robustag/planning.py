@@ -28,7 +28,7 @@ from robustag.plugins import parse_spec
 from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
 from robustag.stacking import stackable
-from robustag.store import ResultStore, parsed_columns
+from robustag.store import CellRow, ResultStore
 from robustag.training import SHARED_OPTIONS, TrainConfig, check_negatives, default_config
 
 
@@ -67,7 +67,7 @@ class UnitTask:
 @dataclass
 class Plan:
     units: dict[str, UnitTask] = field(default_factory=dict)
-    rows: dict[str, list[dict]] = field(default_factory=dict)  # spec name -> cell rows
+    rows: dict[str, list[CellRow]] = field(default_factory=dict)  # spec name -> planned cells
 
     @property
     def n_cells(self) -> int:
@@ -176,7 +176,7 @@ def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: 
     return plan_.units[key]
 
 
-def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
+def _cell(unit: UnitTask, attack, checks: bool = False) -> CellRow:
     spec = attack.spec if attack is not None else None
     surface = attack.surface if attack is not None else "none"
     eps = attack.eps if isinstance(attack, EmbeddingAttack) else None
@@ -190,17 +190,11 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> dict:
     elif checks:  # a spec that shares the cell wants its checks
         unit.cells[known[0]] = task
     params = {k: v for k, v in unit.config.describe().items() if k not in ("seed", "model")}
-    return {
-        "key": key, "unit": unit.key, "dataset": unit.dataset, "model": unit.config.model,
-        "params": json.dumps(params, sort_keys=True), "seed": unit.config.seed, "defense": unit.defense,
-        "defense_name": unit.defense.split(":")[0], "attack": spec, "attack_name": spec.split(":")[0] if spec else None,
-        "surface": surface, "eps": eps,
-        **parsed_columns(spec, unit.defense, attack.strength if attack is not None else None),
-        "config": json.dumps({"unit": unit.config.describe() | {"dataset": unit.dataset, "split": unit.options.describe(),
-                                                              "defense": unit.defense, "poison": unit.poison,
-                                                              "poison_valid": unit.poison_valid},
-                              "attack": spec, **({"code": code} if code else {})}, sort_keys=True),
-    }
+    config = {"unit": unit.config.describe() | {"dataset": unit.dataset, "split": unit.options.describe(),
+                                                "defense": unit.defense, "poison": unit.poison, "poison_valid": unit.poison_valid},
+              "attack": spec, **({"code": code} if code else {})}
+    return CellRow.planned(key, unit.key, unit.dataset, unit.config.model, params, unit.config.seed, unit.defense, spec,
+                           surface, eps, attack.strength if attack is not None else None, config)
 
 
 def plugin_code(model: str, defense: str, poison: str | None, attack: str | None = None) -> dict[str, str]:

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -63,6 +65,73 @@ def parsed_columns(attack: str | None, defense: str, strength_name: str | None) 
 
 def _legacy_strength(attack_name: str | None, eps: float | None) -> str | None:
     return "eps" if eps is not None else LEGACY_STRENGTHS.get(attack_name)
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """A planned cell as the `cells` table stores it before it runs: its identity and
+    configuration; `CellRow.planned` derives the parsed and name columns from the spec strings."""
+
+    key: str
+    unit: str
+    dataset: str
+    model: str
+    params: str  # JSON: the model configuration but seed and model name
+    seed: int
+    defense: str
+    defense_name: str
+    attack: str | None
+    attack_name: str | None
+    surface: str
+    eps: float | None
+    config: str  # JSON: everything that determines the cell
+    attack_params: str | None
+    defense_params: str
+    strength: float | None
+    strength_name: str | None
+
+    @classmethod
+    def planned(cls, key: str, unit: str, dataset: str, model: str, params: dict, seed: int, defense: str,
+                attack: str | None, surface: str, eps: float | None, strength_name: str | None, config: dict) -> "CellRow":
+        return cls(key=key, unit=unit, dataset=dataset, model=model, params=json.dumps(params, sort_keys=True), seed=seed,
+                   defense=defense, defense_name=defense.split(":")[0], attack=attack,
+                   attack_name=attack.split(":")[0] if attack else None, surface=surface, eps=eps,
+                   config=json.dumps(config, sort_keys=True), **parsed_columns(attack, defense, strength_name))
+
+
+@dataclass
+class CellResult:
+    """What evaluating one cell gave: `done` with its metrics (means), per-post values, extra
+    figures and sanity checks, or `failed` with the traceback."""
+
+    key: str
+    status: str  # "done" or "failed"
+    seconds: float
+    metrics: dict[str, float] | None = None
+    per_post: dict[str, np.ndarray] | None = None
+    extra: dict = field(default_factory=dict)
+    checks: list[dict] = field(default_factory=list)
+    train_seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class UnitResult:
+    """One trained model's attempt, as a worker hands it back: its cells' results, its training
+    history, the warnings it raised, and whether it trained compiled."""
+
+    unit: str
+    cells: list[CellResult]
+    history: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    compiled: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(cell.status == "failed" for cell in self.cells)
+
+
+PLANNED_COLUMNS = [f.name for f in dataclasses.fields(CellRow)]
 
 
 DB_NAME = "results.sqlite"
@@ -186,18 +255,14 @@ class ResultStore:
 
     # -- planning -----------------------------------------------------------------------------
     @_named_errors
-    def add_cells(self, rows: Iterable[dict], spec_name: str) -> None:
+    def add_cells(self, rows: Iterable[CellRow], spec_name: str) -> None:
         """Register planned cells; cells already known keep their status and results."""
+        insert = (f"INSERT OR IGNORE INTO cells ({', '.join(PLANNED_COLUMNS)})"
+                  f" VALUES ({', '.join(':' + name for name in PLANNED_COLUMNS)})")
         with self.transaction() as db:
             for row in rows:
-                db.execute(
-                    "INSERT OR IGNORE INTO cells (key, unit, dataset, model, params, seed, defense, defense_name,"
-                    " attack, attack_name, surface, eps, config, attack_params, defense_params, strength, strength_name)"
-                    " VALUES (:key, :unit, :dataset, :model, :params, :seed, :defense, :defense_name, :attack,"
-                    " :attack_name, :surface, :eps, :config, :attack_params, :defense_params, :strength, :strength_name)",
-                    row,
-                )
-                db.execute("INSERT OR IGNORE INTO cell_specs VALUES (?, ?)", (row["key"], spec_name))
+                db.execute(insert, dataclasses.asdict(row))
+                db.execute("INSERT OR IGNORE INTO cell_specs VALUES (?, ?)", (row.key, spec_name))
 
     @_named_errors
     def set_meta(self, key: str, value) -> None:
@@ -220,39 +285,35 @@ class ResultStore:
 
     # -- results ------------------------------------------------------------------------------
     @_named_errors
-    def write_unit(self, unit_key: str, results: list[dict], history: list[dict], run_info: dict) -> None:
+    def write_unit(self, result: UnitResult, run_info: dict) -> None:
         """All of one trained model's cells, their per-post values and its history, atomically.
         A cell already done is never rewritten (a failed retry must not erase a result), and a
         unit whose attempt produced no history keeps the one it has."""
         with self.transaction() as db:
-            for result in results:
+            for cell in result.cells:
                 updated = db.execute(
                     "UPDATE cells SET status=?, error=?, metrics=?, extra=?, seconds=?, train_seconds=?, device=?,"
                     " versions=?, git=?, finished=datetime('now') WHERE key=? AND status != 'done'",
-                    (
-                        result["status"], result.get("error"), json.dumps(result.get("metrics")),
-                        json.dumps(result.get("extra", {})), result.get("seconds"), result.get("train_seconds"),
-                        run_info["device"], json.dumps(run_info["versions"]), run_info["git"], result["key"],
-                    ),
+                    (cell.status, cell.error, json.dumps(cell.metrics), json.dumps(cell.extra), cell.seconds,
+                     cell.train_seconds, run_info["device"], json.dumps(run_info["versions"]), run_info["git"], cell.key),
                 ).rowcount
                 if not updated:
                     continue
-                db.execute("DELETE FROM post_metrics WHERE cell=?", (result["key"],))
-                db.execute("DELETE FROM checks WHERE cell=?", (result["key"],))
+                db.execute("DELETE FROM post_metrics WHERE cell=?", (cell.key,))
+                db.execute("DELETE FROM checks WHERE cell=?", (cell.key,))
                 db.executemany("INSERT INTO checks VALUES (?, ?, ?, ?)",
-                               ((result["key"], c["check"], int(c["passed"]), c["detail"]) for c in result.get("checks", [])))
-                per_post = result.get("per_post") or {}
+                               ((cell.key, c["check"], int(c["passed"]), c["detail"]) for c in cell.checks))
                 db.executemany(
                     "INSERT INTO post_metrics VALUES (?, ?, ?, ?)",
-                    ((result["key"], metric, post, float(value))
-                     for metric, values in per_post.items() for post, value in enumerate(values)),
+                    ((cell.key, metric, post, float(value))
+                     for metric, values in (cell.per_post or {}).items() for post, value in enumerate(values)),
                 )
-            if not history:
+            if not result.history:
                 return
-            db.execute("DELETE FROM histories WHERE unit=?", (unit_key,))
+            db.execute("DELETE FROM histories WHERE unit=?", (result.unit,))
             db.executemany(
                 "INSERT INTO histories VALUES (?, ?, ?)",
-                ((unit_key, record.get("epoch", k + 1), json.dumps(record)) for k, record in enumerate(history)),
+                ((result.unit, record.get("epoch", k + 1), json.dumps(record)) for k, record in enumerate(result.history)),
             )
 
     @_named_errors
@@ -301,10 +362,10 @@ class ResultStore:
         return pd.DataFrame([{"unit": u, **json.loads(r)} for u, _, r in rows])
 
     @_named_errors
-    def prune(self, planned: dict[str, list[dict]]) -> int:
+    def prune(self, planned: dict[str, list[CellRow]]) -> int:
         """Forget the cells of these specs that the current plan no longer has (a spec changed),
         with their per-post values; cells still planned by another spec are kept."""
-        keep = {row["key"] for rows in planned.values() for row in rows}
+        keep = {row.key for rows in planned.values() for row in rows}
         with self.transaction() as db:
             names = list(planned)
             stale = [key for (key,) in db.execute(

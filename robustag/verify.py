@@ -276,9 +276,9 @@ class _Post:
     def check(self, pairs: frozenset) -> tuple[bool, np.ndarray]:
         if pairs not in self.known:
             self.spend()
-            ordered = sorted(pairs)
-            rows = np.array([self.g[j] - self.g[t] for j, t in ordered])
-            rhs = np.array([self.s[t] - self.s[j] for j, t in ordered])
+            overtakers, overtaken = np.array(sorted(pairs)).T
+            rows = self.g[overtakers] - self.g[overtaken]
+            rhs = self.s[overtaken] - self.s[overtakers]
             self.known[pairs] = feasible(rows, rhs, self.margin, self.geometry)
             self.certificates += not self.known[pairs][0]
         return self.known[pairs]

@@ -22,6 +22,7 @@ from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
 from robustag.robustness import evade, evasion_figures, poisoned_split, promotion_figures
 from robustag.stacking import train_stacked
+from robustag.store import CellResult, UnitResult
 from robustag.training import TrainResult, train
 
 EventFn = Callable[[str, dict], None]
@@ -38,7 +39,7 @@ class WorkerSetup:
     compile: bool | None = None
 
 
-def execute_units(tasks: list[UnitTask], setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> list[dict]:
+def execute_units(tasks: list[UnitTask], setup: WorkerSetup, device: str, on_event: EventFn | None = None) -> list[UnitResult]:
     """Train (or load the cached) models of `tasks` and evaluate their cells; a failure is
     recorded, not raised. Several tasks are a stack (`planning.stack_groups`: one data set,
     configuration but seed, defense; no poisoning), whose models train as one."""
@@ -56,12 +57,11 @@ def execute_units(tasks: list[UnitTask], setup: WorkerSetup, device: str, on_eve
         trained = _trained_models(tasks, split, setup, torch_device, emit, warnings)
     except Exception:  # the whole unit (stack) failed: every cell carries the traceback
         error = traceback.format_exc()
-        return [{"unit": task.key, "history": [], "warnings": notes, "results": [
-            {"key": c.key, "status": "failed", "error": error, "seconds": time.perf_counter() - started} for c in task.cells]}
-            for task, notes in zip(tasks, warnings)]
-    return [{"unit": task.key, "history": model.history, "warnings": notes, "compiled": model.compiled, "results": [
-        _evaluate_cell(cell, task, model.model, split, torch_device, model.train_seconds, emit) for cell in task.cells]}
-        for task, model, notes in zip(tasks, trained, warnings)]
+        return [UnitResult(task.key, [CellResult(c.key, "failed", time.perf_counter() - started, error=error) for c in task.cells],
+                           warnings=notes) for task, notes in zip(tasks, warnings)]
+    return [UnitResult(task.key, [_evaluate_cell(cell, task, model.model, split, torch_device, model.train_seconds, emit)
+                                  for cell in task.cells], model.history, notes, model.compiled)
+            for task, model, notes in zip(tasks, trained, warnings)]
 
 
 def _trained_models(tasks: list[UnitTask], split, setup: WorkerSetup, device: torch.device, emit: EventFn,
@@ -112,7 +112,7 @@ def _cached_model(task: UnitTask, split, setup: WorkerSetup, device: torch.devic
                        compiled=extra.get("compiled", bool(setup.compile)))
 
 
-def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_seconds: float, emit: EventFn) -> dict:
+def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_seconds: float, emit: EventFn) -> CellResult:
     started = time.perf_counter()
     emit("cell", {"unit": task.label, "attack": cell.attack or task.poison or "clean"})
     try:
@@ -125,11 +125,10 @@ def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_s
             evaluation = evaluate_model(model, split.test, split.n_tags, device)
             extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
             checks = []
-        return {"key": cell.key, "status": "done", "metrics": evaluation.summary(), "per_post": evaluation.per_post,
-                "extra": extra, "checks": checks, "seconds": time.perf_counter() - started, "train_seconds": train_seconds}
+        return CellResult(cell.key, "done", time.perf_counter() - started, evaluation.summary(), evaluation.per_post,
+                          extra, checks, train_seconds)
     except Exception:
-        return {"key": cell.key, "status": "failed", "error": traceback.format_exc(),
-                "seconds": time.perf_counter() - started}
+        return CellResult(cell.key, "failed", time.perf_counter() - started, error=traceback.format_exc())
 
 
 def _sanity_checks(cell: CellTask, model, split, device) -> list[dict]:

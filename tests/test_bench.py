@@ -513,7 +513,7 @@ def test_a_rerun_after_an_upgrade_supersedes_the_old_cells_in_reports(planted_pa
     run(spec, tmp_path / "run", compile=False).close()
     monkeypatch.setattr(robustag, "__version__", "99.0")  # the upgrade keys every unit anew
     store = run(spec, tmp_path / "run", compile=False)
-    new_keys = {row["key"] for rows in plan([spec]).rows.values() for row in rows}
+    new_keys = {row.key for rows in plan([spec]).rows.values() for row in rows}
     assert len(store.cells(status="done")) == 2 * len(new_keys)  # the old cells are kept...
     cells = done_cells(store)
     assert set(cells["key"]) == new_keys  # ...but only the later ones count

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import refused, run_main
 from robustag.errors import RobustagError
-from robustag.store import DB_NAME, ResultStore
+from robustag.store import DB_NAME, CellResult, ResultStore, UnitResult
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_a_failed_attempt_never_rewrites_a_done_cell(run_copy):
     done = store.cells(status="done")
     key, unit = done.iloc[0]["key"], done.iloc[0]["unit"]
     before = cell_rows(run)
-    store.write_unit(unit, [{"key": key, "status": "failed", "error": "boom"}], [], {"device": "cpu", "versions": {},
+    store.write_unit(UnitResult(unit, [CellResult(key, "failed", 1.0, error="boom")]), {"device": "cpu", "versions": {},
                                                                                     "git": "x"})
     assert cell_rows(run) == before
 

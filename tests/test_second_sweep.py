@@ -235,9 +235,9 @@ def test_a_plugins_code_is_part_of_the_keys_of_what_it_computes(planted_path, tm
     plugin.write_text(PLUGIN_ATTACK.format(tag="key", scale=0))
     rt.load_plugins([plugin])
     spec = load_specs(spec_file(tmp_path, planted_path, 'attacks = ["nudge-key", "fgsm"]\n'))
-    before = {row["attack_name"]: row["key"] for row in plan(spec).rows["sweep"]}
+    before = {row.attack_name: row.key for row in plan(spec).rows["sweep"]}
     plugin.write_text(PLUGIN_ATTACK.format(tag="key", scale=0.0))  # the code changed, not the spec
-    after = {row["attack_name"]: row["key"] for row in plan(spec).rows["sweep"]}
+    after = {row.attack_name: row.key for row in plan(spec).rows["sweep"]}
     assert before["nudge-key"] != after["nudge-key"]
     assert before["fgsm"] == after["fgsm"] and before[None] == after[None]  # built-ins keep their keys
     assert ATTACKS.code("fgsm") is None and ATTACKS.code("nudge-key")

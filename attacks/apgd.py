@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from robustag.attack import EmbeddingAttack, IterativeAttack, Param, positive, project, random_start
+from robustag.attack import EmbeddingAttack, IterativeAttack, Param, positive, project, random_start, value_and_gradients
 
 MOMENTUM = 0.75  # α
 SUCCESS_SHARE = 0.75  # ρ
@@ -96,12 +96,8 @@ class APGD(IterativeAttack):
     @staticmethod
     def _value_and_gradients(objective, x):
         """Per-sample values (summed over anything after the first axis) and ∂Σ/∂x."""
-        leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
-        with torch.enable_grad():
-            values = objective(leaves)
-            grads = torch.autograd.grad(values.sum(), list(leaves.values()), allow_unused=True)
-        per_sample = values.detach().reshape(len(values), -1).sum(1)
-        return per_sample, {k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)}
+        values, grads = value_and_gradients(objective, x)
+        return values.detach().reshape(len(values), -1).sum(1), grads
 
 
 def _rows(per_sample: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

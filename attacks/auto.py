@@ -6,7 +6,10 @@ The suite, at the attack's budget, norm and tables, in this order:
 1. APGD (100 steps) on the smooth NDCG of the true tags (the evaluation objective);
 2. APGD (100 steps) on a margin: each true tag's score below the best wrong tag's;
 3. APGD (100 steps) on the model's own clean top-3 (the label-free objective);
-4. where the complete verifier is fast — an L2 budget and one ball of perturbations (metric and
+4. the combinatorial search (`combinatorial`, 50 APGD steps per set): per post, the non-true
+   tags cheapest to lift above every true tag, lifted together — the verifier's idea for any
+   model (user and item rows);
+5. where the complete verifier is fast — an L2 budget and one ball of perturbations (metric and
    FM, or one perturbed table of PITF) — its witnesses (`witness`): each post's exact worst
    NDCG@3 where it solved. (PITF with both rows and L∞ budgets need a conic or linear solver
    per step; run `witness` or `exact` there explicitly.)
@@ -16,21 +19,20 @@ ties). A perturbed tag table is shared by every post, so there the member with t
 NDCG@3 wins. As a training adversary (no posts to score) it is APGD on the training loss.
 """
 
-import torch
-
 from robustag.attack import ATTACKS, EmbeddingAttack, Param, PluginError, positive
 from robustag.certify import certifiable
 from robustag.verify import one_ball
-from robustag.robustness import margin_objective, own_top_objective, post_metric
+from robustag.robustness import keep_worst, margin_objective, own_top_objective
 
 SUITE = ("given", "margin", "label-free")
 
 
 class Auto(EmbeddingAttack):
     name = "auto"
-    summary = "per-post worst of APGD on smooth NDCG, on a margin and label-free (AutoAttack's rule)"
+    summary = "per-post worst of APGD on smooth NDCG, on a margin and label-free, the combinatorial search and the verifier's witnesses (AutoAttack's rule)"
     params = {**EmbeddingAttack.params, "steps": Param(100, "APGD steps of each member", **positive("≥ 1")),
               "seed": Param(0, "seed of the members' random starts"),
+              "combinatorial": Param(True, "add the combinatorial search (user and item rows)"),
               "witness": Param(True, "add the verifier's witnesses where the model allows (false: the APGD members alone)")}
 
     def member(self):
@@ -42,23 +44,14 @@ class Auto(EmbeddingAttack):
         if objective is None:
             raise PluginError("auto: needs the test labels (it keeps each post's worst NDCG@3)")
         objectives = {"given": objective, "margin": margin_objective(context), "label-free": own_top_objective(context, 3)}
+        searched = self.combinatorial and "tag" not in self.target_tables
         verified = self.witness and certifiable(context.model) and one_ball(context.model, self.norm, self.targets)
-        best, best_metric = None, None
-        for name in SUITE + (("witness",) if verified else ()):
-            if name == "witness":
-                found = ATTACKS.create("witness", eps=self.eps, norm=self.norm, targets=self.targets).perturb(
+        best = None
+        for name in SUITE + (("combinatorial",) if searched else ()) + (("witness",) if verified else ()):
+            if name in ("combinatorial", "witness"):
+                found = ATTACKS.create(name, eps=self.eps, norm=self.norm, targets=self.targets).perturb(
                     None, deltas, radius, context)
             else:
                 found = self.member().perturb(objectives[name], deltas, radius)
-            metric = post_metric(context, found)
-            if best is None:
-                best, best_metric = found, metric
-                continue
-            if "tag" in found:  # one table for all posts: the member with the lowest mean wins
-                if metric.mean() < best_metric.mean():
-                    best, best_metric = found, metric
-                continue
-            worse = metric < best_metric
-            best = {k: torch.where(worse.unsqueeze(1), found[k], best[k]) for k in found}
-            best_metric = torch.minimum(metric, best_metric)
-        return best
+            best = keep_worst(best, found, context)
+        return best[0]

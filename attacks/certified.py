@@ -3,14 +3,13 @@ every metric under this budget (`robustag.certify`), for models affine in the us
 rows (metric, PITF, FM). In a benchmark it is a column like an attack's: the robustness a
 model is guaranteed, to read beside what the attacks found (the truth lies between)."""
 
-from robustag.attack import EmbeddingAttack, Param, PluginError
+from robustag.attack import Bound, EmbeddingAttack, Param, PluginError
 from robustag.certify import certify
 
 
-class Certified(EmbeddingAttack):
+class Certified(Bound):
     name = "certified"
     summary = "the certified lower bound under this budget (a floor no attack goes under; metric, pitf, fm)"
-    is_bound = True
     params = {**EmbeddingAttack.params,
               "joint": Param(True, "one perturbation for all of a post's true tags (robustag.certify); false: "
                                    "each true tag bounded on its own (looser)")}
@@ -19,9 +18,6 @@ class Certified(EmbeddingAttack):
         super().validate()
         if "tag" in self.target_tables:
             raise PluginError("certified: perturbed tag tables have no certificate; use targets=user+item")
-
-    def perturb(self, objective, deltas, radius):
-        return deltas  # nothing is searched: `bound` computes the guarantee
 
     def bound(self, model, posts, n_tags, device) -> dict:
         return certify(model, posts, n_tags, self.eps, self.norm, self.targets, device, joint=self.joint)

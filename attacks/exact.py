@@ -4,15 +4,14 @@ user and item rows (metric, PITF, FM). A post whose search runs past `max_solves
 bracket: the stored metric is its sound lower end (never below `certified`), `upper_ndcg@N` the
 best witness, `solved@N` whether the two met."""
 
-from robustag.attack import EmbeddingAttack, Param, positive
+from robustag.attack import Bound, EmbeddingAttack, Param, positive
 from robustag.evaluation import CUTOFFS
 from robustag.verify import MAX_SOLVES, check_targets, verify
 
 
-class Exact(EmbeddingAttack):
+class Exact(Bound):
     name = "exact"
     summary = "the exact worst case under this budget, by a complete verifier (brackets where unsolved; metric, pitf, fm)"
-    is_bound = True
     bound_label = "exact worst case"
     params = {**EmbeddingAttack.params,
               "max_solves": Param(MAX_SOLVES, "search steps per post before it is left as a bracket", **positive("≥ 1"))}
@@ -20,9 +19,6 @@ class Exact(EmbeddingAttack):
     def validate(self):
         super().validate()
         check_targets("exact", self.target_tables)
-
-    def perturb(self, objective, deltas, radius):
-        return deltas  # nothing is searched here: `bound` runs the verifier
 
     def bound(self, model, posts, n_tags, device) -> dict:
         found = verify(model, posts, n_tags, self.eps, self.norm, self.targets, device, max_solves=self.max_solves)

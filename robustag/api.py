@@ -29,7 +29,7 @@ import torch
 from robustag import checks, paths, tuning
 from robustag.attack import ATTACKS, Attack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
-from robustag.certify import certifiable, certify
+from robustag.certify import certifiable
 from robustag.checkpoint import load_model
 from robustag.defense import DEFENSES, Defense
 from robustag.errors import ParameterError
@@ -37,10 +37,10 @@ from robustag.evaluation import Evaluation, evaluate_model
 from robustag.models import MODELS
 from robustag.planning import check_data, note_overridden_budgets, pending_units, plan
 from robustag.preprocess import SplitOptions, TagSplit, load_split
-from robustag.robustness import run_attack, summarise, worst_cases
+from robustag.robustness import evade, run_attack, summarise, worst_cases
 from robustag.run import Run
 from robustag.spec import BenchSpec, default_spec, folder_name, load_specs, merge_described, parse_budgets, parse_seeds
-from robustag.stats import TEST_ITEMS, done_cells
+from robustag.stats import TEST_ITEMS
 from robustag.store import ResultStore
 from robustag.training import TrainConfig, default_config, resolve_device
 from robustag.training import train as fit
@@ -226,8 +226,8 @@ def certified_bounds(trained: Trained, split: TagSplit, worst: list[dict]) -> li
     for threat in worst:
         if "tag" in threat["targets"].split("+"):
             continue
-        bound = certify(trained.model, split.test, split.n_tags, threat["eps"], threat["norm"], threat["targets"],
-                        trained.device)
+        certified = ATTACKS.create("certified", **{key: threat[key] for key in ("eps", "norm", "targets")})
+        bound = evade(trained.model, split, certified, trained.device).per_post
         row = {key: threat[key] for key in ("eps", "norm", "targets")}
         row.update({f"certified_{key}": float(values.mean()) for key, values in bound.items()})
         row.update({f"gap_{key}": threat[f"worst_{key}"] - row[f"certified_{key}"] for key in ("f1@3", "ndcg@3")})
@@ -309,8 +309,8 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
     planned = {row.key for rows in plan(trials).rows.values() for row in rows}
     with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
                report=False, on_event=on_event) as run:
-        cells = done_cells(run.store)  # the folder may hold other cells (a bench's): only the trials count
-        scores = tuning.trial_scores(cells[cells["key"].isin(planned)], run.store.histories())
+        cells = run.finished()  # the folder may hold other cells (a bench's): only the trials count
+        scores = tuning.trial_scores(cells[cells["key"].isin(planned)], run.histories())
     best = tuning.best_trials(scores)
     return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget),
                         tuning.write_tables(folder, scores, best))

@@ -115,12 +115,8 @@ class EmbeddingAttack(Attack):
     threat_model: ClassVar[str] = "label-aware"
     # What the attacker knows and does, in a phrase for the report's threat table ("" : the threat model's own)
     threat_description: ClassVar[str] = ""
-    # A bound, not an attack (`certified`): its `bound(model, posts, n_tags, device)` gives the
-    # per-post metrics; it never enters a worst case over attacks.
+    # A bound (`Bound`), not an attack: read by name where the plugin's class is not at hand (reports)
     is_bound: ClassVar[bool] = False
-    # What a bound's numbers are, as the threat table names them: a floor ("certified bound"), or
-    # the truth where its search finished ("exact worst case": `exact`)
-    bound_label: ClassVar[str] = "certified bound"
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),
@@ -129,7 +125,7 @@ class EmbeddingAttack(Attack):
 
     @classmethod
     def threat_label(cls) -> str:
-        return cls.bound_label if cls.is_bound else cls.threat_model
+        return cls.threat_model
 
     def validate(self) -> None:
         chosen = self.target_tables
@@ -203,6 +199,29 @@ class EmbeddingAttack(Attack):
         """Raise what the deferred checks since the last call found (one host read)."""
         found, self._deferred = getattr(self, "_deferred", {}), {}
         self._raise_excess(found)
+
+
+class Bound(EmbeddingAttack):
+    """Not an attack but a bound on every attack under the same threat (budget, norm, tables):
+    `bound(model, posts, n_tags, device)` gives each post's metrics directly, with no ranking
+    under a perturbation; evaluation runs it in place of an attack (`robustness.evade`), and it
+    never enters a worst case over attacks. `certified` is a floor; `exact` the truth where its
+    search finished."""
+
+    is_bound = True
+    # What the numbers are, as the threat table names them
+    bound_label: ClassVar[str] = "certified bound"
+
+    @classmethod
+    def threat_label(cls) -> str:
+        return cls.bound_label
+
+    def perturb(self, objective, deltas, radius):
+        return deltas  # nothing is searched: `bound` gives the per-post values
+
+    def bound(self, model, posts: Posts, n_tags: int, device) -> dict[str, np.ndarray]:
+        """Per post, every metric's bound (keys as `Evaluation.per_post`'s)."""
+        raise NotImplementedError
 
 
 class DataAttack(Attack):
@@ -292,13 +311,21 @@ def random_start(like: torch.Tensor, radius: torch.Tensor, norm: str, generator:
     return direction * radius * u ** (1.0 / like.shape[-1])
 
 
-def gradients(objective: Objective, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """∂ Σ objective / ∂ delta for each perturbation; model parameters get no gradient."""
+def value_and_gradients(objective: Objective, deltas: dict[str, torch.Tensor],
+                        keep_graph: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The objective at `deltas` and ∂ Σ objective / ∂ delta for each perturbation (model
+    parameters get none); with `keep_graph` the values keep their graph to the model's
+    parameters, so a defense can train on them (FreeLB)."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in deltas.items()}
     with torch.enable_grad():
-        loss = objective(leaves).sum()
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
+        values = objective(leaves)
+        grads = torch.autograd.grad(values.sum(), list(leaves.values()), allow_unused=True, retain_graph=keep_graph)
+    return values, {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
+
+
+def gradients(objective: Objective, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """∂ Σ objective / ∂ delta for each perturbation; model parameters get no gradient."""
+    return value_and_gradients(objective, deltas)[1]
 
 
 class IterativeAttack(EmbeddingAttack):
@@ -338,13 +365,9 @@ class IterativeAttack(EmbeddingAttack):
             deltas = {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
         state: dict = {}
         for _ in range(steps):
-            leaves = {k: v.detach().requires_grad_(True) for k, v in deltas.items()}
-            with torch.enable_grad():
-                values = objective(leaves)
-                grads = torch.autograd.grad(values.sum(), list(leaves.values()), allow_unused=True, retain_graph=keep_graph)
-            moves = self.direction({k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)},
-                                   state)
-            deltas = {k: project(v.detach() + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in leaves.items()}
+            values, grads = value_and_gradients(objective, deltas, keep_graph)
+            moves = self.direction(grads, state)
+            deltas = {k: project(v.detach() + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in deltas.items()}
             yield values, deltas
 
 

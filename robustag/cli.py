@@ -36,7 +36,6 @@ from robustag.plugins import split_specs
 from robustag.preprocess import TagSplit
 from robustag.provenance import versions
 from robustag.spec import parse_budgets
-from robustag.stats import done_cells
 from robustag.store import STATUSES
 from robustag.training import default_config, resolve_device
 from robustag.trec import write_qrels, write_run
@@ -76,18 +75,31 @@ DatasetOption = typer.Option("lastfm", "--dataset", "-d", help="lastfm, movielen
 ModelOption = typer.Option("metric", "--model", "-m", help="A model spec, e.g. metric or metric:margin=1 (robustag "
                            "models list); evasion attacks need one with embeddings.")
 SeedOption = typer.Option(0, help="Seed of initialisation, shuffling, negative sampling and the attacks' draws.")
-TRAINING_OPTIONS = {  # name: (type, option); a model's own parameters apply to the models that declare them
+SHARED_TRAINING_OPTIONS = {  # name: (type, option)
     "dim": (Optional[int], typer.Option(None, help="Embedding size d.")),
     "lr": (Optional[float], typer.Option(None, help="Adam learning rate.")),
     "epochs": (Optional[int], typer.Option(None, help="Most epochs (early stopping on validation NDCG@3).")),
     "batch_size": (Optional[int], typer.Option(None, "--batch-size")),
     "negatives": (Optional[int], typer.Option(None, help="Negative tags sampled per positive.")),
     "patience": (Optional[int], typer.Option(None, help="Epochs without validation gain before stopping.")),
-    "margin": (Optional[float], typer.Option(None, help="Hinge margin (metric).")),
-    "norm": (Optional[str], typer.Option(None, help="clip (unit ball), reg (L2) or none (metric).")),
-    "reg": (Optional[float], typer.Option(None, help="L2 weight (pitf, fm; metric with --norm reg).")),
-    "mix": (Optional[float], typer.Option(None, help="pop-mix weight on the user's tags (default: tuned).")),
 }
+
+
+def model_options() -> dict:
+    """An option for every parameter a registered model declares (built-ins and installed
+    plugins; a `--plugin` file's model takes its parameters in its spec, `-m name:key=value`),
+    applying to the models that declare it."""
+    declared: dict[str, tuple] = {}
+    for name in MODELS.names():
+        for key, param in MODELS.get(name).params.items():
+            if key not in SHARED_TRAINING_OPTIONS:
+                declared.setdefault(key, (param, []))[1].append(name)
+    return {key: (Optional[param.type], typer.Option(None, help=f"{param.help} ({', '.join(models)}).",
+                                                     show_default=False))
+            for key, (param, models) in declared.items()}
+
+
+TRAINING_OPTIONS = {**SHARED_TRAINING_OPTIONS, **model_options()}  # a model's own parameters apply to the models that declare them
 
 
 def training_options(command):
@@ -328,18 +340,7 @@ def attack_command(
         trained = _train_with_progress(split, model, config, defense, device, compile, params)
         if save:
             _save(save, trained, split)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("attacking", total=len(attack_list))
-        started = []
-
-        def on_attack(each) -> None:
-            budget = f" ε={each.eps}" if isinstance(each, EmbeddingAttack) else ""
-            progress.update(task, description=f"attack {each.name}{budget}", completed=len(started))
-            started.append(each)
-
-        table = rt.attack(trained, split, attack_list, on_attack=on_attack, poison_valid=poison_valid)
-        progress.update(task, completed=len(attack_list))
+    table = _attack_with_progress(trained, split, attack_list, poison_valid)
     rows, worst, certified = table.to_dict("records"), table.attrs["worst_case"], table.attrs["certified"]
     _stdout().print(_attack_table(f"{trained.config.model} on {dataset}: clean and attacked", rows, worst, certified))
     if json_out:
@@ -353,6 +354,23 @@ def attack_command(
         })
     if checks:
         _report_checks(rt.sanity_checks(trained, split, attack_list))
+
+
+def _attack_with_progress(trained, split, attack_list: list, poison_valid: bool):
+    """`rt.attack`, with a progress bar naming the attack under way."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("attacking", total=len(attack_list))
+        started = []
+
+        def on_attack(each) -> None:
+            budget = f" ε={each.eps}" if isinstance(each, EmbeddingAttack) else ""
+            progress.update(task, description=f"attack {each.name}{budget}", completed=len(started))
+            started.append(each)
+
+        table = rt.attack(trained, split, attack_list, on_attack=on_attack, poison_valid=poison_valid)
+        progress.update(task, completed=len(attack_list))
+    return table
 
 
 def _check_loaded_options(load: Path, model: str, params: dict, defense: str, save: Optional[Path], poisons: int) -> None:
@@ -529,7 +547,7 @@ def bench_command(
 
 def summary_table(run: rt.Run) -> Table:
     """The table printed at the end of `robustag bench`: NDCG@3 per group, mean ± std over seeds."""
-    cells = done_cells(run.store)
+    cells = run.finished()
     table = Table(title="NDCG@3, mean ± std over seeds")
     for column in ("dataset", "model", "defense", "attack", "seeds", "NDCG@3", "F1@3"):
         table.add_column(column)

@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import robustag
 from robustag.attack import ATTACKS, EmbeddingAttack
 from robustag.checks import checkable
 from robustag.datasets import resolve_source
@@ -29,6 +28,7 @@ from robustag.preprocess import SplitOptions, load_split
 from robustag.spec import BenchSpec
 from robustag.stacking import stackable
 from robustag.store import CellRow, ResultStore
+from robustag.version import COMPUTATION
 from robustag.training import SHARED_OPTIONS, TrainConfig, check_negatives, default_config
 
 
@@ -161,7 +161,7 @@ def _with_budgets(evasions: list[EmbeddingAttack], budgets: list[float] | None) 
 
 def _unit(plan_: Plan, dataset, options, config, defense, poison, poison_valid: bool = False) -> UnitTask:
     identity = {"dataset": dataset, "split": options.describe(), "config": config.describe(), "defense": defense,
-                "poison": poison, "version": robustag.__version__}
+                "poison": poison, "version": COMPUTATION}
     poison_valid = bool(poison and poison_valid)
     if poison_valid:  # only then in the key: the keys of every other unit stay as they were
         identity["poison_valid"] = True

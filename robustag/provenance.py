@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-import robustag
+from robustag.version import __version__
 
 
 def run_info(device: str, compiled: bool = False) -> dict:
@@ -22,7 +22,7 @@ def versions() -> dict[str, str]:
     import numpy
     import platform
 
-    return {"robustag": robustag.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+    return {"robustag": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
 
 

@@ -1,56 +1,39 @@
 """Reports of a benchmark run: `RUN/report/` with Markdown, one self-contained HTML page
-(plots embedded), LaTeX tables (booktabs) and CSV, one section per spec of the run.
+(plots embedded), LaTeX tables (booktabs) and CSV, one section per spec of the run. This module
+decides what a section says (its tables, their notes, its text, from the statistics of
+`robustag.stats`); `robustag.report_figures` draws its figures, `robustag.render` writes the
+formats.
 
 Every table marks significance against the reference defense: ▲/▼ when the method-level
 comparison (`robustag.stats`: seeds and test posts both random), Holm-corrected within the
 table, gives p < 0.05 with at least 3 seeds; the comparisons table gives each difference with
 its interval.
-Everything a plugin or user names is HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from robustag import plots
 from robustag.attack import ATTACKS
 from robustag.defense import DEFENSES
 from robustag.errors import ParameterError, RobustagError
 from robustag.models import MODELS
 from robustag.display import attack_labels, defense_labels, interval_text, labelled, model_labels, p_text
 from robustag.plugins import parse_spec
+from robustag.render import ReportTable, Section, render_html, render_latex, render_markdown
+from robustag.report_figures import ranking_figure, robustness_figures, sensitivity_figures, training_figures
+from robustag.robustness import worst_case
 from robustag.stats import ALPHA, MIN_BLOCKS, MIN_SEEDS, aggregate, compare_to_reference, done_cells, friedman_ranking
 from robustag.store import ResultStore
 
 HEADLINE = ["f1@3", "ndcg@3", "f1@5", "ndcg@5", "f1@10", "ndcg@10"]
 TESTED = ("f1@3", "ndcg@3")
-
-
-@dataclass
-class ReportTable:
-    name: str
-    title: str
-    header: list[str]
-    rows: list[list[str]]
-    note: str = ""
-
-
-@dataclass
-class Section:
-    title: str
-    tables: list[ReportTable] = field(default_factory=list)
-    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, png file name)
-    text: list[str] = field(default_factory=list)
 
 
 def write_report(run: Path, reference: str | None = None, specs: list[str] | None = None) -> Path:
@@ -126,7 +109,7 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
     superseded = int((statuses == "done").sum()) - len(cells)
     if superseded:
         section.text.append(f"{superseded} finished cells repeat a configuration and seed that a later run finished "
-                            "again (say after an upgrade of robustag, or a change of a plugin's code); only the later ones are shown and tested "
+                            "again (after a release that changed the numbers, or a change of a plugin's code); only the later ones are shown and tested "
                             "(`robustag bench SPEC --prune` forgets the others).")
     if cells.empty:
         section.text.append("No finished cells yet.")
@@ -160,27 +143,35 @@ def spec_section(store: ResultStore, spec: str, reference: str, figures: Path, d
         section.text.append(f"{CAPPED} A seed of this configuration ran every epoch it was given: early stopping never "
                             "triggered, so the model may not have converged; more epochs may change its figures.")
     if not attacked.empty:
-        section.tables.append(threat_table(f"{slug}-threats", cells, described.get("poison_valid", False)))
-        section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, attack_tests, reference))
-        worst = worst_case_table(f"{slug}-worst-case", store, cells)
-        section.tables += [worst] if worst.rows else []
-        promoted = promotion_table(f"{slug}-promotion", attacked)
-        section.tables += [promoted] if promoted.rows else []
-        checked, failures = checks_table(f"{slug}-checks", store, cells)
-        if checked.rows:
-            section.tables.append(checked)
-            section.text += failures
+        _attack_tables(section, store, cells, clean, attacked, attack_tests, reference, slug, described)
         section.figures += robustness_figures(clean, attacked, figures, slug)
     section.figures += training_figures(store, cells, figures, slug)
     section.figures += sensitivity_figures(clean, figures, slug)
     comparisons = comparisons_table(f"{slug}-comparisons", table, clean_tests, attack_tests, reference)
     section.tables += [comparisons] if comparisons.rows else []
-    section.text += ranking_text(table, labels, spec, figures, slug, section)
+    ranking = friedman_ranking(table, "ndcg@3")
+    section.text += ranking_text(ranking, labels)
+    section.figures += ranking_figure(ranking, labels, spec, figures, slug)
     section.text += mixed_device_warnings(cells)
     failed = store.cells(spec=spec, status="failed")
     if len(failed):
         section.text.append(f"{len(failed)} cells failed and are left out; `robustag results RUN --status failed` lists them.")
     return section
+
+
+def _attack_tables(section: Section, store: ResultStore, cells, clean, attacked, attack_tests, reference: str, slug: str,
+                   described: dict) -> None:
+    """The tables of a section's attacks: threats, robustness, worst case, promotion, sanity checks."""
+    section.tables.append(threat_table(f"{slug}-threats", cells, described.get("poison_valid", False)))
+    section.tables.append(robustness_table(f"{slug}-robustness", clean, attacked, attack_tests, reference))
+    worst = worst_case_table(f"{slug}-worst-case", store, cells)
+    section.tables += [worst] if worst.rows else []
+    promoted = promotion_table(f"{slug}-promotion", attacked)
+    section.tables += [promoted] if promoted.rows else []
+    checked, failures = checks_table(f"{slug}-checks", store, cells)
+    if checked.rows:
+        section.tables.append(checked)
+        section.text += failures
 
 
 def unfinished_note(statuses: pd.Series) -> list[str]:
@@ -347,10 +338,9 @@ def _family_note(tests: pd.DataFrame, what: str) -> str:
     return text
 
 
-def ranking_text(table: pd.DataFrame, labels: dict, spec: str, figures: Path, slug: str, section: Section) -> list[str]:
-    """Mean ranks of the defenses over independent blocks; the Iman–Davenport test and the
-    critical-difference diagram only where enough blocks make them meaningful."""
-    ranking = friedman_ranking(table, "ndcg@3")
+def ranking_text(ranking: dict | None, labels: dict) -> list[str]:
+    """Mean ranks of the defenses over independent blocks (`stats.friedman_ranking`), with the
+    Iman–Davenport test only where enough blocks make it meaningful."""
     if ranking is None:
         return []
     ranks = ", ".join(f"{labels.get(d, d)} {r:.2f}" for d, r in ranking["ranks"].items())
@@ -358,11 +348,6 @@ def ranking_text(table: pd.DataFrame, labels: dict, spec: str, figures: Path, sl
     if ranking["p_value"] is None:
         return [head + f" No rank test: fewer than {MIN_BLOCKS} blocks (or too few for any p < {ALPHA} to be "
                        "attainable), so the ranks describe these blocks and support no claim."]
-    ranking["nemenyi"].index = ranking["nemenyi"].columns = ranking["nemenyi"].index.map(lambda d: labels.get(d, d))
-    ranking["ranks"].index = ranking["ranks"].index.map(lambda d: labels.get(d, d))
-    section.figures.append((f"Critical-difference diagram of the defenses over {ranking['blocks']} blocks "
-                            f"(clean NDCG@3; Nemenyi at α = {ALPHA})",
-                            plots.critical_difference(ranking, spec, figures, f"{slug}-cd")))
     return [head + f" Iman–Davenport F = {ranking['statistic']:.2f}, p = {ranking['p_value']:.3g}."]
 
 
@@ -519,11 +504,12 @@ def worst_case_table(name: str, store: ResultStore, cells: pd.DataFrame) -> Repo
             clean_key = clean.get((*key[:4], seed))
             if clean_key is None:
                 continue
-            ndcg = store.per_post_frame(list(per_seed["key"]), "ndcg@3").min(axis=1)
-            lost = (store.per_post_frame(list(per_seed["key"]), "p@3") == 0).any(axis=1)
-            had = store.per_post_frame([clean_key], "p@3")[clean_key] > 0
-            worst[seed] = ndcg.mean()
-            broken.append((had & lost).sum() / max(had.sum(), 1))
+            keys = list(per_seed["key"])
+            ndcg, hits = store.per_post(keys, "ndcg@3"), store.per_post([clean_key, *keys], "p@3")
+            figures = worst_case({"p@3": hits[clean_key]}, [{"ndcg@3": ndcg[k], "p@3": hits[k]} for k in keys],
+                                 ["ndcg@3"], [3])
+            worst[seed] = figures["worst_ndcg@3"]
+            broken.append(figures["broken@3"])
             if (*key, seed) in bound_of.index:
                 certified[seed] = float(bound_of[(*key, seed)])
             if exact_of is not None and (*key, seed) in exact_of.index:
@@ -651,105 +637,6 @@ def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> tuple[Re
     return table, failures
 
 
-def robustness_figures(clean: pd.DataFrame, attacked: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
-    """Per data set and model configuration (a `[params]` sweep gives one each): the relative
-    drop under every attack as a heat map, and NDCG@3 against each attack's strength."""
-    out = []
-    several = clean.groupby(["dataset", "model"])["params"].nunique()
-    for (dataset, model, params), base in clean.groupby(["dataset", "model", "params"], sort=False):
-        rows = attacked[(attacked["dataset"] == dataset) & (attacked["model"] == model) & (attacked["params"] == params)]
-        reference = base.set_index("defense")["ndcg@3_mean"]
-        frame = rows.assign(label=rows["attack_label"],
-                            drop=1 - rows["ndcg@3_mean"] / rows["defense"].map(reference))
-        drops = frame.pivot_table(index="defense_label", columns="label", values="drop", aggfunc="mean")
-        shown = base["model_label"].iloc[0]
-        name = f"{dataset}-{model}" + (f"-{_short_hash(params)}" if several[(dataset, model)] > 1 else "")
-        if drops.size:
-            out.append((f"Relative drop of NDCG@3 under each attack, {dataset} / {shown}",
-                        plots.heatmap(drops, f"{dataset} / {shown}", folder, f"{slug}-{name}-heatmap")))
-        out += _strength_curves(base, rows, dataset, shown, folder, f"{slug}-{name}")
-    return out
-
-
-def _short_hash(text: str) -> str:
-    """Six hex digits naming a configuration in a figure's file name."""
-    return hashlib.sha256(text.encode()).hexdigest()[:6]
-
-
-def _strength_curves(base, rows, dataset, model, folder, prefix):
-    """NDCG@3 against each attack's declared strength (ε, a poisoning rate, fake users...),
-    from the clean model at strength 0; an evasion attack needs two budgets to make a curve."""
-    out = []
-    # one curve per configuration of an attack: everything but its strength held fixed
-    fixed = rows.apply(lambda row: json.dumps({k: v for k, v in row["attack_params"].items() if k != row["strength_name"]},
-                                              sort_keys=True), axis=1) if len(rows) else pd.Series(dtype=object)
-    for number, ((surface, attack_name, strength, _), group) in enumerate(
-            rows.assign(fixed=fixed).groupby(["surface", "attack_name", "strength_name", "fixed"])):
-        if group["strength"].nunique() < (2 if surface == "embedding" else 1):
-            continue
-        data = {}
-        for defense, per_defense in group.groupby("defense"):
-            start = base[base["defense"] == defense]
-            per_defense = per_defense.sort_values("strength")
-            data[per_defense["defense_label"].iloc[0]] = ([0.0, *per_defense["strength"]],
-                                                          [*start["ndcg@3_mean"], *per_defense["ndcg@3_mean"]],
-                                                          [*start["ndcg@3_std"], *per_defense["ndcg@3_std"]])
-        axis = "ε (relative to the mean row norm)" if strength == "eps" else strength
-        label = group["attack_label"].iloc[0].split(" ε=")[0]
-        out.append((f"NDCG@3 against the {strength} of {label}, {dataset} / {model}",
-                    plots.curves(data, axis, f"{label}: {dataset} / {model}", folder,
-                                 f"{prefix}-{attack_name}-{number}-{strength}")))
-    return out
-
-
-def training_figures(store: ResultStore, cells: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
-    histories = store.histories()
-    if histories.empty or "valid_ndcg@3" not in histories:
-        return []
-    clean = cells[(cells["surface"] == "none")]
-    out = []
-    for (dataset, model, params), group in clean.groupby(["dataset", "model", "params"], sort=False):
-        data = {}
-        for defense, per_defense in group.groupby("defense"):
-            curves = histories[histories["unit"].isin(per_defense["unit"])]
-            by_epoch = curves.groupby("epoch")["valid_ndcg@3"]
-            if by_epoch.ngroups:
-                data[per_defense["defense_label"].iloc[0]] = (list(by_epoch.mean().index), list(by_epoch.mean()),
-                                                 list(by_epoch.std().fillna(0)))
-        if data:
-            out.append((f"Validation NDCG@3 per epoch, {dataset} / {group['model_label'].iloc[0]}",
-                        plots.curves(data, "epoch", f"training: {dataset} / {model}", folder,
-                                     f"{slug}-{dataset}-{model}-{_short_hash(params)}-training")))
-    return out
-
-
-def sensitivity_figures(clean: pd.DataFrame, folder: Path, slug: str) -> list[tuple[str, str]]:
-    """For a defense run with several values of one parameter (or a model with several
-    values of one training option): NDCG@3 against that value."""
-    out = []
-    frame = clean.assign(model_params=clean["params"].map(json.loads))
-    for column, key_of in (("defense_params", "defense_name"), ("model_params", "model")):
-        for (dataset, name), group in frame.groupby(["dataset", key_of]):
-            if len(group) < 3:
-                continue
-            settings = pd.DataFrame(list(group[column]), index=group.index)
-            varying = [c for c in settings if settings[c].nunique() > 1]
-            for parameter in varying:
-                # one parameter at a time: the others held at their most common value
-                others = [c for c in varying if c != parameter]
-                held = np.logical_and.reduce([settings[c] == settings[c].mode().iloc[0] for c in others]) \
-                    if others else np.ones(len(settings), dtype=bool)
-                values = pd.to_numeric(settings[parameter][held], errors="coerce")
-                if values.isna().any() or values.nunique() < 2:
-                    continue
-                ordered = group[held].assign(value=values).sort_values("value")
-                data = {name: (list(ordered["value"]), list(ordered["ndcg@3_mean"]), list(ordered["ndcg@3_std"]))}
-                out.append((f"Sensitivity of {name} to {parameter}, {dataset}",
-                            plots.curves(data, parameter, f"{name}: {dataset}", folder,
-                                         f"{slug}-{dataset}-{name}-{parameter}-sensitivity")))
-    return out
-
-
 def environment_info(store: ResultStore) -> dict:
     cells = store.cells(status="done")
     return {
@@ -761,76 +648,4 @@ def environment_info(store: ResultStore) -> dict:
         "reference": store.meta("reference", "plain"),
     }
 
-
-# -- rendering --------------------------------------------------------------------------------
-
-def render_markdown(run: Path, sections: list[Section], environment: dict) -> str:
-    """Every name a user or plugin chose is escaped, as in the HTML: Markdown passes raw HTML through."""
-    e = _markdown_escape
-    lines = [f"# robustag report: {e(Path(run).name)}", ""]
-    for section in sections:
-        lines += [f"## {e(section.title)}", ""]
-        for table in section.tables:
-            lines += [f"### {e(table.title)}", "", "| " + " | ".join(e(h, cell=True) for h in table.header) + " |",
-                      "|" + "---|" * len(table.header)]
-            lines += ["| " + " | ".join(e(cell, cell=True) for cell in row) + " |" for row in table.rows]
-            lines += ["", e(table.note), ""]
-        lines += [*map(e, section.text), ""] if section.text else []
-        for caption, png in section.figures:
-            lines += [f"![{e(caption)}](plots/{png})", "", f"*{e(caption)}*", ""]
-    settings = json.dumps(environment, indent=2)
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", settings)), default=0))
-    lines += ["## Configuration and environment", "", f"{fence}json", settings, fence, ""]
-    return "\n".join(lines)
-
-
-def _markdown_escape(text: str, cell: bool = False) -> str:
-    """No HTML can open (<, >, & become entities); in a table cell a | cannot end the cell."""
-    escaped = html.escape(str(text), quote=False)
-    return escaped.replace("|", "\\|") if cell else escaped
-
-
-def render_html(run: Path, sections: list[Section], environment: dict, figures: Path) -> str:
-    e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>robustag report: {e(Path(run).name)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border-bottom:1px solid #ddd;"
-             "padding:4px 8px;text-align:right}th:nth-child(-n+3),td:nth-child(-n+3){text-align:left}"
-             "th{border-bottom:2px solid #444}figure{margin:1.5em 0}figcaption{font-size:0.85em;color:#555}"
-             ".note{font-size:0.85em;color:#555}pre{background:#f6f6f6;padding:1em;overflow:auto}</style></head><body>",
-             f"<h1>robustag report: {e(Path(run).name)}</h1>"]
-    for section in sections:
-        parts.append(f"<h2>{e(section.title)}</h2>")
-        for table in section.tables:
-            parts.append(f"<h3>{e(table.title)}</h3><table><thead><tr>"
-                         + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in table.rows]
-            parts.append(f"</tbody></table><p class='note'>{e(table.note)}</p>")
-        parts += [f"<p>{e(text)}</p>" for text in section.text]
-        for caption, png in section.figures:
-            data = base64.b64encode((figures / png).read_bytes()).decode()
-            parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
-    parts.append(f"<h2>Configuration and environment</h2><pre>{e(json.dumps(environment, indent=2))}</pre></body></html>")
-    return "\n".join(parts)
-
-
-LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                 "±": r"$\pm$", "▲": r"$^{\blacktriangle}$", "▼": r"$^{\blacktriangledown}$", "ε": r"$\varepsilon$"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(char, char) for char in str(text))
-
-
-def render_latex(table: ReportTable) -> str:
-    columns = "lll" + "r" * (len(table.header) - 3)
-    lines = [r"% requires \usepackage{booktabs} and \usepackage{amssymb}", r"\begin{table}[t]", r"\centering",
-             rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}", r"\resizebox{\textwidth}{!}{%",
-             rf"\begin{{tabular}}{{{columns}}}", r"\toprule", " & ".join(latex_escape(h) for h in table.header) + r" \\",
-             r"\midrule"]
-    lines += [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in table.rows]
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
-    return "\n".join(lines)
 

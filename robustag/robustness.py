@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from robustag.allocator import keep_step_memory
-from robustag.attack import AttackContext, DataAttack, EmbeddingAttack, row_budget
+from robustag.attack import AttackContext, Bound, DataAttack, EmbeddingAttack, row_budget
 from robustag.errors import RobustagError
 from robustag.evaluation import (CUTOFFS, Evaluation, contains, evaluate, evaluate_model, metrics_from_hits, post_tensors,
                                  rank_tags, relevance_keys)
@@ -55,7 +55,7 @@ def true_tag_objective(model: EmbeddingModel, posts: Posts, base: dict[str, torc
     ideal = torch.cumsum(discount, 0)[counts - 1]
 
     def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
-        emb = _moved(base, deltas)
+        emb = perturbed(base, deltas)
         scores = model.score_all(emb["user"], emb["item"], emb["tag"])
         rows_scores = scores[rows]
         gain = smooth_gains(rows_scores, rows_scores.gather(1, tags.unsqueeze(1)), rank_temperature(scores)[rows])
@@ -118,10 +118,10 @@ def _attack_range(model, posts: Posts, base, attack: EmbeddingAttack, radius, st
                                       np.zeros(0, dtype=np.int64))
     context = AttackContext(model, part, seen, split)
     deltas = attack.checked_perturb(objective, {t: torch.zeros_like(part[t]) for t in radius}, radius, context)
-    return _moved(part, deltas)
+    return perturbed(part, deltas)
 
 
-def _moved(base: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def perturbed(base: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v + deltas[k] if k in deltas else v for k, v in base.items()}
 
 
@@ -137,7 +137,7 @@ def margin_objective(context: AttackContext):
     mask[rows, tags] = True
 
     def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
-        moved = _moved(base, deltas)
+        moved = perturbed(base, deltas)
         scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
         best_wrong = scores.masked_fill(mask, float("-inf")).amax(1)
         margins = best_wrong[rows] - scores[rows, tags]
@@ -148,7 +148,7 @@ def margin_objective(context: AttackContext):
 
 def post_metric(context: AttackContext, deltas: dict[str, torch.Tensor], metric: str = "ndcg@3") -> torch.Tensor:
     """Each attacked post's metric under `deltas` (the posts' true tags: label-aware only)."""
-    moved, posts = _moved(context.base, deltas), context.posts
+    moved, posts = perturbed(context.base, deltas), context.posts
     device = moved["user"].device
     with torch.no_grad():
         scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
@@ -156,6 +156,20 @@ def post_metric(context: AttackContext, deltas: dict[str, torch.Tensor], metric:
         index = torch.arange(len(posts), device=device).unsqueeze(1)
         hits = contains(relevance_keys(posts, scores.shape[1], device), index * scores.shape[1] + top)
         return metrics_from_hits(hits, torch.as_tensor(posts.tag_counts(), device=device))[metric]
+
+
+def keep_worst(best: tuple | None, found: dict[str, torch.Tensor], context: AttackContext) -> tuple:
+    """Per post, whichever of the kept perturbations and `found` leaves the lower NDCG@3 (the
+    kept one on ties): `best` is (perturbations, per-post NDCG@3) or None. A perturbed tag table
+    is shared by every post, so there the one with the lower mean wins whole."""
+    metric = post_metric(context, found)
+    if best is None:
+        return found, metric
+    kept, kept_metric = best
+    if "tag" in found:
+        return (found, metric) if metric.mean() < kept_metric.mean() else best
+    worse = metric < kept_metric
+    return {k: torch.where(worse.unsqueeze(1), found[k], kept[k]) for k in found}, torch.minimum(metric, kept_metric)
 
 
 def own_top_objective(context: AttackContext, n: int):
@@ -175,7 +189,7 @@ def promotion_objective(context: AttackContext, target: int, n: int):
     is_target[target] = True
 
     def objective(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
-        moved = _moved(context.base, deltas)
+        moved = perturbed(context.base, deltas)
         scores = context.model.score_all(moved["user"], moved["item"], moved["tag"])
         nth_other = scores.masked_fill(is_target, float("-inf")).topk(n, dim=1).values[:, -1]  # as margin_objective
         return scores[:, target] - nth_other
@@ -201,7 +215,7 @@ def evade(model, split: TagSplit, attack: EmbeddingAttack, device) -> Evaluation
         raise RobustagError(f"attack {attack.name}: perturbs embeddings, but model {model.name!r} has none")
     keep_step_memory()
     model.eval()
-    if attack.is_bound:  # the guarantee, per post; no ranking under a perturbation exists
+    if isinstance(attack, Bound):  # per post, the bound's values; no ranking under a perturbation exists
         bound = attack.bound(model, split.test, split.n_tags, device)
         return Evaluation(bound, np.zeros((len(split.test), 0), dtype=np.int64), np.zeros((len(split.test), 0)))
     adv = attacked_embeddings(model, split.test, attack, device, split=split)
@@ -284,14 +298,34 @@ def worst_cases(clean: Evaluation, outcomes: list[AttackOutcome]) -> list[dict]:
 
 
 def _worst_case(clean: Evaluation, evasions: list[AttackOutcome]) -> dict[str, float]:
-    out = {"attacks": len(evasions)}
-    for key in clean.per_post:
-        out[f"worst_{key}"] = float(np.min([o.evaluation.per_post[key] for o in evasions], axis=0).mean())
-    for n in CUTOFFS:
-        had_hit = clean.per_post[f"p@{n}"] > 0
-        lost = np.any([o.evaluation.per_post[f"p@{n}"] == 0 for o in evasions], axis=0)
+    return {"attacks": len(evasions), **worst_case(clean.per_post, [o.evaluation.per_post for o in evasions])}
+
+
+def worst_case(clean: dict[str, np.ndarray], attacked: list[dict[str, np.ndarray]], metrics: list[str] | None = None,
+               cutoffs=CUTOFFS) -> dict[str, float]:
+    """From per-post values: each post's worst value of each metric (default: every metric of
+    `clean`) over the evasion attacks of one threat, averaged over posts (`worst_<metric>`),
+    and `broken@N`, the share of posts with a clean hit in the top N (`p@N` > 0) that some
+    attack leaves with none. What `rt.attack` and the report's worst-case table both state."""
+    out = {f"worst_{key}": float(np.min([values[key] for values in attacked], axis=0).mean()) for key in metrics or clean}
+    for n in cutoffs:
+        had_hit = clean[f"p@{n}"] > 0
+        lost = np.any([values[f"p@{n}"] == 0 for values in attacked], axis=0)
         out[f"broken@{n}"] = float((had_hit & lost).sum() / max(had_hit.sum(), 1))
     return out
+
+
+def evaluate_cell(model, split: TagSplit, device, attack: EmbeddingAttack | None = None,
+                  poison: DataAttack | None = None) -> tuple[Evaluation, dict[str, float]]:
+    """One cell, as a bench and `rt.attack` both evaluate it: the model on the test posts, clean
+    or under the evasion `attack` (a bound gives its values instead); `poison` names the
+    poisoning attack the model was trained under. Returns the per-post evaluation and the
+    figures a cell keeps besides its metrics (absolute budgets, promotion rates)."""
+    if attack is not None:
+        evaluation = evade(model, split, attack, device)
+        return evaluation, evasion_figures(attack, model, split, evaluation)
+    evaluation = evaluate_model(model, split.test, split.n_tags, device)
+    return evaluation, promotion_figures(poison, split, evaluation) if poison is not None else {}
 
 
 def run_attack(
@@ -302,12 +336,11 @@ def run_attack(
     (`new_regime()` makes the training regime, i.e. the defense, for the retraining)."""
     started = time.perf_counter()
     if isinstance(attack, EmbeddingAttack):
-        evaluation = evade(model, split, attack, device)
-        extra = {**promotion_figures(attack, split, clean, "clean_"), **evasion_figures(attack, model, split, evaluation)}
-        threat = None if attack.is_bound else (attack.eps, attack.norm, attack.targets)
+        evaluation, extra = evaluate_cell(model, split, device, attack)
+        threat = None if isinstance(attack, Bound) else (attack.eps, attack.norm, attack.targets)
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
-                             extra, threat)
+                             {**promotion_figures(attack, split, clean, "clean_"), **extra}, threat)
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch, poison_valid)
-    evaluation = evaluate_model(retrained, split.test, split.n_tags, device)
-    extra = {**promotion_figures(attack, split, clean, "clean_"), **promotion_figures(attack, split, evaluation)}
-    return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started, extra)
+    evaluation, extra = evaluate_cell(retrained, split, device, poison=attack)
+    return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started,
+                         {**promotion_figures(attack, split, clean, "clean_"), **extra})

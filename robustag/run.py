@@ -57,6 +57,11 @@ class Run:
         frame = flat_cells(self.store.cells(spec=spec, status=status))
         return frame.assign(attack_name=frame["attack_name"].fillna("clean"))
 
+    def finished(self, spec: str | None = None) -> pd.DataFrame:
+        """The finished cells (of `spec`) as the report reads them: one per computation, the later
+        where a configuration and seed was computed twice (`stats.done_cells`), metrics as columns."""
+        return done_cells(self.store, spec)
+
     def checks(self) -> pd.DataFrame:
         """The attacks' sanity checks (run on the first seed of each spec): a row per check,
         with the cell it checked, `passed` and what was measured."""

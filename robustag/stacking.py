@@ -29,9 +29,8 @@ from robustag.attack import replicated
 from robustag.errors import RobustagError
 from robustag.models import Batch, Replicas
 from robustag.preprocess import TagSplit
-from robustag.training import (EarlyStopping, EpochCallback, NegativeSampler, TrainConfig, TrainingRegime, TrainResult,
-                               add_figures, build_model, check_finite, compile_mode, compiled_losses, keep_step_memory,
-                               regime_loss)
+from robustag.training import (EarlyStopping, EpochCallback, Feed, TrainConfig, TrainingRegime, TrainResult, build_model,
+                               compile_mode, compiled_losses, keep_step_memory, run_epochs)
 
 TABLES = ("user", "item", "tag")
 
@@ -75,7 +74,7 @@ def train_stacked(split: TagSplit, configs: list[TrainConfig], device: torch.dev
     compiled, note = compile_mode(compile, device)
     stack = stacked_network(split, configs[0], members, device)
     with compiled_losses(stack, compiled):
-        results = _fit_stack(stack, members, split, configs, device, regime, on_epoch or [None] * len(configs))
+        results = run_epochs(StackFeed(stack, members, split, configs, device, on_epoch or [None] * len(configs)), regime)
     for k, result in enumerate(results):
         result.compiled, result.notes = compiled, [note] if note and k == 0 else []  # said once, not per member
     return results
@@ -95,58 +94,55 @@ def _member_rows(stack, member: int, table: str, rows_per_member: int) -> torch.
     return stack.tables()[table].weight[member * rows_per_member:(member + 1) * rows_per_member]
 
 
-def _fit_stack(stack, members, split, configs, device, regime, callbacks) -> list[TrainResult]:
-    """As `training._fit`, for all members at once: one batch of every active member's rows per
-    step; each member validated and early-stopped on its own."""
-    config = configs[0]
-    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
-    sampler = NegativeSampler(split.train, split.n_tags, generators[0], device)
-    users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
-    sizes = {"user": split.n_users, "item": split.n_items, "tag": split.n_tags}
-    optimizer = torch.optim.Adam(stack.parameters(), lr=config.lr)
-    stopping = [EarlyStopping(TrainResult(model=m, config=c), c.patience) for m, c in zip(members, configs)]
-    active = list(range(len(members)))
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
-        epoch_start = time.perf_counter()
-        stack.train()
-        regime.begin_epoch(epoch, stack)
-        sums: dict[str, torch.Tensor] = {}
-        orders = [torch.randperm(len(users), generator=generators[m], device=device) for m in active]
-        offsets = torch.as_tensor(active, device=device).unsqueeze(1)
-        for start in range(0, len(users), config.batch_size):
-            index = torch.stack([order[start:start + config.batch_size] for order in orders])  # (A, B)
-            negatives = torch.stack([sampler.sample(row, config.negatives, generators[m]) for m, row in zip(active, index)])
-            batch = Batch(*(((column[index] + offsets * sizes[t]).flatten())
+class StackFeed(Feed):
+    """The members' batches as one: every active member's batch, its indices offset into its
+    own rows; each member validated and early-stopped on its own."""
+
+    def __init__(self, stack, members: list, split: TagSplit, configs: list[TrainConfig], device: torch.device,
+                 callbacks: list[EpochCallback | None]):
+        super().__init__(stack, split, configs, device)
+        self.members, self.callbacks = members, callbacks
+        self.sizes = {"user": split.n_users, "item": split.n_items, "tag": split.n_tags}
+        self.stopping = [EarlyStopping(TrainResult(model=m, config=c), c.patience) for m, c in zip(members, configs)]
+        self.active = list(range(len(members)))
+        self.started = time.perf_counter()
+
+    def batches(self):
+        users, items, tags = self.triples
+        orders = [torch.randperm(len(users), generator=self.generators[m], device=self.device) for m in self.active]
+        offsets = torch.as_tensor(self.active, device=self.device).unsqueeze(1)
+        for start in range(0, len(users), self.config.batch_size):
+            index = torch.stack([order[start:start + self.config.batch_size] for order in orders])  # (A, B)
+            negatives = torch.stack([self.sampler.sample(row, self.config.negatives, self.generators[m])
+                                     for m, row in zip(self.active, index)])
+            batch = Batch(*(((column[index] + offsets * self.sizes[t]).flatten())
                             for column, t in ((users, "user"), (items, "item"), (tags, "tag"))),
-                          (negatives + offsets.unsqueeze(2) * sizes["tag"]).flatten(0, 1))
-            stack.replicas = Replicas(len(members), offsets.squeeze(1), index.shape[1])
-            with replicated(len(active)):
-                loss, figures = regime_loss(regime, stack, batch)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * len(active)).backward()  # the sum of the members' batch means: each its own gradient
-            optimizer.step()
-            stack.after_step()
-            add_figures(sums, figures, index.shape[1])
-        regime.end_epoch(epoch, stack)
-        stack.replicas = None
-        seconds = time.perf_counter() - epoch_start
-        # The figures are the stack's (means over its members' rows), not one member's.
-        shared = {f"stack_{k}": float(v) / len(users) for k, v in sums.items()}
-        check_finite({"epoch": epoch + 1, **shared}, regime)
-        for m in list(active):
+                          (negatives + offsets.unsqueeze(2) * self.sizes["tag"]).flatten(0, 1))
+            self.network.replicas = Replicas(len(self.members), offsets.squeeze(1), index.shape[1])
+            yield batch, index.shape[1]
+
+    def loss(self, regime, batch):
+        with replicated(len(self.active)):
+            loss, figures = super().loss(regime, batch)
+        return loss * len(self.active), figures  # the sum of the members' batch means: each its own gradient
+
+    def end_epoch(self, epoch, sums, regime, seconds) -> bool:
+        self.network.replicas = None
+        shared = self.figures(sums, epoch, regime, prefix="stack_")  # the stack's figures, not one member's
+        for m in list(self.active):
             with torch.no_grad():
                 for table in TABLES:
-                    members[m].tables()[table].weight.copy_(_member_rows(stack, m, table, sizes[table]))
-            record = {"epoch": epoch + 1, **shared, "stack_members": len(active), "seconds": seconds / len(active)}
-            if stopping[m].end_epoch(members[m], record, split, device, callbacks[m]):
-                active.remove(m)
-        if not active:
-            break
-    results = [s.finish(member) for s, member in zip(stopping, members)]
-    for result in results:  # each member's share of the stack's time
-        result.train_seconds = (time.perf_counter() - started) / len(members)
-    return results
+                    self.members[m].tables()[table].weight.copy_(_member_rows(self.network, m, table, self.sizes[table]))
+            record = {**shared, "stack_members": len(self.active), "seconds": seconds / len(self.active)}
+            if self.stopping[m].end_epoch(self.members[m], record, self.split, self.device, self.callbacks[m]):
+                self.active.remove(m)
+        return not self.active
+
+    def finish(self) -> list[TrainResult]:
+        results = [s.finish(member) for s, member in zip(self.stopping, self.members)]
+        for result in results:  # each member's share of the stack's time
+            result.train_seconds = (time.perf_counter() - self.started) / len(self.members)
+        return results
 
 
 __all__ = ["same_but_seed", "stackable", "stacked_network", "train_stacked"]

@@ -59,13 +59,25 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from robustag.store import ResultStore
+
+class RunReader(Protocol):
+    """What the statistics read of a run (a `store.ResultStore`, or anything answering the same):
+    its cells table, per-post values of cells, and metadata. Every test itself is a pure
+    function of arrays (`crossed_test`, `paired_test`, `holm`, `design_mde`, ...)."""
+
+    def cells(self, spec: str | None = None, status: str | None = None) -> pd.DataFrame: ...
+
+    def per_post(self, cell_keys: list[str], metric: str) -> dict[str, np.ndarray]: ...
+
+    def meta(self, key: str, default=None): ...
+
 
 # A configuration: the attack's canonical spec holds its budget, so no separate ε key (clean
 # cells and poisoning attacks have none, and NaN keys would need a placeholder).
@@ -89,10 +101,11 @@ def flat_cells(frame: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def done_cells(store: ResultStore, spec: str | None = None) -> pd.DataFrame:
+def done_cells(store: RunReader, spec: str | None = None) -> pd.DataFrame:
     """The finished cells, one per computation: where a run holds two cells of the same
-    configuration (seed, split and attack included), as when a rerun after an upgrade of
-    robustag keys its units anew and keeps the old cells, the one that finished last; a report
+    configuration (seed, split and attack included), as when a rerun after a release that
+    changed the numbers (`version.COMPUTATION`) keys its units anew and keeps the old cells, the
+    one that finished last; a report
     never averages two versions of one seed."""
     cells = flat_cells(store.cells(spec=spec, status="done"))
     computation = cells["config"].map(_without_code)  # a plugin's newer code supersedes its older cells
@@ -109,7 +122,7 @@ def _without_code(config: str) -> str:
     return json.dumps(parsed, sort_keys=True)
 
 
-def seed_averaged(store: ResultStore, keys: list[str], metric: str) -> np.ndarray:
+def seed_averaged(store: RunReader, keys: list[str], metric: str) -> np.ndarray:
     values = store.per_post(keys, metric)
     return np.mean([values[k] for k in keys], axis=0)
 
@@ -123,7 +136,7 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def aggregate(store: ResultStore, cells: pd.DataFrame, metrics: list[str], ci_metrics=None) -> pd.DataFrame:
+def aggregate(store: RunReader, cells: pd.DataFrame, metrics: list[str], ci_metrics=None) -> pd.DataFrame:
     """One row per group (all but the seed): mean, std over seeds, n seeds, and a bootstrap CI
     for each of `ci_metrics` (default: all; the resampling is the costly part)."""
     ci_metrics = metrics if ci_metrics is None else ci_metrics
@@ -265,7 +278,7 @@ def paired_test(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "effect_size": float(diff.mean() / sd) if sd > 0 else 0.0, "mean_diff": float(diff.mean())}
 
 
-def seed_matrix(store: ResultStore, row, metric: str, seeds: list) -> np.ndarray:
+def seed_matrix(store: RunReader, row, metric: str, seeds: list) -> np.ndarray:
     """(seeds, posts): a group's per-post values, one row per given seed."""
     key_of = dict(zip(row["cell_seeds"], row["cells"]))
     values = store.per_post([key_of[s] for s in seeds], metric)
@@ -281,7 +294,7 @@ def _match(table: pd.DataFrame, row, defense_column: str, defense, attack) -> pd
     return None if found.empty else found.iloc[0]
 
 
-def compare_to_reference(store: ResultStore, table: pd.DataFrame, metrics: str | list[str], reference: str,
+def compare_to_reference(store: RunReader, table: pd.DataFrame, metrics: str | list[str], reference: str,
                          change: bool = False, tested: set | None = None) -> pd.DataFrame:
     """Each group against the reference defense's group under the same dataset, model, attack
     and budget, paired by seed, for each metric: the method-level difference (`diff`, its 95%
@@ -303,7 +316,7 @@ def compare_to_reference(store: ResultStore, table: pd.DataFrame, metrics: str |
     return frame
 
 
-def _comparisons(store: ResultStore, table: pd.DataFrame, metric: str, reference: str, change: bool) -> list[dict]:
+def _comparisons(store: RunReader, table: pd.DataFrame, metric: str, reference: str, change: bool) -> list[dict]:
     rows = []
     for _, row in table.iterrows():
         if row["defense_name"] == reference or (change and not row["attack"]):
@@ -320,7 +333,7 @@ def _comparisons(store: ResultStore, table: pd.DataFrame, metric: str, reference
     return rows
 
 
-def compare_groups(store: ResultStore, pairs: list[tuple], metric: str) -> dict:
+def compare_groups(store: RunReader, pairs: list[tuple], metric: str) -> dict:
     """Two groups (aggregate rows: any data set, model or defense), paired by the seeds both
     have, at method level: `pairs` is [(ours, theirs)] to compare levels, or [(ours, theirs),
     (ours_clean, theirs_clean)] to compare their changes from clean (difference in
@@ -344,7 +357,7 @@ def compare_groups(store: ResultStore, pairs: list[tuple], metric: str) -> dict:
 TEST_ITEMS = "test_items"  # meta key: per data set, the item of each test post (the clusters of posts)
 
 
-def test_clusters(store: ResultStore, datasets: set[str], posts: int) -> np.ndarray | None:
+def test_clusters(store: RunReader, datasets: set[str], posts: int) -> np.ndarray | None:
     """The item of each test post of the one data set compared, where the run stored them (a
     run from before robustag stored them gets none: its posts count as independent)."""
     if len(datasets) != 1:

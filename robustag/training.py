@@ -231,7 +231,7 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(split, config).to(device)
     with compiled_losses(model, compiled):
-        result = _fit(model, split, config, device, regime or TrainingRegime(), on_epoch)
+        result, = run_epochs(SoloFeed(model, split, config, device, on_epoch), regime or TrainingRegime())
     result.compiled, result.notes = compiled, [note] if note else []
     return result
 
@@ -287,35 +287,82 @@ def compiled_losses(model: EmbeddingModel, enabled: bool):
         del model.pair_losses
 
 
-def _fit(model, split, config, device, regime, on_epoch) -> TrainResult:
-    """Epochs of shuffled batches with fresh negatives until early stopping; best epoch kept."""
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    sampler = NegativeSampler(split.train, split.n_tags, generator, device)
-    users, items, tags = (torch.as_tensor(a, device=device) for a in split.train.triples())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    stopping = EarlyStopping(TrainResult(model=model, config=config), config.patience)
-    for epoch in range(config.epochs):
+class Feed:
+    """What `run_epochs` trains: a network and the batches of the model or models it holds, each
+    model drawing its batch order and negatives from its own seeded stream. `SoloFeed` is one
+    model; `stacking.StackFeed` holds several laid end to end. A feed says how a batch becomes
+    the loss to back-propagate, and records each epoch and early-stops its models."""
+
+    def __init__(self, network, split: TagSplit, configs: list[TrainConfig], device: torch.device):
+        self.network, self.split, self.config, self.device = network, split, configs[0], device
+        self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+        self.sampler = NegativeSampler(split.train, split.n_tags, self.generators[0], device)
+        self.triples = tuple(torch.as_tensor(a, device=device) for a in split.train.triples())
+
+    def batches(self):
+        """An epoch's (batch, rows per model) in order."""
+        raise NotImplementedError
+
+    def loss(self, regime: TrainingRegime, batch: Batch) -> tuple[torch.Tensor, dict]:
+        return regime_loss(regime, self.network, batch)
+
+    def end_epoch(self, epoch: int, sums: dict, regime: TrainingRegime, seconds: float) -> bool:
+        """Record the epoch and validate; True when every model has stopped."""
+        raise NotImplementedError
+
+    def finish(self) -> list[TrainResult]:
+        raise NotImplementedError
+
+    def figures(self, sums: dict, epoch: int, regime: TrainingRegime, prefix: str = "") -> dict:
+        """The epoch's record: the batch figures as means over the training triples, checked finite."""
+        record = {"epoch": epoch + 1, **{prefix + k: float(v) / len(self.triples[0]) for k, v in sums.items()}}
+        check_finite(record, regime)
+        return record
+
+
+class SoloFeed(Feed):
+    """One model trained alone (`train`)."""
+
+    def __init__(self, model, split: TagSplit, config: TrainConfig, device: torch.device, on_epoch: EpochCallback | None):
+        super().__init__(model, split, [config], device)
+        self.on_epoch = on_epoch
+        self.stopping = EarlyStopping(TrainResult(model=model, config=config), config.patience)
+
+    def batches(self):
+        users, items, tags = self.triples
+        order = torch.randperm(len(users), generator=self.generators[0], device=self.device)
+        for start in range(0, len(order), self.config.batch_size):
+            index = order[start : start + self.config.batch_size]
+            yield Batch(users[index], items[index], tags[index], self.sampler.sample(index, self.config.negatives)), len(index)
+
+    def end_epoch(self, epoch, sums, regime, seconds) -> bool:
+        record = {**self.figures(sums, epoch, regime), "seconds": seconds}
+        return self.stopping.end_epoch(self.network, record, self.split, self.device, self.on_epoch)
+
+    def finish(self) -> list[TrainResult]:
+        return [self.stopping.finish(self.network)]
+
+
+def run_epochs(feed: Feed, regime: TrainingRegime) -> list[TrainResult]:
+    """The epoch loop of every training, alone or stacked: shuffled batches with fresh
+    negatives, one Adam step each, until the feed's models early-stop; best epochs kept."""
+    optimizer = torch.optim.Adam(feed.network.parameters(), lr=feed.config.lr)
+    for epoch in range(feed.config.epochs):
         epoch_start = time.perf_counter()
-        model.train()
-        regime.begin_epoch(epoch, model)
+        feed.network.train()
+        regime.begin_epoch(epoch, feed.network)
         sums: dict[str, torch.Tensor] = {}
-        order = torch.randperm(len(users), generator=generator, device=device)
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            batch = Batch(users[index], items[index], tags[index], sampler.sample(index, config.negatives))
-            loss, figures = regime_loss(regime, model, batch)
+        for batch, rows in feed.batches():
+            loss, figures = feed.loss(regime, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            model.after_step()
-            add_figures(sums, figures, len(index))
-        regime.end_epoch(epoch, model)
-        record = {"epoch": epoch + 1, **{k: float(v) / len(users) for k, v in sums.items()}}
-        check_finite(record, regime)
-        record["seconds"] = time.perf_counter() - epoch_start
-        if stopping.end_epoch(model, record, split, device, on_epoch):
+            feed.network.after_step()
+            add_figures(sums, figures, rows)
+        regime.end_epoch(epoch, feed.network)
+        if feed.end_epoch(epoch, sums, regime, time.perf_counter() - epoch_start):
             break
-    return stopping.finish(model)
+    return feed.finish()
 
 
 def regime_loss(regime: TrainingRegime, model: EmbeddingModel, batch: Batch) -> tuple[torch.Tensor, dict]:

@@ -89,7 +89,7 @@ def swept_params(specs: list[BenchSpec]) -> list[str]:
 def trial_scores(cells: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     """One row per trained trial: its configuration, best validation NDCG@3 and epochs run.
     `cells`: the finished cells, one per configuration (`stats.done_cells`), so a trial rerun
-    after an upgrade is listed once."""
+    after a release that changed the numbers is listed once."""
     clean = cells[cells["attack"] == ""]
     per_unit = histories.groupby("unit").agg(**{SCORE: (SCORE, "max"), "epochs": ("epoch", "max")})
     columns = ["dataset", "model", "params", "defense_name", "defense", "seed", "unit"]

@@ -16,11 +16,10 @@ from robustag.attack import ATTACKS
 from robustag.checkpoint import load_model, save_model
 from robustag.checks import sanity_checks
 from robustag.defense import DEFENSES
-from robustag.evaluation import evaluate_model
 from robustag.models import MODELS
 from robustag.planning import CellTask, UnitTask
 from robustag.preprocess import load_split
-from robustag.robustness import evade, evasion_figures, poisoned_split, promotion_figures
+from robustag.robustness import evaluate_cell, poisoned_split
 from robustag.stacking import train_stacked
 from robustag.store import CellResult, UnitResult
 from robustag.training import TrainResult, train
@@ -116,15 +115,9 @@ def _evaluate_cell(cell: CellTask, task: UnitTask, model, split, device, train_s
     started = time.perf_counter()
     emit("cell", {"unit": task.label, "attack": cell.attack or task.poison or "clean"})
     try:
-        if cell.surface == "embedding":
-            attack = ATTACKS.create(cell.attack)
-            evaluation = evade(model, split, attack, device)
-            extra = evasion_figures(attack, model, split, evaluation)
-            checks = _sanity_checks(cell, model, split, device)
-        else:
-            evaluation = evaluate_model(model, split.test, split.n_tags, device)
-            extra = promotion_figures(ATTACKS.create(task.poison), split, evaluation) if task.poison else {}
-            checks = []
+        attack = ATTACKS.create(cell.attack) if cell.surface == "embedding" else None
+        evaluation, extra = evaluate_cell(model, split, device, attack, ATTACKS.create(task.poison) if task.poison else None)
+        checks = _sanity_checks(cell, model, split, device) if attack is not None else []
         return CellResult(cell.key, "done", time.perf_counter() - started, evaluation.summary(), evaluation.per_post,
                           extra, checks, train_seconds)
     except Exception:

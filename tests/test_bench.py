@@ -507,11 +507,11 @@ def test_a_report_can_cover_some_specs_of_a_run(planted_path, tmp_path):
 
 
 def test_a_rerun_after_an_upgrade_supersedes_the_old_cells_in_reports(planted_path, tmp_path, monkeypatch):
-    import robustag
+    from robustag import planning
 
     spec = small_spec(planted_path, attacks=["fgsm"], seeds=[0])
     run(spec, tmp_path / "run", compile=False).close()
-    monkeypatch.setattr(robustag, "__version__", "99.0")  # the upgrade keys every unit anew
+    monkeypatch.setattr(planning, "COMPUTATION", "99.0")  # a release that changes the numbers keys every unit anew
     store = run(spec, tmp_path / "run", compile=False)
     new_keys = {row.key for rows in plan([spec]).rows.values() for row in rows}
     assert len(store.cells(status="done")) == 2 * len(new_keys)  # the old cells are kept...
@@ -521,6 +521,17 @@ def test_a_rerun_after_an_upgrade_supersedes_the_old_cells_in_reports(planted_pa
     store.close()
     markdown = (write_report(tmp_path / "run") / "report.md").read_text()
     assert f"{len(new_keys)} finished cells repeat a configuration and seed" in markdown
+
+
+def test_a_release_that_changes_no_number_keeps_every_key(planted_path, monkeypatch):
+    import robustag
+    from robustag import version
+
+    spec = small_spec(planted_path, attacks=["fgsm"], seeds=[0])
+    before = {row.key for rows in plan([spec]).rows.values() for row in rows}
+    monkeypatch.setattr(version, "__version__", "99.0")
+    monkeypatch.setattr(robustag, "__version__", "99.0")
+    assert {row.key for rows in plan([spec]).rows.values() for row in rows} == before  # nothing recomputes
 
 
 def test_a_report_of_a_spec_with_only_poisoning_attacks(planted_path, tmp_path):

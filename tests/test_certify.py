@@ -17,8 +17,9 @@ from robustag.robustness import evade
 from robustag.training import default_config, train
 
 CPU = torch.device("cpu")
-NETWORKS = {"metric": lambda: MetricModel(3, 3, 6, dim=4), "pitf": lambda: PITFModel(3, 3, 6, dim=4, init_std=0.5),
-            "fm": lambda: FMModel(3, 3, 6, dim=4, init_std=0.5)}
+NETWORKS = {"metric": lambda: MetricModel(3, 3, 6, dim=4, margin=0.75),
+            "pitf": lambda: PITFModel(3, 3, 6, dim=4, reg=1e-5, init_std=0.5),
+            "fm": lambda: FMModel(3, 3, 6, dim=4, reg=1e-4, init_std=0.5)}
 
 
 def _scores(model, du, di, user=0, item=1):
@@ -96,7 +97,7 @@ def test_the_certified_rank_is_never_beaten_by_a_dense_search():
     """A tiny case solved by brute force: 2-d embeddings, the user row moved over a fine grid of
     its disc; no grid point ranks a true tag below its certified worst rank."""
     torch.manual_seed(3)
-    model = MetricModel(1, 1, 8, dim=2)
+    model = MetricModel(1, 1, 8, dim=2, margin=0.75)
     posts = Posts(np.array([0]), np.array([0]), np.array([0, 2]), np.array([1, 5]))
     eps = 0.4
     bounds = certify(model, posts, 8, eps, targets="user")
@@ -133,7 +134,7 @@ def test_the_joint_bound_is_sound_against_a_dense_search_and_never_below_the_per
 def _tiny_case(seed: int, eps: float = 0.6):
     """A 2-d metric model with 8 tags and three posts of 2, 3 and 4 true tags; both bounds."""
     torch.manual_seed(seed)
-    model = MetricModel(1, 1, 8, dim=2)
+    model = MetricModel(1, 1, 8, dim=2, margin=0.75)
     tags = [np.sort(np.random.default_rng(seed + k).choice(8, k, replace=False)) for k in (2, 3, 4)]
     posts = Posts(np.zeros(3, int), np.zeros(3, int), np.cumsum([0, *map(len, tags)]), np.concatenate(tags))
     joint, single = (certify(model, posts, 8, eps, targets="user+item", joint=j) for j in (True, False))

@@ -22,7 +22,7 @@ from robustag.display import attack_spec_labels, model_labels
 from robustag.errors import RobustagError
 from robustag.plugins import PluginError
 from robustag.spec import load_specs
-from robustag.store import ResultStore, _database_problem
+from robustag.store import CellRow, ResultStore, _database_problem
 
 
 def spec_file(folder: Path, dataset: str, body: str, name: str = "sweep") -> Path:
@@ -187,10 +187,8 @@ def test_a_relative_data_directory_is_taken_from_where_it_was_given(tmp_path, mo
 
 # -- data that looks right and is not ----------------------------------------------------------------
 
-def cell_row(key: str) -> dict:
-    return {"key": key, "unit": "u", "dataset": "d", "model": "metric", "params": "{}", "seed": 0, "defense": "plain",
-            "defense_name": "plain", "attack": None, "attack_name": None, "surface": "none", "eps": None, "config": key,
-            "attack_params": None, "defense_params": "{}", "strength": None, "strength_name": None}
+def cell_row(key: str) -> CellRow:
+    return CellRow.planned(key, "u", "d", "metric", {}, 0, "plain", None, "none", None, None, {"cell": key})
 
 
 def test_prune_keeps_the_cells_another_spec_still_plans(tmp_path):
@@ -696,10 +694,10 @@ def test_more_test_posts_per_user_keep_a_training_post_and_the_paper_split_uncha
 
 
 def test_models_poisoned_by_added_users_are_keyed_apart_from_those_before_the_fix(planted_path, tmp_path):
-    from robustag.planning import digest, plan
+    from robustag.planning import COMPUTATION, digest, plan
 
     spec = load_specs(spec_file(tmp_path, planted_path, 'attacks = ["tag-promote"]\n'))
     unit = next(u for u in plan(spec).units.values() if u.poison)
     before = {"dataset": unit.dataset, "split": unit.options.describe(), "config": unit.config.describe(),
-              "defense": unit.defense, "poison": unit.poison, "version": rt.__version__}
+              "defense": unit.defense, "poison": unit.poison, "version": COMPUTATION}
     assert unit.key != digest(before)  # a rerun retrains it: its stored cells re-initialised every row

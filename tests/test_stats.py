@@ -184,3 +184,25 @@ def test_a_comparison_is_tested_once_per_report(tmp_path, real_data_dir):
     assert len(first) == 3  # clean F1@3 and NDCG@3, and the change under fgsm
     assert len(second) == 1 and second.loc[0, "comparison"] == "change under pgd ε=0.1"  # fgsm and clean: tested above
     assert "3 comparisons were tested in an earlier section" in (folder / "report.md").read_text()
+
+
+def test_a_comparison_reads_per_post_values_from_any_reader():
+    """The statistics need no results database: per-post arrays behind `per_post` and `meta`
+    (a `RunReader`) give the method-level test on them."""
+    from robustag.stats import compare_groups
+
+    rng = np.random.default_rng(3)
+    ours, theirs = rng.normal(0.52, 0.1, (4, 300)), rng.normal(0.50, 0.1, (4, 300))
+    values = {f"ours{s}": ours[s] for s in range(4)} | {f"theirs{s}": theirs[s] for s in range(4)}
+
+    class Arrays:
+        def per_post(self, keys, metric):
+            return {key: values[key] for key in keys}
+
+        def meta(self, key, default=None):
+            return default
+
+    row = lambda name: {"cell_seeds": [0, 1, 2, 3], "cells": [f"{name}{s}" for s in range(4)], "dataset": "d"}
+    found = compare_groups(Arrays(), [(row("ours"), row("theirs"))], "ndcg@3")
+    assert found["diff"] == pytest.approx((ours - theirs).mean())
+    assert found == {**found, **crossed_test(ours - theirs)}

@@ -70,12 +70,12 @@ def test_tune_stores_every_trial_and_writes_the_best_as_a_spec(tmp_path, real_da
 
 
 def test_a_tune_rerun_after_an_upgrade_lists_each_trial_once(tmp_path, real_data_dir, monkeypatch):
-    import robustag
+    from robustag import planning
 
     options = dict(datasets=["movielens"], defenses=["plain"], budget=1, epochs=1, out=tmp_path / "tune",
                    data_dir=real_data_dir, device="cpu")
     first = rt.tune(**options)
-    monkeypatch.setattr(robustag, "__version__", "99.0")  # the upgrade keys every unit anew
+    monkeypatch.setattr(planning, "COMPUTATION", "99.0")  # a release that changes the numbers keys every unit anew
     again = rt.tune(**options)
     assert len(first.trials) == len(again.trials) == 1  # the store holds both, the table the later one
     assert again.trials["unit"].item() != first.trials["unit"].item()

@@ -21,7 +21,7 @@ class MetricModel(EmbeddingModel):
     name = "metric"
     stackable = True
 
-    def __init__(self, n_users, n_items, n_tags, dim=64, margin=0.5, norm="clip", max_norm=1.0, reg=0.0):
+    def __init__(self, n_users, n_items, n_tags, dim, margin, norm="clip", max_norm=1.0, reg=0.0):
         super().__init__(n_users, n_items, n_tags, dim)
         if norm not in ("clip", "reg", "none"):
             raise ValueError(f"norm must be clip, reg or none, got {norm!r}")
@@ -78,7 +78,7 @@ class PITFModel(EmbeddingModel):
     name = "pitf"
     stackable = True
 
-    def __init__(self, n_users, n_items, n_tags, dim=64, reg=1e-5, init_std=0.01):
+    def __init__(self, n_users, n_items, n_tags, dim, reg, init_std=0.01):
         super().__init__(n_users, n_items, n_tags, dim, tag_dim=2 * dim)
         self.reg = reg
         for table in self.tables().values():
@@ -113,8 +113,8 @@ def mean_square_norm(embeddings: BatchEmbeddings) -> torch.Tensor:
     return total.mean()
 
 
-# Defaults chosen by mean validation NDCG@3 over lastfm and movielens 10-core (never on
-# test); the sweep tables are in the foundation issue's notes (benchmarks/sweep_defaults.py).
+# The recipes hold the defaults (the networks take them from `build`), chosen by mean validation
+# NDCG@3 over LastFM and MovieLens 10-core, never on test (benchmarks/sweep_defaults.py).
 
 class Metric(Model):
     name = "metric"

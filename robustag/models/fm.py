@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from robustag.models.base import EmbeddingModel
+from robustag.models.base import EmbeddingModel, Model
 from robustag.models.embedding import PITF, mean_square_norm
 from robustag.plugins import Param, non_negative
 
@@ -24,7 +24,7 @@ class FMModel(EmbeddingModel):
     name = "fm"
     stackable = True
 
-    def __init__(self, n_users, n_items, n_tags, dim=64, reg=1e-5, init_std=0.01):
+    def __init__(self, n_users, n_items, n_tags, dim, reg, init_std=0.01):
         super().__init__(n_users, n_items, n_tags, dim, tag_dim=dim + 1)
         self.reg = reg
         for table in self.tables().values():
@@ -50,15 +50,14 @@ class FMModel(EmbeddingModel):
         return self.reg * mean_square_norm(embeddings)
 
 
-class FM(PITF):
-    """PITF's recipe (its tuned shared options), building the factorization machine. Its L2
-    weight was chosen by mean validation NDCG@3 over LastFM and MovieLens 10-core among
-    lr ∈ {1e-3, 2e-3, 5e-3} × reg ∈ {0, 1e-5, 1e-4} (reports/benchmarks/sweep-fm-*.md): lr 2e-3
-    as PITF, reg 1e-4 (0.6433; reg 0: 0.6430, 1e-5: 0.6425, a tie within a seed's noise)."""
+class FM(Model):
+    """The factorization machine's recipe: PITF's shared training options, its own L2 weight
+    (both chosen on validation: reports/benchmarks/sweep-fm-*.md)."""
 
     name = "fm"
     summary = "factorization machine over one-hot user, item, tag: w_t + <v_u + v_i, v_t>, BPR"
     params = {"reg": Param(1e-4, "L2 weight on the batch's rows", **non_negative())}
+    defaults = PITF.defaults
 
     def build(self, n_users, n_items, n_tags, dim):
         return FMModel(n_users, n_items, n_tags, dim=dim, reg=self.reg)

@@ -9,10 +9,10 @@ The suite, at the attack's budget, norm and tables, in this order:
 4. the combinatorial search (`combinatorial`, 50 APGD steps per set): per post, the non-true
    tags cheapest to lift above every true tag, lifted together — the verifier's idea for any
    model (user and item rows);
-5. where the complete verifier is fast — an L2 budget and one ball of perturbations (metric and
-   FM, or one perturbed table of PITF) — its witnesses (`witness`): each post's exact worst
-   NDCG@3 where it solved. (PITF with both rows and L∞ budgets need a conic or linear solver
-   per step; run `witness` or `exact` there explicitly.)
+5. where the complete verifier is fast — a model with score directions under an L2 budget on
+   the user and item rows — its witnesses (`witness`): each post's exact worst NDCG@3 where it
+   solved. (Under L∞ it solves a linear programme per step, ~30× slower; run `witness` or
+   `exact` there explicitly.)
 
 For each post the perturbation that leaves the lowest NDCG@3 wins (the first in suite order on
 ties). A perturbed tag table is shared by every post, so there the member with the lowest mean
@@ -21,7 +21,6 @@ NDCG@3 wins. As a training adversary (no posts to score) it is APGD on the train
 
 from robustag.attack import ATTACKS, EmbeddingAttack, Param, PluginError, positive
 from robustag.certify import certifiable
-from robustag.verify import one_ball
 from robustag.robustness import keep_worst, margin_objective, own_top_objective
 
 SUITE = ("given", "margin", "label-free")
@@ -44,8 +43,9 @@ class Auto(EmbeddingAttack):
         if objective is None:
             raise PluginError("auto: needs the test labels (it keeps each post's worst NDCG@3)")
         objectives = {"given": objective, "margin": margin_objective(context), "label-free": own_top_objective(context, 3)}
-        searched = self.combinatorial and "tag" not in self.target_tables
-        verified = self.witness and certifiable(context.model) and one_ball(context.model, self.norm, self.targets)
+        rows_only = "tag" not in self.target_tables
+        searched = self.combinatorial and rows_only
+        verified = self.witness and rows_only and self.norm == "l2" and certifiable(context.model)
         best = None
         for name in SUITE + (("combinatorial",) if searched else ()) + (("witness",) if verified else ()):
             if name in ("combinatorial", "witness"):

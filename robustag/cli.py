@@ -320,17 +320,7 @@ def attack_command(
     for path, option in ((json_out, "--json"), (save, "--save")):
         _output_file(path, option)
     attack_list = rt.build_attacks(_names(attacks, "--attacks"), _budgets(eps), seed)
-    evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
-    if evasions and not MODELS.resolve(model)[0].embeddings and not load:
-        raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
-    config = _checked_training(model, defense, device, seed, params)
-    if checks and not any(checkable(each) for each in attack_list):
-        raise RobustagError("--checks: none of these attacks has sanity checks (they test gradient-based evasion "
-                            "attacks: pgd, mim, fgsm, auto, ...); leave --checks out or add one")
-    if load:
-        _check_loaded_options(load, model, params, defense, save, poisons=len(attack_list) - len(evasions))
-    elif save and not config.recipe().learned:
-        raise RobustagError(f"--save {save}: {config.model} is not a learned model; there is nothing to save")
+    config = _checked_attack_run(attack_list, model, defense, device, seed, params, load, save, checks)
     split = _load(dataset, data_dir, p_core, split_seed)
     for each in attack_list:
         each.check(split)  # before training: a bad target tag must not cost a training run
@@ -354,6 +344,23 @@ def attack_command(
         })
     if checks:
         _report_checks(rt.sanity_checks(trained, split, attack_list))
+
+
+def _checked_attack_run(attack_list: list, model: str, defense: str, device: str, seed: int, params: dict,
+                        load: Optional[Path], save: Optional[Path], checks: bool):
+    """Everything `attack` can refuse before it reads data or trains; the training configuration."""
+    evasions = [a.name for a in attack_list if isinstance(a, EmbeddingAttack)]
+    if evasions and not MODELS.resolve(model)[0].embeddings and not load:
+        raise RobustagError(f"--attacks {evasions[0]}: perturbs embeddings, but model {model!r} has none")
+    config = _checked_training(model, defense, device, seed, params)
+    if checks and not any(checkable(each) for each in attack_list):
+        raise RobustagError("--checks: none of these attacks has sanity checks (they test gradient-based evasion "
+                            "attacks: pgd, mim, fgsm, auto, ...); leave --checks out or add one")
+    if load:
+        _check_loaded_options(load, model, params, defense, save, poisons=len(attack_list) - len(evasions))
+    elif save and not config.recipe().learned:
+        raise RobustagError(f"--save {save}: {config.model} is not a learned model; there is nothing to save")
+    return config
 
 
 def _attack_with_progress(trained, split, attack_list: list, poison_valid: bool):

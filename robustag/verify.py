@@ -22,8 +22,9 @@ n − k_i + 1, k_i = min{k : m_k ≥ i}, B_1 ⊇ B_2 ⊇ …. (Given x, take B_k
 the top non-true tags; conversely j_i above n − k + 1 true tags is above one ranked k-th or
 better among them, so above t_(k).) For fixed sets the condition is a convex feasibility
 problem — a minimum-norm point of a polyhedron for one L2 ball (Lawson & Hanson's least
-distance programming through SciPy's NNLS, 40 µs), a second-order cone problem for two balls
-(Clarabel, an interior-point conic solver) and a linear programme for boxes (HiGHS through
+distance programming through SciPy's NNLS, 40 µs), for two balls weighted least-distance
+programmes bisecting the weight between the blocks, then a second-order cone problem where they
+do not settle it (Clarabel, an interior-point conic solver) and a linear programme for boxes (HiGHS through
 SciPy). The verifier searches the sets depth first, with every non-true tag that cannot pass
 one of the true tags alone (`certify`'s closed form) left out, and forward checking: a partial
 choice is dropped once fewer extensions stay feasible than it still needs.
@@ -141,15 +142,6 @@ def check_targets(plugin: str, tables: tuple[str, ...]) -> None:
         raise PluginError(f"{plugin}: perturbed tag tables have no verifier; use targets=user+item")
 
 
-def one_ball(model, norm: str, targets: str) -> bool:
-    """Whether the verifier's set is one L2 ball (metric and FM, or one perturbed table): its
-    fast case, least-distance programming alone (two balls and boxes need a conic or linear solver)."""
-    if norm != "l2" or "tag" in targets.split("+"):
-        return False
-    a, b = model.score_directions(model.tag.weight.detach())
-    return "+" not in targets or torch.equal(a, b)
-
-
 def feasible(rows: np.ndarray, rhs: np.ndarray, margin: float, geometry: Geometry) -> tuple[bool, np.ndarray]:
     """Is {x ∈ S : rows·x ≥ rhs} non-empty? (True, x) with rows·x ≥ rhs + margin, or (False, λ)
     a checked certificate that even rows·x ≥ rhs has no point in S. `_Undecided` otherwise."""
@@ -186,7 +178,37 @@ def _solve(rows: np.ndarray, rhs: np.ndarray, geometry: Geometry) -> tuple[np.nd
         return y, None
     if len(geometry.blocks) == 1 or float(np.linalg.norm(y)) > np.sqrt(len(geometry.blocks)):
         return None, multipliers  # outside the ball that holds every product of unit balls
+    y, multipliers = _balanced_distance(rows, rhs, geometry.blocks)
+    if y is not None or multipliers is not None:
+        return y, multipliers
     return _product_of_balls(rows, rhs, geometry.blocks)
+
+
+BALANCE_STEPS = 30
+
+
+def _balanced_distance(rows, rhs, blocks):
+    """Two unit balls: weighted least-distance programmes, min θ‖y_1‖² + (1 − θ)‖y_2‖², with θ
+    bisected towards the point where the two blocks' norms are equal (the minimum of the larger
+    one: the product's own problem). A y inside both balls, or multipliers that pass the Farkas
+    check, settle the condition at the first step that finds one; (None, None) if none did."""
+    split = blocks[0]
+    unit = Geometry("l2", np.ones(rows.shape[1]), blocks)
+    low, high = 0.0, 1.0
+    for _ in range(BALANCE_STEPS):
+        theta = (low + high) / 2
+        weight = np.concatenate([np.full(split, np.sqrt(theta)), np.full(rows.shape[1] - split, np.sqrt(1 - theta))])
+        z, multipliers = _least_distance(rows / weight, rhs)
+        if z is None:
+            return None, multipliers
+        y = z / weight
+        first, second = float(np.linalg.norm(y[:split])), float(np.linalg.norm(y[split:]))
+        if max(first, second) <= 1.0:
+            return y, None
+        if certificate_holds(rows, rhs, multipliers, unit):
+            return None, multipliers
+        low, high = (theta, high) if first > second else (low, theta)
+    return None, None
 
 
 def _least_distance(rows: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:

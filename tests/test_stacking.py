@@ -23,7 +23,7 @@ def movielens(real_data_dir):
 @pytest.mark.parametrize("model,defense", [("metric", "plain"), ("metric", "aml"), ("metric", "spaml-s"),
                                            ("pitf", "aml"), ("metric", "certified")])
 def test_stacked_members_match_solo_training(movielens, model, defense):
-    configs = [default_config(model, epochs=4, patience=2, seed=seed) for seed in (0, 1, 2)]
+    configs = [default_config(model, epochs=3, patience=2, seed=seed) for seed in (0, 1)]
     alone = [train(movielens, config, CPU, regime=DEFENSES.create(defense), compile=False) for config in configs]
     stacked = train_stacked(movielens, configs, CPU, DEFENSES.create(defense), compile=False)
     for solo, member in zip(alone, stacked):

@@ -40,6 +40,8 @@ class Combinatorial(EmbeddingAttack):
         true, valid = _true_tags(context.posts, scores.device)
         others = scores.scatter(1, true, float("-inf"))  # padding repeats a true tag: masked too
         candidates = others.topk(min(self.candidates, scores.shape[1] - true.shape[1]), dim=1).indices
+        if not candidates.shape[1]:
+            return deltas  # a post here carries every tag: no other tag is left to overtake its true ones
         order = _cheapest_first(context, deltas, radius, self.norm, candidates, true, valid)
         best = None
         for n in range(1, min(self.overtakers, candidates.shape[1]) + 1):

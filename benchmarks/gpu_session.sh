@@ -20,4 +20,7 @@ step() { echo "== $*"; local t=$SECONDS; "$@"; echo "== exit $? after $((SECONDS
   step python3 -m robustag results /tmp/gpu-default --csv "$OUT/default-gpu-cells.csv"
   step python3 scaling.py --device cuda --out "$OUT/scaling-gpu.json"
   step python3 perf.py --dataset lastfm --out "$OUT/perf-lastfm-gpu.json"
+  # auto's cost per 1,000 posts on the GPU beside the verifier's (numpy on the host: the metric
+  # model alone, the verifier's CPU figures for FM and PITF are in verify-lastfm-cpu.json)
+  step python3 verify.py --models metric --eps 0.1 --device cuda --out "$OUT/verify-lastfm-gpu.json"
 } 2>&1 | tee "$OUT/log.txt"

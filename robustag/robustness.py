@@ -334,13 +334,12 @@ def run_attack(
 ) -> AttackOutcome:
     """One attack against one trained model: evasion on the embeddings, or poison and retrain
     (`new_regime()` makes the training regime, i.e. the defense, for the retraining)."""
-    started = time.perf_counter()
+    started, before = time.perf_counter(), promotion_figures(attack, split, clean, "clean_")
     if isinstance(attack, EmbeddingAttack):
         evaluation, extra = evaluate_cell(model, split, device, attack)
         threat = None if isinstance(attack, Bound) else (attack.eps, attack.norm, attack.targets)
         return AttackOutcome(attack.spec, attack.surface, attack.eps, evaluation, time.perf_counter() - started,
-                             {**promotion_figures(attack, split, clean, "clean_"), **extra}, threat)
+                             {**before, **extra}, threat)
     poisoned, retrained = poison(split, attack, config, device, new_regime, on_epoch, poison_valid)
     evaluation, extra = evaluate_cell(retrained, split, device, poison=attack)
-    return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started,
-                         {**promotion_figures(attack, split, clean, "clean_"), **extra})
+    return AttackOutcome(attack.spec, attack.surface, None, evaluation, time.perf_counter() - started, {**before, **extra})

@@ -53,7 +53,7 @@ import torch
 from scipy.optimize import linprog, nnls
 
 from robustag.attack import row_budget
-from robustag.certify import certify
+from robustag.certify import certifiable, certify
 from robustag.errors import RobustagError
 from robustag.plugins import PluginError
 from robustag.evaluation import CUTOFFS, post_tensors
@@ -428,7 +428,7 @@ def verify(model, posts: Posts, n_tags: int, eps: float, norm: str = "l2", targe
            device: torch.device | str = "cpu", cutoffs=CUTOFFS, max_solves: int = MAX_SOLVES) -> Verification:
     """The exact worst case of every metric for each post (brackets where unsolved) and the
     NDCG@3 witnesses; the lower ends never below the joint certified bound."""
-    if getattr(model, "score_directions", None) is None or model.score_directions(model.tag.weight) is None:
+    if not certifiable(model):
         raise RobustagError(f"exact: model {getattr(model, 'name', type(model).__name__)!r} declares no linear "
                             "score directions (score_directions); nothing to verify")
     started = time.perf_counter()

@@ -241,7 +241,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
           eps: list[float] | None = None, epochs: int | None = None, device: str = "auto", workers: int = 1,
           per_gpu: int = 1, executor: str = "local", address: str | None = None, plugins: Sequence[str | Path] = (),
           retry_failed: bool = False, prune: bool = False, reference: str | None = None, compile: bool | None = None,
-          report: bool = True, poison_valid: bool | None = None, stack: int | None = None,
+          report: bool = True, poison_valid: bool | None = None, stack: int | None = None, retries: int = 3,
           on_event: EventFn | None = None) -> Run:
     """Run a benchmark matrix resumably and return its `Run` (open: close it, or use `with`).
 
@@ -249,7 +249,9 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
     arguments replace the spec's. Everything (plugins, options, device, data sets) is checked
     before the run folder is touched; a second bench on the same folder is refused while one
     runs. `stack`: the most models of one configuration (seeds) trained as one
-    (`robustag.stacking`; default: 1 on a CPU, where it does not pay, 8 on a GPU).
+    (`robustag.stacking`; default: 1 on a CPU, where it does not pay, 8 on a GPU). `retries`
+    (Ray): how often a unit lost with its worker or node is rerun before its cells are recorded
+    failed, for `retry_failed` to complete later.
     `on_event(kind, data)` follows the work: "plan" (once), "train", "epoch", "cell",
     "warning", "unit_done"."""
     emit = on_event or (lambda kind, data: None)
@@ -266,7 +268,7 @@ def bench(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out:
     settings = RunSettings(out=Path(out) if out else Path("runs") / folder_name(name), data_dir=paths.data_dir(data_dir),
                            device=device, workers=workers, per_gpu=per_gpu, executor=executor, address=address,
                            plugins=tuple(str(p) for p in plugins), retry_failed=retry_failed, compile=compile,
-                           stack=stack)
+                           stack=stack, retries=retries)
     check_settings(settings)
     test_items = check_data(list(the_plan.units.values()), settings.data_dir)
     store = ResultStore(settings.out)

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from robustag.errors import ParameterError
-from robustag.executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
+from robustag.checkpoint import write_checkpoint
+from robustag.executors import Executor, Parent, PoolExecutor, RayExecutor, SerialExecutor
 from robustag.planning import UnitTask, stack_groups
 from robustag.provenance import run_info
 from robustag.store import ResultStore, UnitResult
@@ -37,9 +38,10 @@ class RunSettings:
     retry_failed: bool = False
     compile: bool | None = None  # None: compiled where the compiler works (training.compile_mode)
     stack: int | None = None  # most models trained as one stack; None: 1 on CPU, STACK_ON_GPU on a GPU
+    retries: int = 3  # Ray: how often a unit lost with its worker or node is rerun before its cells are failed
 
     def worker_setup(self) -> WorkerSetup:
-        return WorkerSetup(str(self.data_dir), str(self.out / "models"), self.plugins, None, self.compile)
+        return WorkerSetup(str(self.data_dir), self.plugins, None, self.compile)
 
 
 def devices_for(settings: RunSettings) -> list[str]:
@@ -57,6 +59,8 @@ def check_settings(settings: RunSettings) -> None:
     for option, value in (("workers", settings.workers), ("per_gpu", settings.per_gpu), ("stack", 1 if settings.stack is None else settings.stack)):
         if value < 1:
             raise ParameterError(option, "expected a count ≥ 1", value)
+    if settings.retries < 0:
+        raise ParameterError("retries", "expected a count ≥ 0", settings.retries)
     if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
         raise ParameterError("executor", "needs Ray: pip install 'robustag[ray]'", "ray")
     if devices_for(settings) == ["cpu"] and settings.per_gpu > 1:
@@ -66,7 +70,7 @@ def check_settings(settings: RunSettings) -> None:
 
 def executor_for(settings: RunSettings, devices: list[str]) -> Executor:
     if settings.executor == "ray":
-        return RayExecutor(settings.address, settings.workers, settings.per_gpu)
+        return RayExecutor(settings.address, settings.workers, settings.per_gpu, settings.retries)
     workers = settings.workers if devices == ["cpu"] else len(devices) * settings.per_gpu
     return PoolExecutor(workers) if workers > 1 else SerialExecutor()
 
@@ -81,13 +85,20 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
     """Execute units with the chosen executor (in stacks where they can), writing each unit's
     results as it completes."""
     devices = devices_for(settings)
-    (settings.out / "models").mkdir(parents=True, exist_ok=True)
+    models = settings.out / "models"
+    models.mkdir(parents=True, exist_ok=True)
+
+    def cached(group: list[UnitTask]) -> list[bytes | None]:
+        paths = [models / f"{unit.key}.pt" for unit in group]
+        return [path.read_bytes() if unit.config.recipe().learned and path.is_file() else None for unit, path in zip(group, paths)]
 
     def store_unit(unit: UnitTask, result: UnitResult, device: str) -> None:
+        if result.checkpoint is not None:  # before its cells: a unit marked done always has its model
+            write_checkpoint(models / f"{unit.key}.pt", result.checkpoint)
         store.write_unit(result, run_info(device, result.compiled))
         for message in result.warnings:
             on_event("warning", {"unit": unit.label, "message": message})
         on_event("unit_done", {"unit": unit.label, "failed": result.failed, "cells": len(unit.cells)})
 
     groups = stack_groups(units, stack_size(settings, devices))
-    executor_for(settings, devices).run(groups, settings.worker_setup(), devices, store_unit, on_event)
+    executor_for(settings, devices).run(groups, settings.worker_setup(), devices, Parent(cached, store_unit, on_event))

@@ -525,6 +525,8 @@ def bench_command(
     workers: int = typer.Option(1, min=1, help="Worker processes (local executor, CPU)."),
     per_gpu: int = typer.Option(1, "--per-gpu", min=1, help="Units packed on each GPU at once."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (executor ray)."),
+    retries: int = typer.Option(3, min=0, help="Executor ray: reruns of a unit lost with its worker or node before "
+                                "its cells are recorded failed."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the cells that failed."),
     prune: bool = typer.Option(False, "--prune", help="Drop stored cells of these specs that the plan no longer has."),
     reference: Optional[str] = typer.Option(None, help="Defense the paired tests compare against (default: the spec's, plain)."),
@@ -542,7 +544,8 @@ def bench_command(
             defenses=_names(defenses, "--defenses"), attacks=_names(attacks, "--attacks"), seeds=seeds,
             eps=_budgets(eps), epochs=epochs, device=device, workers=workers, per_gpu=per_gpu, executor=executor,
             address=address, plugins=plugin or (), retry_failed=retry_failed, prune=prune, reference=reference,
-            compile=compile, report=report, poison_valid=poison_valid, stack=stack, on_event=live.on_event)
+            compile=compile, report=report, poison_valid=poison_valid, stack=stack, retries=retries,
+            on_event=live.on_event)
     with run:
         _stdout().print(summary_table(run))
         failed = run.failed

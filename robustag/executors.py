@@ -1,10 +1,12 @@
 """Executors: how units run — one after another, in a local process pool, or on Ray.
 
-Each is a small class with one method, `run(groups, setup, devices, on_result, on_event)`: it
-runs `worker.execute_units` on every group of units (one unit, or a stack that trains as one)
-and hands each finished unit to `on_result(unit, result, device)` in the parent, which alone
-writes the results database. Executors know nothing of the bench that calls them (no import
-back), so a new one is one class here.
+Each is a small class with one method, `run(groups, setup, devices, parent)`: it runs
+`worker.execute_units` on every group of units (one unit, or a stack that trains as one),
+starting from the cached models `parent.cached(group)` reads, and hands each finished unit to
+`parent.on_result(unit, result, device)` in this process, which alone writes the run folder
+(results and model cache alike: workers need no file system shared with it). Executors know
+nothing of the bench that calls them (no import back), so a new one is one class here. Groups
+are handed out a few at a time, so a resumed bench never holds every cached model at once.
 """
 
 from __future__ import annotations
@@ -14,35 +16,58 @@ import os
 import queue
 import threading
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from robustag.errors import RobustagError
 from robustag.planning import UnitTask
 from robustag.store import UnitResult
-from robustag.worker import EventFn, WorkerSetup, execute_units, threads_per_worker
+from robustag.worker import EventFn, NodeNeeds, WorkerSetup, execute_units, failed_units, threads_per_worker
 
 ResultFn = Callable[[UnitTask, UnitResult, str], None]
 
 
+@dataclass
+class Parent:
+    """What an executor calls in the process that owns the run folder."""
+
+    cached: Callable[[list[UnitTask]], list[bytes | None]]  # the cached model of each unit of a group, or None
+    on_result: ResultFn
+    on_event: EventFn
+
+    def hand_over(self, group: list[UnitTask], results: list[UnitResult], device: str) -> None:
+        for unit, result in zip(group, results):
+            self.on_result(unit, result, device)
+
+
 class Executor(Protocol):
-    def run(self, groups: list[list[UnitTask]], setup: WorkerSetup, devices: list[str], on_result: ResultFn,
-            on_event: EventFn) -> None:
-        """Run every group of units on one of `devices`; `on_result` each unit as its group finishes."""
+    def run(self, groups: list[list[UnitTask]], setup: WorkerSetup, devices: list[str], parent: Parent) -> None:
+        """Run every group of units on one of `devices`; `parent.on_result` each unit as its group finishes."""
 
 
-def _hand_over(group: list[UnitTask], results: list[UnitResult], device: str, on_result: ResultFn) -> None:
-    for unit, result in zip(group, results):
-        on_result(unit, result, device)
+def run_bounded(groups: list[list[UnitTask]], limit: int, submit: Callable, wait_some: Callable[[list], Iterable],
+                finish: Callable) -> None:
+    """Keep at most `limit` groups in flight: `submit(index, group)` gives a handle,
+    `wait_some(handles)` the handles finished, `finish(handle, index, group)` takes each."""
+    waiting = iter(enumerate(groups))
+    in_flight: dict = {}
+    while True:
+        while len(in_flight) < limit and (item := next(waiting, None)) is not None:
+            in_flight[submit(*item)] = item
+        if not in_flight:
+            return
+        for handle in wait_some(list(in_flight)):
+            finish(handle, *in_flight.pop(handle))
 
 
 class SerialExecutor:
     """In this process, one group after another, on the first device."""
 
-    def run(self, groups, setup, devices, on_result, on_event) -> None:
+    def run(self, groups, setup, devices, parent) -> None:
         for group in groups:
-            _hand_over(group, execute_units(group, setup, devices[0], on_event=on_event), devices[0], on_result)
+            parent.hand_over(group, execute_units(group, setup, devices[0], parent.cached(group), parent.on_event), devices[0])
 
 
 @dataclass
@@ -52,25 +77,25 @@ class PoolExecutor:
 
     workers: int
 
-    def run(self, groups, setup, devices, on_result, on_event) -> None:
+    def run(self, groups, setup, devices, parent) -> None:
         context = multiprocessing.get_context("spawn")  # safe with CUDA, same on every platform
         events = context.Queue()  # handed to workers at start-up: no manager process to outlive us
         if devices == ["cpu"]:
             setup = replace(setup, threads=threads_per_worker(self.workers))
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_start_worker,
                                  initargs=(os.getpid(), events)) as pool:
-            futures = {}
-            for index, group in enumerate(groups):
-                device = devices[index % len(devices)]
-                futures[pool.submit(_execute_with_events, group, setup, device)] = (group, device)
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, on_event)
-                for future in done:
-                    group, device = futures[future]
-                    _hand_over(group, future.result(), device, on_result)
-            _drain(events, on_event)
+
+            def submit(index, group):
+                return pool.submit(_execute_with_events, group, setup, devices[index % len(devices)], parent.cached(group))
+
+            def wait_some(futures):
+                done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, parent.on_event)
+                return done
+
+            run_bounded(groups, 2 * self.workers, submit, wait_some,
+                        lambda future, index, group: parent.hand_over(group, future.result(), devices[index % len(devices)]))
+            _drain(events, parent.on_event)
         events.close()
 
 
@@ -91,8 +116,8 @@ def _start_worker(parent: int, events) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _execute_with_events(group, setup, device):
-    return execute_units(group, setup, device, on_event=lambda kind, data: _worker_events.put((kind, data)))
+def _execute_with_events(group, setup, device, cached):
+    return execute_units(group, setup, device, cached, lambda kind, data: _worker_events.put((kind, data)))
 
 
 def _drain(events, on_event) -> None:
@@ -107,13 +132,21 @@ def _drain(events, on_event) -> None:
 @dataclass
 class RayExecutor:
     """One Ray task per group, asking Ray for a share of a GPU when there is one; `address`
-    joins a cluster, without it Ray starts a local instance with `workers` CPUs."""
+    joins a cluster, without it Ray starts a local instance with `workers` CPUs.
+
+    Nodes share nothing with the driver but Ray's object store: cached models go out and
+    trained ones come back through it, and every node is checked first for what the units need
+    (`worker.NodeNeeds`: the release, the data sets, the plugins' code), a missing piece stopping
+    the bench before any work with one line naming the node. A task lost with its worker or node
+    is retried `retries` times by Ray (elsewhere if the node is gone); after that its cells are
+    recorded failed, for `--retry-failed` to complete."""
 
     address: str | None = None
     workers: int = 1
     per_gpu: int = 1
+    retries: int = 3
 
-    def run(self, groups, setup, devices, on_result, on_event) -> None:
+    def run(self, groups, setup, devices, parent) -> None:
         try:
             import ray
         except ImportError as error:
@@ -122,14 +155,48 @@ class RayExecutor:
         if started_here:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      num_cpus=None if self.address else self.workers)
+        try:
+            self._run(ray, groups, setup, devices, parent)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray, groups, setup, devices, parent) -> None:
         gpu = 1.0 / self.per_gpu if devices != ["cpu"] else 0
-        remote = ray.remote(num_cpus=1, num_gpus=gpu)(execute_units)
         device = "cuda" if gpu else "cpu"
         setup = replace(setup, threads=1)
-        refs = {remote.remote(group, setup, device): group for group in groups}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            _hand_over(refs[done[0]], ray.get(done[0]), device, on_result)
-        if started_here:
-            ray.shutdown()
+        check_nodes(ray, NodeNeeds.of([unit for group in groups for unit in group], setup), setup)
+        remote = ray.remote(num_cpus=1, num_gpus=gpu, max_retries=self.retries)(execute_units)
+        slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1) / (gpu or 1))
+
+        def finish(ref, index, group):
+            try:
+                results = ray.get(ref)
+            except ray.exceptions.RayError as error:  # the worker or its node died, retries spent
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                results = failed_units(group, f"lost on the Ray cluster after {self.retries} retries: {reason}\n"
+                                              + traceback.format_exc())
+            parent.hand_over(group, results, device)
+
+        run_bounded(groups, 2 * max(1, slots), lambda index, group: remote.remote(group, setup, device, parent.cached(group)),
+                    lambda refs: ray.wait(refs, num_returns=1)[0], finish)
+
+
+def check_nodes(ray, needs: NodeNeeds, setup: WorkerSetup, timeout: float = 300.0) -> None:
+    """Ask every live node of the cluster what it lacks of `needs`; stop with one line naming
+    each node and what it lacks (a node that cannot even run robustag says so too)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(NodeNeeds.problems)
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(needs, setup)
+            for node in nodes]
+    found = []
+    for node, ref in zip(nodes, refs):
+        try:
+            problems = ray.get(ref, timeout=timeout)
+        except Exception as error:
+            problems = [f"cannot run robustag ({type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''})"]
+        found += [f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): {problem}" for problem in problems]
+    if found:
+        raise RobustagError("the Ray cluster cannot run this bench: " + "; ".join(found))

@@ -118,13 +118,16 @@ class CellResult:
 @dataclass
 class UnitResult:
     """One trained model's attempt, as a worker hands it back: its cells' results, its training
-    history, the warnings it raised, and whether it trained compiled."""
+    history, the warnings it raised, whether it trained compiled, and the model it trained (a
+    checkpoint's bytes, for the parent to cache: workers never write the run folder, so they
+    need no file system shared with it)."""
 
     unit: str
     cells: list[CellResult]
     history: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     compiled: bool = False
+    checkpoint: bytes | None = None
 
     @property
     def failed(self) -> int:

@@ -253,14 +253,6 @@ def test_two_local_workers_give_the_same_numbers(planted_path, tmp_path):
     assert per_post_table(one) == per_post_table(two)
 
 
-def test_ray_executor_gives_the_same_numbers(planted_path, tmp_path):
-    pytest.importorskip("ray", reason="the ray extra is not installed")
-    spec = small_spec(planted_path, defenses=["plain"], attacks=["fgsm"], seeds=[0])
-    local = run(spec, tmp_path / "local")
-    distributed = run(spec, tmp_path / "ray", executor="ray", workers=2)
-    assert per_post_table(local) == per_post_table(distributed)
-
-
 def test_spec_files_and_errors(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('name = "x"\ndatasets = ["movielens"]\nseeds = [3, 4]\neps = [0.1, 0.2]\n[params]\ndim = [32, 64]\n')

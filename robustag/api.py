@@ -31,6 +31,7 @@ from robustag.attack import ATTACKS, Attack, EmbeddingAttack
 from robustag.bench import RunSettings, check_settings, run_units
 from robustag.certify import certifiable
 from robustag.checkpoint import load_model
+from robustag.halving import halving_scores
 from robustag.defense import DEFENSES, Defense
 from robustag.errors import ParameterError
 from robustag.evaluation import Evaluation, evaluate_model
@@ -296,11 +297,14 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
          budget: int, seed: int = 0, data_dir: str | Path | None = None, datasets: list[str] | None = None,
          models: list[str] | None = None, defenses: list[str] | None = None, epochs: int | None = None,
          device: str = "auto", workers: int = 1, plugins: Sequence[str | Path] = (), compile: bool | None = None,
-         on_event: EventFn | None = None) -> tuning.Tuned:
+         halving: bool = False, min_epochs: int = 2, reduction: int = 3, on_event: EventFn | None = None) -> tuning.Tuned:
     """Give every defense of the spec the same tuning budget on validation NDCG@3
     (`robustag.tuning`): at most `budget` configurations of each defense's sweep, trained as a
     resumable bench in `out` (default runs/NAME-tune), every trial stored with its history;
-    returns the trials, each defense's best, and the tuned spec files written in `out`."""
+    returns the trials, each defense's best, and the tuned spec files written in `out`.
+    With `halving`, the same trials run one at a time under successive halving
+    (`robustag.halving`: a trial is stopped at epoch `min_epochs`·`reduction`^k unless among its
+    defense's best 1/`reduction` there), each defense with the same schedule."""
     load_plugins(plugins)
     specs = _specs(spec)
     for each in specs:
@@ -308,11 +312,17 @@ def tune(spec: str | Path | BenchSpec | Sequence[BenchSpec] | None = None, out: 
     name = specs[0].name if len(specs) == 1 else "bench"
     folder = Path(out) if out else Path("runs") / folder_name(f"{name}-tune")
     trials = tuning.trial_specs(specs, budget, seed)
-    planned = {row.key for rows in plan(trials).rows.values() for row in rows}
-    with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
-               report=False, on_event=on_event) as run:
-        cells = run.finished()  # the folder may hold other cells (a bench's): only the trials count
-        scores = tuning.trial_scores(cells[cells["key"].isin(planned)], run.histories())
+    if halving:
+        if workers != 1:
+            raise ParameterError("workers", "tune --halving trains its trials one at a time, each on every core", workers)
+        scores = halving_scores(trials, folder, paths.data_dir(data_dir), min_epochs=min_epochs, reduction=reduction,
+                                device=device, compile=compile, on_event=on_event)
+    else:
+        planned = {row.key for rows in plan(trials).rows.values() for row in rows}
+        with bench(trials, folder, data_dir=data_dir, device=device, workers=workers, plugins=(), compile=compile,
+                   report=False, on_event=on_event) as run:
+            cells = run.finished()  # the folder may hold other cells (a bench's): only the trials count
+            scores = tuning.trial_scores(cells[cells["key"].isin(planned)], run.histories())
     best = tuning.best_trials(scores)
     return tuning.Tuned(folder, scores, best, tuning.write_specs(folder, specs, best, budget),
                         tuning.write_tables(folder, scores, best))

@@ -622,6 +622,10 @@ def tune_command(
     data_dir: Optional[Path] = DataDirOption,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(1, min=1, help="Worker processes (CPU)."),
+    halving: bool = typer.Option(False, "--halving", help="Stop trials early by successive halving on the validation "
+                                 "curve (Optuna), the same schedule for every defense."),
+    min_epochs: int = typer.Option(2, "--min-epochs", min=1, help="--halving: the first rung's epoch."),
+    reduction: int = typer.Option(3, min=2, help="--halving: rungs at min-epochs·reduction^k; 1/reduction go on."),
     compile: Optional[bool] = CompileOption,
     plugin: Optional[list[Path]] = PluginOption,
 ):
@@ -629,15 +633,17 @@ def tune_command(
     with BenchProgress() as live:
         tuned = rt.tune(spec_file, out, budget=budget, seed=seed, data_dir=data_dir, datasets=_names(datasets, "--datasets"),
                         models=_names(models, "--models"), defenses=_names(defenses, "--defenses"), epochs=epochs,
-                        device=device, workers=workers, plugins=plugin or (), compile=compile, on_event=live.on_event)
+                        device=device, workers=workers, plugins=plugin or (), compile=compile, halving=halving,
+                        min_epochs=min_epochs, reduction=reduction, on_event=live.on_event)
     table = Table(title=f"Tuning trials: {len(tuned.trials)} (best of each defense marked ★)")
-    for column in ("dataset", "model", "defense", "valid NDCG@3", "epochs"):
+    states = "state" in tuned.trials
+    for column in ("dataset", "model", "defense", "valid NDCG@3", "epochs", *(["state"] if states else [])):
         table.add_column(column)
     chosen = set(tuned.best["unit"])
     for _, row in tuned.trials.sort_values(["dataset", "model", "defense_name", "valid_ndcg@3"], ascending=[True, True, True, False]).iterrows():
         mark = " ★" if row["unit"] in chosen else ""
         table.add_row(escape(row["dataset"]), escape(row["model"]), escape(row["defense"]) + mark,
-                      f"{row['valid_ndcg@3']:.4f}", str(int(row["epochs"])))
+                      f"{row['valid_ndcg@3']:.4f}", str(int(row["epochs"])), *([row["state"]] if states else []))
     _stdout().print(table)
     for path in tuned.specs:
         _stdout().print(f"tuned spec: {escape(str(path))}")

@@ -189,12 +189,16 @@ def _cell(unit: UnitTask, attack, checks: bool = False) -> CellRow:
         unit.cells.append(task)
     elif checks:  # a spec that shares the cell wants its checks
         unit.cells[known[0]] = task
-    params = {k: v for k, v in unit.config.describe().items() if k not in ("seed", "model")}
     config = {"unit": unit.config.describe() | {"dataset": unit.dataset, "split": unit.options.describe(),
                                                 "defense": unit.defense, "poison": unit.poison, "poison_valid": unit.poison_valid},
               "attack": spec, **({"code": code} if code else {})}
-    return CellRow.planned(key, unit.key, unit.dataset, unit.config.model, params, unit.config.seed, unit.defense, spec,
-                           surface, eps, attack.strength if attack is not None else None, config)
+    return CellRow.planned(key, unit.key, unit.dataset, unit.config.model, model_params(unit), unit.config.seed, unit.defense,
+                           spec, surface, eps, attack.strength if attack is not None else None, config)
+
+
+def model_params(unit: UnitTask) -> dict:
+    """The unit's model configuration but seed and model name (a cell's `params` column)."""
+    return {k: v for k, v in unit.config.describe().items() if k not in ("seed", "model")}
 
 
 def plugin_code(model: str, defense: str, poison: str | None, attack: str | None = None) -> dict[str, str]:

@@ -98,15 +98,18 @@ def trial_scores(cells: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
 
 def best_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The trial with the best validation NDCG@3 of each data set, model and defense, over its
-    configurations and the swept [params] (the first in sweep order on ties)."""
+    configurations and the swept [params] (the first in sweep order on ties); under successive
+    halving, of the trials that finished (a pruned trial's score is of a shorter training)."""
     keys = ["dataset", "model", "defense_name"]
+    if "state" in trials:
+        trials = trials[trials["state"] == "complete"]
     return trials.loc[trials.groupby(keys, sort=False)[SCORE].idxmax()].reset_index(drop=True)
 
 
 def write_tables(folder: Path, trials: pd.DataFrame, best: pd.DataFrame) -> list[Path]:
     """Every trial and each defense's best as CSV (`RUN/trials.csv`, `RUN/best.csv`; scores to 4
     decimals, as reports quote them), the tuning record a report commits."""
-    columns = ["dataset", "model", "defense_name", "defense", SCORE, "epochs"]
+    columns = ["dataset", "model", "defense_name", "defense", SCORE, "epochs", *(["state"] if "state" in trials else [])]
     written = []
     for name, frame in (("trials.csv", trials), ("best.csv", best)):
         path = Path(folder) / name

@@ -120,3 +120,65 @@ def test_a_tuned_model_option_travels_with_its_defense(tmp_path, real_data_dir):
     for name in ("plain", "aml"):  # each defense runs with the margin it was best with
         assert units[name].config.model_params["margin"] == json.loads(best.loc[name, "params"])["margin"]
         assert units[name].defense == best.loc[name, "defense"]
+
+
+def _halving_spec(planted_path) -> BenchSpec:
+    """Learning rates from the best down: later trials fall behind, so asynchronous halving prunes."""
+    return BenchSpec(datasets=[f"tsv:{planted_path}"], defenses=["plain", "aml:beta=[0.5,2]"],
+                     params={"epochs": 8, "dim": 8, "lr": [0.2, 0.05, 0.01, 0.002]}, p_core=3)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_successive_halving_stops_trials_at_rungs_on_the_curve_full_training_draws(tmp_path, planted_path, robustag):
+    """Each defense: the same trials as a full tune, the same schedule; a pruned trial stops at a
+    rung, its curve the prefix of its full training's; the best is of the finished trials; a
+    kill mid-trial resumes under the same Optuna trial to the same result, a rerun trains nothing."""
+    optuna = pytest.importorskip("optuna", reason="the tune extra is not installed")
+    options = dict(budget=4, device="cpu", halving=True, min_epochs=1, reduction=2)
+    full = rt.tune(_halving_spec(planted_path), tmp_path / "full", budget=4, device="cpu")
+    halved = rt.tune(_halving_spec(planted_path), tmp_path / "halved", **options)
+    assert sorted(halved.trials["unit"]) == sorted(full.trials["unit"])  # the same configurations
+    assert halved.trials.groupby("defense_name").size().to_dict() == {"plain": 4, "aml": 4}
+    pruned = halved.trials[halved.trials["state"] == "pruned"]
+    assert len(pruned) >= 2 and set(pruned["epochs"]) <= {1, 2, 4}  # rungs: min_epochs · reduction^k
+    store = ResultStore.existing(tmp_path / "full")
+    histories = store.histories()
+    store.close()
+    storage = f"sqlite:///{tmp_path / 'halved' / 'halving.sqlite3'}"
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in study.trials:
+            curve = histories[histories["unit"] == trial.user_attrs["unit"]].set_index("epoch")["valid_ndcg@3"]
+            assert trial.intermediate_values == pytest.approx(curve.loc[list(trial.intermediate_values)].to_dict())
+    finished = halved.trials[halved.trials["state"] == "complete"]
+    for name, best in halved.best.set_index("defense_name").iterrows():
+        assert best["valid_ndcg@3"] == finished[finished["defense_name"] == name]["valid_ndcg@3"].max()
+    assert "state" in pd.read_csv(tmp_path / "halved" / "trials.csv")
+
+    seen = {"epochs": 0}
+
+    def kill_in_the_second_trial(kind, data):
+        seen["epochs"] += kind == "epoch"
+        if seen["epochs"] == 12:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        rt.tune(_halving_spec(planted_path), tmp_path / "killed", on_event=kill_in_the_second_trial, **options)
+    resumed = rt.tune(_halving_spec(planted_path), tmp_path / "killed", **options)
+    pd.testing.assert_frame_equal(resumed.trials.drop(columns="seconds"), halved.trials.drop(columns="seconds"))
+    trained = []
+    again = rt.tune(_halving_spec(planted_path), tmp_path / "killed", on_event=lambda kind, data: trained.append(kind == "train"),
+                    **options)
+    assert not any(trained)
+    pd.testing.assert_frame_equal(again.trials, resumed.trials)
+    storage = f"sqlite:///{tmp_path / 'killed' / 'halving.sqlite3'}"
+    assert sum(s.n_trials for s in optuna.get_all_study_summaries(storage)) == 8  # the cut trial was not started anew
+    spec = tmp_path / "halving.toml"
+    spec.write_text(f'datasets = ["tsv:{planted_path}"]\ndefenses = ["plain", "aml:beta=[0.5,2]"]\np_core = 3\n'
+                    '[params]\nepochs = 8\ndim = 8\nlr = [0.2, 0.05, 0.01, 0.002]\n')
+    code, output = robustag("tune", spec, "--budget", "4", "--halving", "--min-epochs", "1", "--reduction", "2",
+                            "--out", tmp_path / "killed", "--device", "cpu")
+    assert code == 0 and "pruned" in output and "complete" in output, output

@@ -2,7 +2,7 @@
 and its clean and PGD-attacked test F1@3 / NDCG@3.
 
     python benchmarks/defenses.py [--datasets lastfm,movielens] [--model metric] [--epochs 30]
-                                  [--attack pgd:eps=0.1] [--device auto] [--out FILE.json]
+                                  [--defenses plain,aml,...] [--attack pgd:eps=0.1] [--device auto] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from robustag.training import default_config, resolve_device, train
 DEFENSE_SPECS = ("plain", "aml", "curriculum", "spaml-h", "spaml-s", "freelb", "certified", "rank-adv")
 
 
-def defense_rows(split, dataset: str, config, device, attack: str, compile: bool = False) -> list[dict]:
-    """Median epoch time of each defense (and its ratio to plain), clean and attacked metrics."""
+def defense_rows(split, dataset: str, config, device, attack: str, compile: bool = False,
+                 defenses=DEFENSE_SPECS) -> list[dict]:
+    """Median epoch time of each defense (and its ratio to the first, plain), clean and attacked metrics."""
     rows, plain_epoch = [], None
-    for spec in DEFENSE_SPECS:
+    for spec in defenses:
         result = train(split, config, device, regime=DEFENSES.create(spec), compile=compile)
         epoch_seconds = statistics.median(r["seconds"] for r in result.history)
         plain_epoch = plain_epoch or epoch_seconds
@@ -47,12 +48,14 @@ def main() -> None:
     options.add_argument("--model", default="metric")
     options.add_argument("--epochs", type=int, default=30)
     options.add_argument("--attack", default="pgd:eps=0.1")
+    options.add_argument("--defenses", default=",".join(DEFENSE_SPECS), help="plain first: the ratios are to it")
     args = options.parse_args()
     device = resolve_device(args.device)
     rows = []
     for dataset in args.datasets.split(","):
         split = load_split(dataset, paths.data_dir())
-        rows += defense_rows(split, dataset, default_config(args.model, epochs=args.epochs), device, args.attack, args.compile)
+        rows += defense_rows(split, dataset, default_config(args.model, epochs=args.epochs), device, args.attack, args.compile,
+                             args.defenses.split(","))
     write(args.out, {"model": args.model, "attack": args.attack, **environment(device, args.compile), "rows": rows})
 
 

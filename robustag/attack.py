@@ -23,7 +23,6 @@ implement one method. Load it with `--plugin file.py` or the entry-point group
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
 import traceback
 from contextlib import contextmanager
@@ -372,7 +371,7 @@ class IterativeAttack(EmbeddingAttack):
         steps, step_size, _ = self.schedule()
         start = self.start(deltas, radius)
         try:
-            return _compiled_steps()(objective, start, radius, steps, step_size, self.norm)
+            return _compiled_steps(objective, start, radius, steps, step_size, self.norm)
         except Exception:  # a model the compiler cannot trace under torch.func: eager from now on
             _unfusable.append(True)
             for _, deltas in self.ascent(objective, start, radius, started=True):
@@ -409,11 +408,7 @@ def _ascent_steps(objective, deltas, radius, steps: int, step_size: float, norm:
     return {k: v.detach() for k, v in deltas.items()}
 
 
-@functools.cache
-def _compiled_steps():
-    return torch.compile(_ascent_steps, fullgraph=True)  # on first use: importing the compiler costs seconds
-
-
+_compiled_steps = torch.compile(_ascent_steps, fullgraph=True)
 _unfusable: list = []  # set once the compiler failed on the steps in this process
 _fused = contextvars.ContextVar("robustag_fused_ascent", default=False)
 

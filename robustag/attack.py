@@ -351,76 +351,24 @@ class IterativeAttack(EmbeddingAttack):
         return {k: steepest(g, self.norm) for k, g in grads.items()}
 
     def perturb(self, objective, deltas, radius, context=None):
-        if _fused.get() and self.fusable():
-            return self.fused_perturb(objective, deltas, radius)
         for _, deltas in self.ascent(objective, deltas, radius):
             pass
         return {k: v.detach() for k, v in deltas.items()}
 
-    def fusable(self) -> bool:
-        """Whether the steps may run as one compiled function: the built-in direction and steps
-        (a subclass that changes them, MIM's momentum say, runs them as written)."""
-        return (type(self).direction is IterativeAttack.direction and type(self).ascent is IterativeAttack.ascent
-                and not _unfusable)
-
-    def fused_perturb(self, objective, deltas, radius):
-        """`perturb` with every step in one compiled graph (`torch.func.grad` inside it), so the
-        gradients, directions and projections fuse with the compiled loss instead of running as
-        dozens of eager kernels per step; the same iterates, to the compiler's rounding. Falls
-        back to the eager steps for good if the compiler cannot take them."""
-        steps, step_size, _ = self.schedule()
-        start = self.start(deltas, radius)
-        try:
-            return _compiled_steps(objective, start, radius, steps, step_size, self.norm)
-        except Exception:  # a model the compiler cannot trace under torch.func: eager from now on
-            _unfusable.append(True)
-            for _, deltas in self.ascent(objective, start, radius, started=True):
-                pass
-            return {k: v.detach() for k, v in deltas.items()}
-
-    def start(self, deltas, radius):
-        """The first iterate: `deltas`, or a uniform draw in the ball where the schedule says so."""
-        if not self.schedule()[2]:
-            return deltas
-        generator = self.generator(next(iter(deltas.values())).device)
-        return {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
-
-    def ascent(self, objective, deltas, radius, keep_graph: bool = False, started: bool = False):
+    def ascent(self, objective, deltas, radius, keep_graph: bool = False):
         """The steps one at a time: yields (objective at the current iterate, the next iterate).
         With `keep_graph` each objective keeps its graph to the model's parameters, so a
-        defense can train on every iterate (FreeLB) with the attack's own steps. `started`:
-        `deltas` is the first iterate already (no random start)."""
-        steps, step_size, _ = self.schedule()
-        if not started:
-            deltas = self.start(deltas, radius)
+        defense can train on every iterate (FreeLB) with the attack's own steps."""
+        steps, step_size, start_random = self.schedule()
+        if start_random:
+            generator = self.generator(next(iter(deltas.values())).device)
+            deltas = {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
         state: dict = {}
         for _ in range(steps):
             values, grads = value_and_gradients(objective, deltas, keep_graph)
             moves = self.direction(grads, state)
             deltas = {k: project(v.detach() + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in deltas.items()}
             yield values, deltas
-
-
-def _ascent_steps(objective, deltas, radius, steps: int, step_size: float, norm: str):
-    for _ in range(steps):
-        grads = torch.func.grad(lambda moved: objective(moved).sum())(deltas)
-        deltas = {k: project(v + step_size * radius[k] * steepest(grads[k], norm), radius[k], norm) for k, v in deltas.items()}
-    return {k: v.detach() for k, v in deltas.items()}
-
-
-_compiled_steps = torch.compile(_ascent_steps, fullgraph=True)
-_unfusable: list = []  # set once the compiler failed on the steps in this process
-_fused = contextvars.ContextVar("robustag_fused_ascent", default=False)
-
-
-@contextmanager
-def fused_ascent(enabled: bool):
-    """Within this block iterative attacks run their steps compiled as one (`fused_perturb`)."""
-    token = _fused.set(enabled)
-    try:
-        yield
-    finally:
-        _fused.reset(token)
 
 
 def iterative_params(steps: int, step_size: float, random_start_default: bool) -> dict[str, Param]:

@@ -74,12 +74,8 @@ def test_pop_mix_tunes_its_weight_on_validation(planted):
 
 @pytest.mark.needs_compiler
 def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(planted):
-    # AML exercises the adversary's steps compiled as one graph (`fused_perturb`) as well.
-    import importlib
-
+    # AML exercises the adversary's gradient through the compiled loss as well.
     from robustag.defense import DEFENSES
-
-    attack = importlib.import_module("robustag.attack")  # the module: `robustag.attack` is also rt.attack
 
     config = default_config("metric", epochs=2, dim=16, seed=3)
     eager = train(planted, config, CPU, regime=DEFENSES.create("aml"))
@@ -89,8 +85,6 @@ def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(plant
     for table in ("user", "item", "tag"):
         assert torch.allclose(compiled.model.tables()[table].weight, eager.model.tables()[table].weight, atol=1e-4)
     assert "pair_losses" not in vars(compiled.model)  # the compiled wrapper is gone after training
-    assert not attack._unfusable  # the adversary's steps ran compiled, not through the eager fallback
-    assert attack.ATTACKS.create("pgd").fusable() and not attack.ATTACKS.create("mim").fusable()  # momentum: as written
     again = train(planted, config, CPU, regime=DEFENSES.create("aml"), compile=True)
     assert [r["loss"] for r in again.history] == [r["loss"] for r in compiled.history]  # reproducible within a mode
     assert torch.equal(again.model.tag.weight, compiled.model.tag.weight)

@@ -88,13 +88,15 @@ def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, 
     models = settings.out / "models"
     models.mkdir(parents=True, exist_ok=True)
 
+    def model_file(unit: UnitTask) -> Path:
+        return models / f"{unit.key}.pt"
+
     def cached(group: list[UnitTask]) -> list[bytes | None]:
-        paths = [models / f"{unit.key}.pt" for unit in group]
-        return [path.read_bytes() if unit.config.recipe().learned and path.is_file() else None for unit, path in zip(group, paths)]
+        return [model_file(u).read_bytes() if u.config.recipe().learned and model_file(u).is_file() else None for u in group]
 
     def store_unit(unit: UnitTask, result: UnitResult, device: str) -> None:
         if result.checkpoint is not None:  # before its cells: a unit marked done always has its model
-            write_checkpoint(models / f"{unit.key}.pt", result.checkpoint)
+            write_checkpoint(model_file(unit), result.checkpoint)
         store.write_unit(result, run_info(device, result.compiled))
         for message in result.warnings:
             on_event("warning", {"unit": unit.label, "message": message})

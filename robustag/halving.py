@@ -63,13 +63,19 @@ def halving_scores(trials: list[BenchSpec], folder: Path, data_dir: Path, *, min
         stored = [t for t in studies[name].get_trials(deepcopy=False) if t.user_attrs.get("unit") == task.key]
         work.append((task, studies[name], stored))
     emit("plan", {"name": "halving", "out": str(folder), "units": len(work), "cells": len(work), "pruned": 0,
-                  "todo": sum(not any(t.state.is_finished() for t in stored) for _, _, stored in work)})
+                  "todo": sum(not _finished(optuna, stored) for _, _, stored in work)})
     rows = []
     for task, study, stored in work:
-        finished = [t for t in stored if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+        finished = _finished(optuna, stored)
         trial = finished[0] if finished else _train_trial(optuna, study, stored, task, data_dir, device, compile, emit)
         rows.append(_row(task, trial))
     return pd.DataFrame(rows)
+
+
+def _finished(optuna, stored: list) -> list:
+    """The trials of a unit that ended (trained to the end, or pruned)."""
+    States = optuna.trial.TrialState
+    return [t for t in stored if t.state in (States.COMPLETE, States.PRUNED)]
 
 
 def _train_trial(optuna, study, stored: list, task: UnitTask, data_dir: Path, device: str, compile: bool | None,
@@ -95,12 +101,11 @@ def _train_trial(optuna, study, stored: list, task: UnitTask, data_dir: Path, de
     try:
         result = train(split, task.config, resolve_device(device), regime=DEFENSES.create(task.defense), compile=compile,
                        on_epoch=report)
+        score = result.best_valid.get(SCORE, 0.0)
     except Pruned:
-        trial.set_user_attr("seconds", time.perf_counter() - started)
-        study.tell(trial, state=States.PRUNED)
-    else:
-        trial.set_user_attr("seconds", time.perf_counter() - started)
-        study.tell(trial, result.best_valid.get(SCORE, 0.0))
+        score = None
+    trial.set_user_attr("seconds", time.perf_counter() - started)
+    study.tell(trial, score, state=States.PRUNED if score is None else States.COMPLETE)
     emit("unit_done", {"unit": task.label, "failed": 0, "cells": 1})
     return study.get_trials(deepcopy=False)[trial.number]
 

@@ -109,7 +109,8 @@ def best_trials(trials: pd.DataFrame) -> pd.DataFrame:
 def write_tables(folder: Path, trials: pd.DataFrame, best: pd.DataFrame) -> list[Path]:
     """Every trial and each defense's best as CSV (`RUN/trials.csv`, `RUN/best.csv`; scores to 4
     decimals, as reports quote them), the tuning record a report commits."""
-    columns = ["dataset", "model", "defense_name", "defense", SCORE, "epochs", *(["state"] if "state" in trials else [])]
+    columns = ["dataset", "model", "defense_name", "defense", SCORE, "epochs",
+               *(["state", "seconds"] if "state" in trials else [])]  # halving: how each trial ended, its cost
     written = []
     for name, frame in (("trials.csv", trials), ("best.csv", best)):
         path = Path(folder) / name

@@ -156,7 +156,8 @@ def test_successive_halving_stops_trials_at_rungs_on_the_curve_full_training_dra
     finished = halved.trials[halved.trials["state"] == "complete"]
     for name, best in halved.best.set_index("defense_name").iterrows():
         assert best["valid_ndcg@3"] == finished[finished["defense_name"] == name]["valid_ndcg@3"].max()
-    assert "state" in pd.read_csv(tmp_path / "halved" / "trials.csv")
+    written = pd.read_csv(tmp_path / "halved" / "trials.csv")
+    assert written["state"].tolist() == halved.trials["state"].tolist() and (written["seconds"] > 0).all()
 
     seen = {"epochs": 0}
 

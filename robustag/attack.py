@@ -23,8 +23,10 @@ implement one method. Load it with `--plugin file.py` or the entry-point group
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,24 +353,91 @@ class IterativeAttack(EmbeddingAttack):
         return {k: steepest(g, self.norm) for k, g in grads.items()}
 
     def perturb(self, objective, deltas, radius, context=None):
+        if _fused.get() and self.fusable():
+            return self.fused_perturb(objective, deltas, radius)
         for _, deltas in self.ascent(objective, deltas, radius):
             pass
         return {k: v.detach() for k, v in deltas.items()}
 
-    def ascent(self, objective, deltas, radius, keep_graph: bool = False):
+    def fusable(self) -> bool:
+        """Whether the steps may run as one compiled function: the built-in direction and steps
+        (a subclass that changes them, MIM's momentum say, runs them as written)."""
+        return (type(self).direction is IterativeAttack.direction and type(self).ascent is IterativeAttack.ascent
+                and _fusion_failure is None)
+
+    def fused_perturb(self, objective, deltas, radius):
+        """`perturb` with every step in one compiled graph (`torch.func.grad` inside it), so the
+        gradients, directions and projections fuse with the compiled loss instead of running as
+        dozens of eager kernels per step; the same iterates, to the compiler's rounding. Falls
+        back to the eager steps for good if the compiler cannot take them."""
+        steps, step_size, _ = self.schedule()
+        start = self.start(deltas, radius)
+        try:
+            return _compiled_steps()(objective, start, radius, steps, step_size, self.norm)
+        except Exception as error:  # a model the compiler cannot trace under torch.func: eager from now on
+            _fusion_failed(error)
+            for _, deltas in self.ascent(objective, start, radius, started=True):
+                pass
+            return {k: v.detach() for k, v in deltas.items()}
+
+    def start(self, deltas, radius):
+        """The first iterate: `deltas`, or a uniform draw in the ball where the schedule says so."""
+        if not self.schedule()[2]:
+            return deltas
+        generator = self.generator(next(iter(deltas.values())).device)
+        return {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
+
+    def ascent(self, objective, deltas, radius, keep_graph: bool = False, started: bool = False):
         """The steps one at a time: yields (objective at the current iterate, the next iterate).
         With `keep_graph` each objective keeps its graph to the model's parameters, so a
-        defense can train on every iterate (FreeLB) with the attack's own steps."""
-        steps, step_size, start_random = self.schedule()
-        if start_random:
-            generator = self.generator(next(iter(deltas.values())).device)
-            deltas = {k: random_start(v, radius[k], self.norm, generator) for k, v in deltas.items()}
+        defense can train on every iterate (FreeLB) with the attack's own steps. `started`:
+        `deltas` is the first iterate already (no random start)."""
+        steps, step_size, _ = self.schedule()
+        if not started:
+            deltas = self.start(deltas, radius)
         state: dict = {}
         for _ in range(steps):
             values, grads = value_and_gradients(objective, deltas, keep_graph)
             moves = self.direction(grads, state)
             deltas = {k: project(v.detach() + step_size * radius[k] * moves[k], radius[k], self.norm) for k, v in deltas.items()}
             yield values, deltas
+
+
+def _ascent_steps(objective, deltas, radius, steps: int, step_size: float, norm: str):
+    # The compiler guards on the objective's code and on the shapes of the tensors it reaches,
+    # not on which model or batch: a long-lived bench worker compiles once per model class and
+    # batch shape, then reuses the graph for every later model (test_training checks it).
+    for _ in range(steps):
+        grads = torch.func.grad(lambda moved: objective(moved).sum())(deltas)
+        deltas = {k: project(v + step_size * radius[k] * steepest(grads[k], norm), radius[k], norm) for k, v in deltas.items()}
+    return {k: v.detach() for k, v in deltas.items()}
+
+
+@functools.cache
+def _compiled_steps():
+    return torch.compile(_ascent_steps, fullgraph=True)  # on first use: importing the compiler costs seconds
+
+
+_fusion_failure: str | None = None  # why the compiler could not take the steps, once it failed in this process
+
+
+def _fusion_failed(error: Exception) -> None:
+    global _fusion_failure
+    _fusion_failure = f"{type(error).__name__}: {error}".splitlines()[0]
+    warnings.warn(f"the adversary's steps run eagerly from now on: the compiler failed on them ({_fusion_failure})")
+
+
+_fused = contextvars.ContextVar("robustag_fused_ascent", default=False)
+
+
+@contextmanager
+def fused_ascent(enabled: bool):
+    """Within this block iterative attacks run their steps compiled as one (`fused_perturb`)."""
+    token = _fused.set(enabled)
+    try:
+        yield
+    finally:
+        _fused.reset(token)
 
 
 def iterative_params(steps: int, step_size: float, random_start_default: bool) -> dict[str, Param]:

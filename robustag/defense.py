@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustag.attack import ATTACKS, AttackContext, EmbeddingAttack, batch_budget
+from robustag.attack import ATTACKS, AttackContext, EmbeddingAttack, batch_budget, fused_ascent
 from robustag.models import BatchEmbeddings, EmbeddingModel
 from robustag.plugins import Param, Plugin, PluginError, Registry, non_negative, parse_spec
-from robustag.training import TrainingRegime
+from robustag.training import TrainingRegime, compiling
 
 
 class Defense(Plugin, TrainingRegime):
@@ -125,9 +125,10 @@ class AdversarialDefense(Defense):
         """Δ* for a batch: the adversary maximises the per-triple training losses within budget."""
         radius = self.field_budgets(model, self.adversary.eps if eps is None else eps)
         base = {k: v.detach() for k, v in vars(embeddings).items()}
-        deltas = self.adversary.checked_perturb(self.adversary_objective(model, base),
-                                                {f: torch.zeros_like(base[f]) for f in radius}, radius,
-                                                AttackContext(model, base), deferred=True)
+        with fused_ascent(compiling()):  # compiled training: the adversary's steps compile too
+            deltas = self.adversary.checked_perturb(self.adversary_objective(model, base),
+                                                    {f: torch.zeros_like(base[f]) for f in radius}, radius,
+                                                    AttackContext(model, base), deferred=True)
         return BatchEmbeddings(**{k: deltas.get(k, torch.zeros_like(v)) for k, v in base.items()})
 
     def adversary_objective(self, model: EmbeddingModel, base: dict[str, torch.Tensor]):

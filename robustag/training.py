@@ -7,6 +7,7 @@ gives the same numbers on CPU.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
 import os
@@ -269,6 +270,14 @@ def compiler_problem(device: torch.device) -> str | None:
     return _compiler_problems[device.type]
 
 
+_compiling = contextvars.ContextVar("robustag_compiling", default=False)
+
+
+def compiling() -> bool:
+    """Whether training runs compiled here (a regime may compile its own steps too)."""
+    return _compiling.get()
+
+
 @contextmanager
 def compiled_losses(model: EmbeddingModel, enabled: bool):
     """Every regime scores pairs through `model.pair_losses`, so compiling it speeds all of
@@ -277,6 +286,7 @@ def compiled_losses(model: EmbeddingModel, enabled: bool):
         yield
         return
     model.pair_losses = torch.compile(model.pair_losses)
+    token = _compiling.set(True)
     try:
         # FreeLB back-propagates each ascent step's loss twice (retain_graph), which buffers
         # donated to the compiled backward would forbid. A plugin model whose losses the
@@ -284,6 +294,7 @@ def compiled_losses(model: EmbeddingModel, enabled: bool):
         with torch._functorch.config.patch(donated_buffer=False), torch._dynamo.config.patch(suppress_errors=True):
             yield
     finally:
+        _compiling.reset(token)
         del model.pair_losses
 
 

@@ -74,8 +74,14 @@ def test_pop_mix_tunes_its_weight_on_validation(planted):
 
 @pytest.mark.needs_compiler
 def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(planted):
-    # AML exercises the adversary's gradient through the compiled loss as well.
+    # AML exercises the adversary's steps compiled as one graph (`fused_perturb`) as well.
+    import importlib
+
+    from torch._dynamo.utils import counters
+
     from robustag.defense import DEFENSES
+
+    attack = importlib.import_module("robustag.attack")  # the module: `robustag.attack` is also rt.attack
 
     config = default_config("metric", epochs=2, dim=16, seed=3)
     eager = train(planted, config, CPU, regime=DEFENSES.create("aml"))
@@ -85,9 +91,36 @@ def test_compiled_training_matches_eager_training_and_leaves_a_plain_model(plant
     for table in ("user", "item", "tag"):
         assert torch.allclose(compiled.model.tables()[table].weight, eager.model.tables()[table].weight, atol=1e-4)
     assert "pair_losses" not in vars(compiled.model)  # the compiled wrapper is gone after training
+    assert attack._fusion_failure is None  # the adversary's steps ran compiled, not through the eager fallback
+    assert attack.ATTACKS.create("pgd").fusable() and not attack.ATTACKS.create("mim").fusable()  # momentum: as written
+    graphs = counters["stats"]["unique_graphs"]
     again = train(planted, config, CPU, regime=DEFENSES.create("aml"), compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs  # a new model of the same shapes reuses the graphs: no recompile
     assert [r["loss"] for r in again.history] == [r["loss"] for r in compiled.history]  # reproducible within a mode
     assert torch.equal(again.model.tag.weight, compiled.model.tag.weight)
+
+
+def test_a_compiler_failure_on_the_fused_steps_falls_back_to_the_eager_steps_with_one_warning(monkeypatch):
+    import importlib
+
+    attack = importlib.import_module("robustag.attack")
+
+    def broken(*args):
+        raise RuntimeError("cannot trace this model\nsecond line")
+
+    monkeypatch.setattr(attack, "_compiled_steps", lambda: broken)
+    monkeypatch.setattr(attack, "_fusion_failure", None)
+    pgd = attack.ATTACKS.create("pgd:steps=4,random_start=true")
+    target = torch.tensor([[3.0, -4.0]])
+    objective = lambda deltas: -((deltas["user"] - target) ** 2).sum(dim=-1)  # climbs towards the target
+    radius = {"user": torch.tensor(1.0)}
+    eager = pgd.perturb(objective, {"user": torch.zeros(1, 2)}, radius)
+    pgd._generator = None  # the same random start again
+    with pytest.warns(UserWarning, match="run eagerly from now on.*RuntimeError: cannot trace this model\\)"):
+        with attack.fused_ascent(True):
+            fallen_back = pgd.perturb(objective, {"user": torch.zeros(1, 2)}, radius)
+    assert torch.equal(fallen_back["user"], eager["user"]) and eager["user"].norm() <= 1 + 1e-6
+    assert attack._fusion_failure == "RuntimeError: cannot trace this model" and not pgd.fusable()
 
 
 def test_without_a_working_compiler_the_default_trains_eagerly_with_one_note(planted, monkeypatch, recwarn):

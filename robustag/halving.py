@@ -54,14 +54,16 @@ def halving_scores(trials: list[BenchSpec], folder: Path, data_dir: Path, *, min
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction,
                                                     min_early_stopping_rate=0)
     work = []
-    studies = {}
+    studies, planned = {}, {}
     for task in plan(trials).units.values():
         name = f"{task.dataset}/{task.config.model}/{task.defense.split(':')[0]}"
         if name not in studies:
             studies[name] = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner,
                                                 load_if_exists=True)
+        planned.setdefault(name, set()).add(task.key)
         stored = [t for t in studies[name].get_trials(deepcopy=False) if t.user_attrs.get("unit") == task.key]
         work.append((task, studies[name], stored))
+    _refuse_foreign_trials(folder, studies, planned)
     emit("plan", {"name": "halving", "out": str(folder), "units": len(work), "cells": len(work), "pruned": 0,
                   "todo": sum(not _finished(optuna, stored) for _, _, stored in work)})
     rows = []
@@ -70,6 +72,17 @@ def halving_scores(trials: list[BenchSpec], folder: Path, data_dir: Path, *, min
         trial = finished[0] if finished else _train_trial(optuna, study, stored, task, data_dir, device, compile, emit)
         rows.append(_row(task, trial))
     return pd.DataFrame(rows)
+
+
+def _refuse_foreign_trials(folder: Path, studies: dict, planned: dict[str, set[str]]) -> None:
+    """A study's pruner ranks each trial against all the study's trials, so one holding trials
+    this plan lacks (another release, plugin code, search space or budget) would judge the new
+    ones against foreign curves: refused, before any training."""
+    for name, study in studies.items():
+        foreign = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("unit") not in planned[name]]
+        if foreign:
+            raise ParameterError("out", f"{folder / STUDIES}: study {name} holds {len(foreign)} trial(s) of another "
+                                 "plan (release, plugin code, search space or budget): tune into a new folder")
 
 
 def _finished(optuna, stored: list) -> list:

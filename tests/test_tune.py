@@ -177,6 +177,8 @@ def test_successive_halving_stops_trials_at_rungs_on_the_curve_full_training_dra
     pd.testing.assert_frame_equal(again.trials, resumed.trials)
     storage = f"sqlite:///{tmp_path / 'killed' / 'halving.sqlite3'}"
     assert sum(s.n_trials for s in optuna.get_all_study_summaries(storage)) == 8  # the cut trial was not started anew
+    with pytest.raises(ParameterError, match=r"halving.sqlite3: study .* holds \d trial.*of another plan"):  # their curves would steer the pruner
+        rt.tune(_halving_spec(planted_path), tmp_path / "killed", **{**options, "budget": 2})
     spec = tmp_path / "halving.toml"
     spec.write_text(f'datasets = ["tsv:{planted_path}"]\ndefenses = ["plain", "aml:beta=[0.5,2]"]\np_core = 3\n'
                     '[params]\nepochs = 8\ndim = 8\nlr = [0.2, 0.05, 0.01, 0.002]\n')

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The paper reproduction, every spec on both data sets at 5 seeds, into one resumable run folder
 # (a killed run resumes where it stopped; rerunning skips done cells). Priority order: the
-# ablation with the exact worst case (issue 25), then MovieLens in full, then LastFM.
+# ablation with the exact worst case (issue 25) and PITF's exact worst case (paper-main's PITF
+# models, trained here first), then MovieLens in full, then LastFM.
 #     ROBUSTAG_DATA_DIR=../shared/data bash benchmarks/paper-rerun.sh [RUN]   (default runs/paper)
 # To keep working on robustag while it runs, run it from a separate, non-editable install of one
 # commit (pip install --no-deps PATH-TO-A-CHECKOUT into its own venv), so that edits in the working
@@ -15,11 +16,12 @@ bench() {  # SPEC [DATASET] [extra options]
     nice -n 10 "$ROBUSTAG" bench "benchmarks/$1.toml" ${2:+--datasets "$2"} --workers "${WORKERS:-1}" --no-report --out "$RUN" "${@:3}"
 }
 bench paper-ablation "" --prune
+bench paper-worst-case-pitf
 for spec in paper-main paper-tag-replacement paper-attack-types paper-sensitivity paper-dims paper-iterations; do
     bench "$spec" movielens
 done
 for spec in paper-main paper-tag-replacement paper-attack-types paper-iterations paper-sensitivity paper-dims; do
     bench "$spec" lastfm
 done
-"$ROBUSTAG" report "$RUN" --specs paper-main,paper-tag-replacement,paper-ablation,paper-attack-types,paper-sensitivity,paper-dims,paper-iterations
+"$ROBUSTAG" report "$RUN" --specs paper-main,paper-tag-replacement,paper-ablation,paper-worst-case-pitf,paper-attack-types,paper-sensitivity,paper-dims,paper-iterations
 "$ROBUSTAG" claims "$RUN" benchmarks/paper-claims.toml --csv reports/paper/paper-claims.csv

@@ -82,25 +82,30 @@ def stack_size(settings: RunSettings, devices: list[str]) -> int:
 
 
 def run_units(units: list[UnitTask], settings: RunSettings, store: ResultStore, on_event: EventFn) -> None:
-    """Execute units with the chosen executor (in stacks where they can), writing each unit's
-    results as it completes."""
+    """Execute units with the chosen executor (in stacks where they can), writing each cell's
+    results as it completes (a unit's whole, on Ray)."""
     devices = devices_for(settings)
     models = settings.out / "models"
     models.mkdir(parents=True, exist_ok=True)
 
-    def model_file(unit: UnitTask) -> Path:
-        return models / f"{unit.key}.pt"
+    def model_file(unit: str) -> Path:
+        return models / f"{unit}.pt"
 
     def cached(group: list[UnitTask]) -> list[bytes | None]:
-        return [model_file(u).read_bytes() if u.config.recipe().learned and model_file(u).is_file() else None for u in group]
+        return [model_file(u.key).read_bytes() if u.config.recipe().learned and model_file(u.key).is_file() else None
+                for u in group]
+
+    def store_cells(result: UnitResult, device: str) -> None:
+        if result.checkpoint is not None:  # before its cells: a cell marked done always has its model
+            write_checkpoint(model_file(result.unit), result.checkpoint)
+        store.write_unit(result, run_info(device, result.compiled))
 
     def store_unit(unit: UnitTask, result: UnitResult, device: str) -> None:
-        if result.checkpoint is not None:  # before its cells: a unit marked done always has its model
-            write_checkpoint(model_file(unit), result.checkpoint)
-        store.write_unit(result, run_info(device, result.compiled))
+        store_cells(result, device)  # cells stored as they finished are kept as they are
         for message in result.warnings:
             on_event("warning", {"unit": unit.label, "message": message})
         on_event("unit_done", {"unit": unit.label, "failed": result.failed, "cells": len(unit.cells)})
 
     groups = stack_groups(units, stack_size(settings, devices))
-    executor_for(settings, devices).run(groups, settings.worker_setup(), devices, Parent(cached, store_unit, on_event))
+    executor_for(settings, devices).run(groups, settings.worker_setup(), devices,
+                                        Parent(cached, store_unit, on_event, store_cells))

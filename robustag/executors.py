@@ -4,7 +4,9 @@ Each is a small class with one method, `run(groups, setup, devices, parent)`: it
 `worker.execute_units` on every group of units (one unit, or a stack that trains as one),
 starting from the cached models `parent.cached(group)` reads, and hands each finished unit to
 `parent.on_result(unit, result, device)` in this process, which alone writes the run folder
-(results and model cache alike: workers need no file system shared with it). Executors know
+(results and model cache alike: workers need no file system shared with it). The local
+executors also hand over each cell as it finishes (`parent.on_partial`), so a killed run keeps
+every finished cell; on Ray a unit is handed over whole (a lost one is rerun whole anyway). Executors know
 nothing of the bench that calls them (no import back), so a new one is one class here. Groups
 are handed out a few at a time, so a resumed bench never holds every cached model at once.
 """
@@ -36,6 +38,7 @@ class Parent:
     cached: Callable[[list[UnitTask]], list[bytes | None]]  # the cached model of each unit of a group, or None
     on_result: ResultFn
     on_event: EventFn
+    on_partial: Callable[[UnitResult, str], None]  # one finished cell of a running unit, and its device
 
     def hand_over(self, group: list[UnitTask], results: list[UnitResult], device: str) -> None:
         for unit, result in zip(group, results):
@@ -67,7 +70,9 @@ class SerialExecutor:
 
     def run(self, groups, setup, devices, parent) -> None:
         for group in groups:
-            parent.hand_over(group, execute_units(group, setup, devices[0], parent.cached(group), parent.on_event), devices[0])
+            results = execute_units(group, setup, devices[0], parent.cached(group), parent.on_event,
+                                    lambda result: parent.on_partial(result, devices[0]))
+            parent.hand_over(group, results, devices[0])
 
 
 @dataclass
@@ -90,12 +95,12 @@ class PoolExecutor:
 
             def wait_some(futures):
                 done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, parent.on_event)
+                _drain(events, parent)
                 return done
 
             run_bounded(groups, 2 * self.workers, submit, wait_some,
                         lambda future, index, group: parent.hand_over(group, future.result(), devices[index % len(devices)]))
-            _drain(events, parent.on_event)
+            _drain(events, parent)
         events.close()
 
 
@@ -116,17 +121,24 @@ def _start_worker(parent: int, events) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+_PARTIAL = "partial result"  # an event queue item that carries a finished cell, not progress
+
+
 def _execute_with_events(group, setup, device, cached):
-    return execute_units(group, setup, device, cached, lambda kind, data: _worker_events.put((kind, data)))
+    return execute_units(group, setup, device, cached, lambda kind, data: _worker_events.put((kind, data)),
+                         lambda result: _worker_events.put((_PARTIAL, (result, device))))
 
 
-def _drain(events, on_event) -> None:
+def _drain(events, parent: Parent) -> None:
     while True:
         try:
             kind, data = events.get_nowait()
         except queue.Empty:
             return
-        on_event(kind, data)
+        if kind == _PARTIAL:
+            parent.on_partial(*data)
+        else:
+            parent.on_event(kind, data)
 
 
 @dataclass

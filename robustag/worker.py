@@ -30,6 +30,7 @@ from robustag.training import TrainResult, train
 from robustag.version import __version__
 
 EventFn = Callable[[str, dict], None]
+PartialFn = Callable[[UnitResult], None]  # one finished cell of a unit still running
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,12 @@ class WorkerSetup:
 
 
 def execute_units(tasks: list[UnitTask], setup: WorkerSetup, device: str, cached: list[bytes | None] | None = None,
-                  on_event: EventFn | None = None) -> list[UnitResult]:
+                  on_event: EventFn | None = None, on_partial: PartialFn | None = None) -> list[UnitResult]:
     """Train (or load from `cached`, a checkpoint or None per task) the models of `tasks` and
     evaluate their cells; a failure is recorded, not raised. Several tasks are a stack
     (`planning.stack_groups`: one data set, configuration but seed, defense; no poisoning),
-    whose models train as one."""
+    whose models train as one. `on_partial` gets each cell's result as soon as it is done (the
+    first with the new model's checkpoint), so a run killed mid-unit keeps what was finished."""
     if setup.threads:
         torch.set_num_threads(setup.threads)
     load_plugins(setup.plugins)
@@ -60,9 +62,18 @@ def execute_units(tasks: list[UnitTask], setup: WorkerSetup, device: str, cached
         trained = _trained_models(tasks, cached or [None] * len(tasks), split, setup, torch_device, emit, warnings)
     except Exception:  # the whole unit (stack) failed: every cell carries the traceback
         return failed_units(tasks, traceback.format_exc(), time.perf_counter() - started, warnings)
-    return [UnitResult(task.key, [_evaluate_cell(cell, task, model.model, split, torch_device, model.train_seconds, emit)
-                                  for cell in task.cells], model.history, notes, model.compiled, checkpoint)
+    return [_evaluated_unit(task, model, checkpoint, notes, split, torch_device, emit, on_partial)
             for task, (model, checkpoint), notes in zip(tasks, trained, warnings)]
+
+
+def _evaluated_unit(task: UnitTask, model: TrainResult, checkpoint: bytes | None, notes: list[str], split,
+                    device: torch.device, emit: EventFn, on_partial: PartialFn | None) -> UnitResult:
+    cells = []
+    for cell in task.cells:
+        cells.append(_evaluate_cell(cell, task, model.model, split, device, model.train_seconds, emit))
+        if on_partial:
+            on_partial(UnitResult(task.key, cells[-1:], model.history, [], model.compiled, checkpoint if len(cells) == 1 else None))
+    return UnitResult(task.key, cells, model.history, notes, model.compiled, checkpoint)
 
 
 def failed_units(tasks: list[UnitTask], error: str, seconds: float = 0.0, warnings: list[list[str]] | None = None) -> list[UnitResult]:

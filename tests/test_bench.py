@@ -140,6 +140,55 @@ def test_a_killed_run_resumes_to_identical_results(planted_path, tmp_path, optio
     assert metrics(resumed) == metrics(uninterrupted)
 
 
+HOLDING_PLUGIN = """
+import os, time
+from pathlib import Path
+from robustag.attack import EmbeddingAttack
+
+class Holding(EmbeddingAttack):
+    name = "holding"
+    summary = "holds until its release file exists, then changes nothing"
+    params = EmbeddingAttack.params
+
+    def perturb(self, objective, deltas, radius):
+        while not Path(os.environ["HOLDING_RELEASE"]).exists():
+            time.sleep(0.05)
+        return deltas
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_run_killed_mid_unit_keeps_the_cells_it_finished_and_resumes_without_retraining(planted_path, tmp_path,
+                                                                                          workers):
+    plugin, release = tmp_path / "holding.py", tmp_path / "release"
+    plugin.write_text(HOLDING_PLUGIN)
+    spec = tmp_path / "held.toml"
+    spec.write_text(f'datasets = ["tsv:{planted_path}"]\nmodels = ["metric"]\ndefenses = ["plain"]\n'
+                    'attacks = ["fgsm", "holding", "pgd:steps=3"]\nseeds = 1\np_core = 3\n[params]\nepochs = 3\ndim = 8\n')
+    command = [*_bench_command(spec, tmp_path / "run", "--plugin", str(plugin), "--workers", workers)]
+    env = {**os.environ, "HOLDING_RELEASE": str(release)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _done(tmp_path / "run" / "results.sqlite") < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    db = tmp_path / "run" / "results.sqlite"
+    query = "SELECT attack_name, status, finished, metrics FROM cells ORDER BY attack_name"
+    with sqlite3.connect(db) as connection:
+        at_kill = {row[0]: row[1:] for row in connection.execute(query)}
+    assert [at_kill[a][0] for a in (None, "fgsm", "holding", "pgd")] == ["done", "done", "pending", "pending"]
+    model, = (tmp_path / "run" / "models").glob("*.pt")  # the model came with the first finished cell
+    trained_at = model.stat().st_mtime_ns
+    release.touch()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    with sqlite3.connect(db) as connection:
+        resumed = {row[0]: row[1:] for row in connection.execute(query)}
+    assert {a: row[0] for a, row in resumed.items()} == {None: "done", "fgsm": "done", "holding": "done", "pgd": "done"}
+    assert resumed[None] == at_kill[None] and resumed["fgsm"] == at_kill["fgsm"]  # kept, not recomputed
+    assert model.stat().st_mtime_ns == trained_at  # the resumed run loaded the model, it did not retrain it
+
+
 FAILING_PLUGIN = """
 from robustag.attack import EmbeddingAttack
 

@@ -33,6 +33,7 @@ class Auto(EmbeddingAttack):
               "seed": Param(0, "seed of the members' random starts"),
               "combinatorial": Param(True, "add the combinatorial search (user and item rows)"),
               "witness": Param(True, "add the verifier's witnesses where the model allows (false: the APGD members alone)")}
+    checked_with = {"witness": False}  # exact, so nothing to mask, and a verifier run per budget checked
 
     def member(self):
         return ATTACKS.create("apgd", eps=self.eps, norm=self.norm, targets=self.targets, steps=self.steps, seed=self.seed)

@@ -119,6 +119,9 @@ class EmbeddingAttack(Attack):
     threat_description: ClassVar[str] = ""
     # A bound (`Bound`), not an attack: read by name where the plugin's class is not at hand (reports)
     is_bound: ClassVar[bool] = False
+    # Parameters the sanity checks (`robustag.checks`) set on every run of the attack they make:
+    # to leave out a part that cannot mask gradients yet costs much at each budget they try
+    checked_with: ClassVar[dict] = {}
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),
         "norm": Param("l2", "l2 (per row) or linf", choices=("l2", "linf")),

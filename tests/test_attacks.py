@@ -370,6 +370,21 @@ def test_sanity_checks_pass_a_sound_attack_and_fail_loudly_on_a_weak_one(moviele
     assert verdicts["beats random noise"] is False and verdicts["large ε breaks the model"] is False
 
 
+def test_auto_is_checked_without_the_verifiers_witnesses_and_says_so(movielens, monkeypatch):
+    from robustag.checks import sanity_checks
+
+    split, model = movielens
+
+    def no_verifier(*args, **kwargs):
+        raise AssertionError("the checks ran the verifier's witnesses")
+
+    monkeypatch.setattr(ATTACKS.get("witness"), "perturb", no_verifier)
+    checks = sanity_checks(model, split, "auto:eps=0.1,steps=10,combinatorial=false", CPU)
+    assert len(checks) == 5 and all(c["detail"].endswith("(checked with witness=False)") for c in checks)
+    passed = {c["check"] for c in checks if c["passed"]}
+    assert {"monotone in ε", "beats random noise", "large ε breaks the model", "certificate below the attack"} <= passed
+
+
 def test_poison_valid_poisons_the_validation_posts_too_and_is_its_own_unit(movielens):
     from robustag.planning import plan
     from robustag.robustness import poisoned_split

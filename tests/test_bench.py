@@ -140,21 +140,16 @@ def test_a_killed_run_resumes_to_identical_results(planted_path, tmp_path, optio
     assert metrics(resumed) == metrics(uninterrupted)
 
 
-HOLDING_PLUGIN = """
-import os, time
-from pathlib import Path
-from robustag.attack import EmbeddingAttack
+def _attack_plugin(name: str, summary: str, perturb: str, imports: str = "") -> str:
+    """The source of a one-method evasion attack plugin whose `perturb` body is `perturb`."""
+    return (f"{imports}\nfrom robustag.attack import EmbeddingAttack\n\n\nclass Plugin(EmbeddingAttack):\n"
+            f"    name = {name!r}\n    summary = {summary!r}\n    params = EmbeddingAttack.params\n\n"
+            f"    def perturb(self, objective, deltas, radius):\n{textwrap.indent(perturb, ' ' * 8)}\n")
 
-class Holding(EmbeddingAttack):
-    name = "holding"
-    summary = "holds until its release file exists, then changes nothing"
-    params = EmbeddingAttack.params
 
-    def perturb(self, objective, deltas, radius):
-        while not Path(os.environ["HOLDING_RELEASE"]).exists():
-            time.sleep(0.05)
-        return deltas
-"""
+HOLDING_PLUGIN = _attack_plugin("holding", "holds until its release file exists, then changes nothing",
+                                'while not Path(os.environ["HOLDING_RELEASE"]).exists():\n    time.sleep(0.05)\n'
+                                "return deltas", imports="import os\nimport time\nfrom pathlib import Path")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -189,17 +184,7 @@ def test_a_run_killed_mid_unit_keeps_the_cells_it_finished_and_resumes_without_r
     assert model.stat().st_mtime_ns == trained_at  # the resumed run loaded the model, it did not retrain it
 
 
-FAILING_PLUGIN = """
-from robustag.attack import EmbeddingAttack
-
-class Exploding(EmbeddingAttack):
-    name = "exploding"
-    summary = "always fails"
-    params = EmbeddingAttack.params
-
-    def perturb(self, objective, deltas, radius):
-        raise RuntimeError("boom from the exploding plugin")
-"""
+FAILING_PLUGIN = _attack_plugin("exploding", "always fails", 'raise RuntimeError("boom from the exploding plugin")')
 
 
 def test_a_failing_plugin_is_isolated_and_retried(planted_path, tmp_path):

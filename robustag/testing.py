@@ -77,7 +77,7 @@ def check_attack(cls: type, **params) -> list[str]:
         raise ConformanceError(f"{cls!r}: not a subclass of robustag.attack.Attack")
     checks = [_named, _spec_round_trips]
     if issubclass(cls, EmbeddingAttack):
-        checks += [_perturbs_within_contract, _perturbs_reproducibly]
+        checks += [_checked_with_its_own_parameters, _perturbs_within_contract, _perturbs_reproducibly]
         if cls.trainable:
             checks.append(_drives_adversarial_training)
     elif issubclass(cls, DataAttack):
@@ -134,6 +134,11 @@ def _spec_round_trips(cls, params) -> None:
         again = cls(**parse_spec(plugin.spec)[1])
         if again.spec != plugin.spec or again.config != plugin.config:
             _fail(cls, "spec_round_trips", f"{plugin.config} gives the spec {plugin.spec!r}, which builds {again.config}")
+
+
+def _checked_with_its_own_parameters(cls, params) -> None:
+    """What `checked_with` fixes for the sanity checks builds the attack (no unknown name, a valid value)."""
+    cls(**{**params, **cls.checked_with})
 
 
 def _other_values(value) -> list:

@@ -62,6 +62,11 @@ class LostParameter(EmbeddingAttack):
         return deltas
 
 
+class CheckedWithAStranger(OverBudget):
+    name = "kit-checked-with-a-stranger"
+    checked_with = {"exact_search": False}  # a parameter it does not have
+
+
 class Frozen(Defense):
     name = "kit-frozen"
     summary = "a loss without gradients"
@@ -78,6 +83,7 @@ class NamedBadly(Frozen):
     (OverBudget, check_attack, "perturbs_within_contract"),
     (Unseeded, check_attack, "perturbs_reproducibly"),
     (LostParameter, check_attack, "spec_round_trips"),
+    (CheckedWithAStranger, check_attack, "checked_with_its_own_parameters.*exact_search"),
     (Frozen, check_defense, "no parameter moved"),
     (NamedBadly, check_defense, "cannot be written in a spec"),
 ])

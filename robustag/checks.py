@@ -22,6 +22,7 @@ and stores them beside the cell; every report shows them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from robustag.certify import certifiable
 from robustag.evaluation import evaluate_model
 from robustag.robustness import evade, promotion_rate
 
+CHECKED_WITH = re.compile(r"\(checked with ([^)]*)\)$")  # the parameters a check row ran with, from its detail
 TOLERANCE = 1e-3  # NDCG@3 a random start may move between runs
 CONVERGED = 0.005  # most NDCG@3 that 50 more steps may still gain
 BROKEN = 0.05  # NDCG@3 left at ε = 5
@@ -122,7 +124,7 @@ def sanity_checks(model, split, spec: str, device) -> list[dict]:
         bound = evade(model, split, certified, device).per_post["ndcg@3"]
         above = int(np.sum(bound > as_run.per_post["ndcg@3"] + 1e-9))
         rows.append(_row("certificate below the attack", above == 0, f"{above} posts with the bound above the attack"))
-    if fixed:  # what was checked is not exactly what ran: say so on every row
+    if fixed:  # what was checked is not exactly what ran: say so on every row (CHECKED_WITH reads it back)
         rows = [{**row, "detail": f"{row['detail']} (checked with {', '.join(f'{k}={v}' for k, v in fixed.items())})"}
                 for row in rows]
     return [{"attack": spec, "eps": attack.eps, **row} for row in rows]

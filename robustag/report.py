@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from robustag.attack import ATTACKS
+from robustag.checks import CHECKED_WITH
 from robustag.defense import DEFENSES
 from robustag.errors import ParameterError, RobustagError
 from robustag.models import MODELS
@@ -644,6 +645,10 @@ def checks_table(name: str, store: ResultStore, cells: pd.DataFrame) -> tuple[Re
             "same attack at 100 steps); NDCG@3 ≤ 0.05 at ε = 5; no post's certified bound above the attack. A targeted attack "
             "is checked on its own goal, the promotion@3 of its target (rising in ε, above random noise, converged, ≥ 0.95 "
             "at ε = 5). A ✗ means the attack's figures may overstate robustness (or a bug): see the lines below the table.")
+    fixed = sorted({f"{by_cell.loc[cell, 'attack_name']} ({found.group(1)})" for cell, detail in zip(checks["cell"], checks["detail"])
+                    if (found := CHECKED_WITH.search(detail))})
+    if fixed:
+        note += f" Checked with parameters the attack fixes for its checks (`checked_with`): {', '.join(fixed)}."
     table = ReportTable(name, "Sanity checks of the attacks", ["dataset", "model", "defense", "attack", *names], rows, note)
     return table, failures
 

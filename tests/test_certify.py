@@ -250,7 +250,9 @@ def test_bench_reports_state_the_threats_check_the_attacks_and_bound_the_worst_c
     assert targeted["passed"][["monotone in ε", "beats random noise", "large ε breaks the model"]].all()
     assert targeted.loc["monotone in ε", "detail"].startswith("promotion@3 at ε/2, ε, 2ε")  # judged on its own goal
     folder = tmp_path / "run" / "report"
-    assert "FAILED sanity check: pgd ε=0.1 on movielens metric (d=128) plain: converged" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "FAILED sanity check: pgd ε=0.1 on movielens metric (d=128) plain: converged" in report
+    assert "(`checked_with`): auto (witness=False)." in report  # auto's checks leave its witnesses out, and say so
     threats = pd.read_csv(folder / "default-threats.csv").set_index("attack")
     assert threats.loc["pgd ε=0.1", "threat model"] == "label-aware"
     assert threats.loc["certified ε=0.1", "threat model"] == "certified bound"

@@ -6,9 +6,11 @@ starting from the cached models `parent.cached(group)` reads, and hands each fin
 `parent.on_result(unit, result, device)` in this process, which alone writes the run folder
 (results and model cache alike: workers need no file system shared with it). The local
 executors also hand over each cell as it finishes (`parent.on_partial`), so a killed run keeps
-every finished cell; on Ray a unit is handed over whole (a lost one is rerun whole anyway). Executors know
-nothing of the bench that calls them (no import back), so a new one is one class here. Groups
-are handed out a few at a time, so a resumed bench never holds every cached model at once.
+every finished cell; on Ray a unit is handed over whole (a lost one is rerun whole anyway).
+Executors know nothing of the bench that calls them (no import back), so a new one is one class
+here. Groups are handed out a few at a time, so a resumed bench never holds every cached model
+at once. The unit's full result still carries its checkpoint: a cell's event may arrive after
+it, or not before the pool closes, and the model must not depend on that.
 """
 
 from __future__ import annotations

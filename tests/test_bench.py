@@ -362,6 +362,25 @@ def test_a_bench_compiles_by_default_says_so_and_matches_eager(planted_path, tmp
         assert compiled_metrics[key] == pytest.approx(metrics, abs=1e-3)
 
 
+def test_each_cell_names_the_source_it_ran_with_and_an_edited_plugin_changes_the_name(finished, tmp_path, monkeypatch):
+    import shutil
+
+    import robustag.attacks
+    from robustag import provenance
+
+    stored = {json.loads(v)["robustag source"] for v in finished.cells(status="done")["versions"]}
+    assert stored == {provenance.source_digest()} and re.fullmatch(r"[0-9a-f]{12}", stored.pop())
+    edited = tmp_path / "attacks"
+    shutil.copytree(robustag.attacks.__path__[0], edited)
+    (edited / "fgsm.py").write_text((edited / "fgsm.py").read_text() + "\n# an edit\n")
+    monkeypatch.setattr(robustag.attacks, "__path__", [str(edited)])
+    provenance.source_digest.cache_clear()
+    try:
+        assert provenance.source_digest() not in {json.loads(v)["robustag source"] for v in finished.cells()["versions"].dropna()}
+    finally:
+        provenance.source_digest.cache_clear()
+
+
 def test_a_run_filled_by_several_invocations_describes_all_of_them():
     first = {"name": "main", "datasets": ["movielens"], "seeds": [0, 1], "params": {"epochs": 5}}
     second = {"name": "main", "datasets": ["lastfm"], "seeds": [1, 2], "params": {"epochs": 9}}

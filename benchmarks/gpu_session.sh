@@ -6,7 +6,7 @@
 # and the next one runs; the paper bench is resumable, so a second call continues it.
 set -uo pipefail
 OUT="$(realpath -m "${OUT:-reports/benchmarks/gpu}")"
-PAPER_SECONDS=${PAPER_SECONDS:-150}
+PAPER_SECONDS=${PAPER_SECONDS:-120}
 mkdir -p "$OUT"
 cd "$(dirname "$0")"
 step() {  # SECONDS COMMAND...: run it for at most SECONDS
@@ -41,7 +41,10 @@ print(f'paper.toml on the GPU: {len(done)} of {len(cells)} cells done in $PAPER_
       f'(stack $STACK, 2 per GPU): about {len(cells) / max(len(done), 1) * $PAPER_SECONDS / 60:.0f} min for all')" \
       "$OUT/paper-gpu-cells.csv"
   step 60 python3 plain_loop.py --dataset lastfm --out "$OUT/plain-loop-lastfm-gpu.json"
-  step 90 python3 scaling.py --device cuda --out "$OUT/scaling-gpu.json"
+  # the adversary's steps compiled as one graph against eager steps, per epoch, on the GPU
+  step 50 python3 defenses.py --datasets lastfm --epochs 3 --defenses plain,aml,spaml-s --both-ascents --device cuda \
+      --out "$OUT/defenses-lastfm-fused-ascent-gpu.json"
+  step 80 python3 scaling.py --device cuda --out "$OUT/scaling-gpu.json"
   # auto's cost per 1,000 posts on the GPU beside the verifier's (numpy on the host: the metric
   # model alone, the verifier's CPU figures for FM and PITF are in verify-lastfm-cpu.json)
   step 60 python3 verify.py --models metric --eps 0.1 --device cuda --out "$OUT/verify-lastfm-gpu.json"

@@ -2,7 +2,7 @@
 speed drifts between days by more than many changes do, so only a pair from one run compares.
 
     python benchmarks/wall_ab.py BEFORE AFTER [--spec benchmarks/paper-main.toml] [--datasets lastfm]
-                                 [--workers 2] --out FILE.json
+                                 [--workers 2] [--seeds N] --out FILE.json
 
 Each commit is exported (`git archive`) and installed without dependencies into its own
 virtual environment on top of this one's packages, so each side runs its own robustag, its own
@@ -49,10 +49,10 @@ def install(commit: str, folder: Path) -> Path:
     return python
 
 
-def timed_bench(python: Path, tree: Path, spec: str, datasets: str, workers: int, run: Path) -> dict:
+def timed_bench(python: Path, tree: Path, spec: str, datasets: str, workers: int, seeds: int | None, run: Path) -> dict:
     started = time.perf_counter()
-    subprocess.run([str(python.parent / "robustag"), "bench", spec, "--datasets", datasets,
-                    "--workers", str(workers), "--no-report", "--out", str(run)], cwd=tree, check=True)
+    subprocess.run([str(python.parent / "robustag"), "bench", spec, "--datasets", datasets, "--workers", str(workers),
+                    *(["--seeds", str(seeds)] if seeds else []), "--no-report", "--out", str(run)], cwd=tree, check=True)
     wall = time.perf_counter() - started
     with sqlite3.connect(run / "results.sqlite") as db:
         units = db.execute("select c.unit, c.model, c.defense_name, c.seed, max(c.train_seconds), count(distinct h.epoch) "
@@ -69,6 +69,7 @@ def main() -> None:
                          help="a path inside each commit's tree (its own copy of the spec), or an absolute path")
     options.add_argument("--datasets", default="lastfm")
     options.add_argument("--workers", type=int, default=2)
+    options.add_argument("--seeds", type=int, help="the spec's first N seeds only (default: the spec's own)")
     options.add_argument("--out", type=Path, required=True)
     args = options.parse_args()
     sides = {}
@@ -79,9 +80,9 @@ def main() -> None:
             revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", commit], check=True, capture_output=True,
                                       text=True).stdout.strip()
             sides[side] = {"commit": revision, **timed_bench(python, folder / "tree", args.spec, args.datasets,
-                                                             args.workers, folder / "run")}
+                                                             args.workers, args.seeds, folder / "run")}
             print(f"{side} {revision[:10]}: {sides[side]['wall_seconds']:.0f} s", flush=True)
-    report = {"spec": args.spec, "datasets": args.datasets, "workers": args.workers,
+    report = {"spec": args.spec, "datasets": args.datasets, "workers": args.workers, "seeds": args.seeds,
               **environment(resolve_device("auto"), None), **sides}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -194,9 +194,8 @@ def test_the_certified_bound_is_a_bench_column_below_every_attack(tmp_path, real
     import robustag as rt
 
     with rt.bench(datasets=["movielens"], models=["metric", "pitf", "pop"], defenses=["plain"],
-                  attacks=["pgd", "auto:steps=20,witness=false,combinatorial=false", "certified"], eps=[0.05, 0.1], seeds=1, epochs=5,
-                  out=tmp_path / "run",
-                  data_dir=real_data_dir, device="cpu") as run:
+                  attacks=["pgd", "auto:steps=20,witness=false,combinatorial=false", "certified"], eps=[0.05, 0.1],
+                  seeds=1, epochs=5, out=tmp_path / "run", data_dir=real_data_dir, device="cpu") as run:
         cells = run.cells(status="done")
         assert run.failed == 0 and set(cells[cells["model"] == "pop"]["attack_name"]) == {"clean"}
         attacked = cells[cells["attack_name"] != "clean"]

@@ -40,12 +40,13 @@ def test_tracing_refuses_a_defense_without_self_paced_weights():
 REPO = Path(__file__).resolve().parents[1]
 
 
-def figures_missing_from_tables(text: str, folder: Path, decimals: int = 3, tables: str = "**/*.csv") -> tuple[list[str], int]:
+def figures_missing_from_tables(text: str, folder: Path, decimals: int = 3, tables: tuple[str, ...] = ("**/*.csv",)) -> tuple[list[str], int]:
     """The numbers with `decimals` or more decimals (with their sign where they have one) that
-    `text` quotes and no CSV table under `folder` (matching `tables`) holds; and how many it quotes."""
+    `text` quotes and no CSV table under `folder` (matching one of the patterns `tables`) holds;
+    and how many it quotes."""
     import re
 
-    tables = " ".join(p.read_text() for p in folder.glob(tables))
+    tables = " ".join(p.read_text() for pattern in tables for p in folder.glob(pattern))
     quoted = re.findall(rf"[+-]?\d+\.\d{{{decimals},}}", text)
     return [number for number in quoted if number not in tables], len(quoted)
 
@@ -66,7 +67,8 @@ def test_every_figure_the_tuning_report_quotes_is_in_its_tables():
 
 
 def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
-    """Every figure of reports/paper/README.md is in the rerun's CSVs (not the earlier report's),
+    """Every figure of reports/paper/README.md is in the rerun's CSVs (not the earlier report's;
+    `worst-case/` holds the exact worst case's specs from the newer rerun),
     and each row of its claims table gives the difference, Holm p and verdict of one row of
     paper-claims.csv."""
     import re
@@ -75,7 +77,7 @@ def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested
 
     folder = REPO / "reports" / "paper"
     readme = (folder / "README.md").read_text()
-    missing, quoted = figures_missing_from_tables(readme, folder, tables="*.csv")
+    missing, quoted = figures_missing_from_tables(readme, folder, tables=("*.csv", "worst-case/*.csv"))
     assert quoted >= 60 and not missing, f"quoted in reports/paper/README.md but in none of the rerun's tables: {missing}"
     claims = pd.read_csv(folder / "paper-claims.csv", dtype=str).fillna("")
     rows = [line for line in readme.splitlines() if line.startswith("| ") and "Δ [95% CI]" not in line and "---" not in line]
@@ -87,6 +89,19 @@ def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested
             assert row["p (Holm)"] == p and row["verdict"].startswith(verdict), (line, row)
             checked += 1
     assert checked >= 20
+
+
+def test_the_committed_worst_case_tables_regenerate_from_the_committed_archive(tmp_path):
+    """A fresh clone rebuilds the paper run's results from reports/paper/worst-case/paper-run.zip
+    (no retraining) and its report of one spec is the committed one, table for table."""
+    import robustag as rt
+
+    committed = REPO / "reports" / "paper" / "worst-case"
+    rebuilt = rt.Run.from_archive(committed / "paper-run.zip", tmp_path / "paper").report(specs=["paper-worst-case-pitf"])
+    tables = sorted(p.name for p in rebuilt.glob("paper-worst-case-pitf-*.csv"))
+    assert len(tables) == 6
+    for name in tables:
+        assert (rebuilt / name).read_text() == (committed / name).read_text(), name
 
 
 def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():

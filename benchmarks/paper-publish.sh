@@ -1,0 +1,19 @@
+#!/bin/bash
+# Publish a finished paper rerun (benchmarks/paper-rerun.sh) into reports/paper/: its report
+# (tables, plots, report.md and .html), the paper's claims tested, the earlier report's marks
+# set beside it, and the run's per-post values (paper-run.zip), from which a fresh clone
+# regenerates all of them with no retraining (`robustag import`, then this script's report and
+# claims commands on the imported folder). README.md and earlier-0.1/ are hand-kept and stay.
+#     ROBUSTAG_DATA_DIR=../shared/data bash benchmarks/paper-publish.sh [RUN]   (default runs/paper)
+set -euo pipefail
+RUN=${1:-runs/paper}
+OUT=reports/paper
+SPECS=paper-main,paper-tag-replacement,paper-ablation,paper-worst-case-pitf,paper-attack-types,paper-sensitivity,paper-dims,paper-iterations
+cd "$(dirname "$0")/.."
+robustag report "$RUN" --specs "$SPECS"
+find "$OUT" -maxdepth 1 -type f ! -name README.md -delete
+rm -rf "$OUT/plots" "$OUT/worst-case"  # worst-case/: the interim report of two specs, now in the whole
+cp -r "$RUN/report/." "$OUT/"
+robustag claims "$RUN" benchmarks/paper-claims.toml --csv "$OUT/paper-claims.csv"
+python benchmarks/earlier_marks.py --before-rev a1c470a --after "$OUT" --out "$OUT/earlier-marks.csv"
+robustag export "$RUN" "$OUT/paper-run.zip" --metrics ndcg@3,f1@3,p@3

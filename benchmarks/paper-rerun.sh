@@ -23,5 +23,4 @@ done
 for spec in paper-main paper-tag-replacement paper-attack-types paper-iterations paper-sensitivity paper-dims; do
     bench "$spec" lastfm
 done
-"$ROBUSTAG" report "$RUN" --specs paper-main,paper-tag-replacement,paper-ablation,paper-worst-case-pitf,paper-attack-types,paper-sensitivity,paper-dims,paper-iterations
-"$ROBUSTAG" claims "$RUN" benchmarks/paper-claims.toml --csv reports/paper/paper-claims.csv
+echo "== $(date +%T) every spec done: publish it with bash benchmarks/paper-publish.sh $RUN"

@@ -1,11 +1,13 @@
-"""certified: adversarial training on the exact worst case, with no ascent steps.
+"""certified: adversarial training on each pair loss's worst case, with no ascent steps.
 
 For models whose score is affine in the user and item rows (metric, PITF, FM: those that
-declare `score_directions`), the largest loss any perturbation of a triple's user and item
-rows within the budget can cause has a closed form (`robustag.certify.worst_case_shift`):
-each pair's score difference moves by at most the budget times the dual norm of the two tags'
-directions. L = L_model + β·mean ℓ_worst, as AML with its inner maximum solved exactly, at
-about the cost of `plain`. The budget is the evaluation attacks' (ε relative to each table's
+declare `score_directions`), the largest loss a perturbation of a triple's user and item rows
+within the budget can cause to one (positive, negative) pair has a closed form
+(`robustag.certify.worst_case_shift`): the pair's score difference moves by at most the budget
+times the dual norm of the two tags' directions. L = L_model + β·mean ℓ_worst, at about the
+cost of `plain`. Each negative gets its own worst perturbation, so the mean is an upper bound of
+the loss under the one perturbation an attacker applies to all of them (AML's inner maximum,
+over-approximated rather than solved). The budget is the evaluation attacks' (ε relative to each table's
 mean row norm), so it trains against the threat that `auto` and the certificate evaluate.
 """
 
@@ -17,7 +19,7 @@ from robustag.plugins import Param, PluginError, non_negative
 
 class Certified(Defense):
     name = "certified"
-    summary = "exact worst-case training: L + β·mean worst pair loss over user/item perturbations (closed form)"
+    summary = "worst-case training: L + β·mean of each pair loss's closed-form worst case over user/item perturbations"
     stacks = True
     params = {
         "eps": Param(0.1, "budget per row, relative to the mean row norm of its table", **non_negative()),

@@ -7,8 +7,9 @@ within the budget can cause to one (positive, negative) pair has a closed form
 times the dual norm of the two tags' directions. L = L_model + β·mean ℓ_worst, at about the
 cost of `plain`. Each negative gets its own worst perturbation, so the mean is an upper bound of
 the loss under the one perturbation an attacker applies to all of them (AML's inner maximum,
-over-approximated rather than solved). The budget is the evaluation attacks' (ε relative to each table's
-mean row norm), so it trains against the threat that `auto` and the certificate evaluate.
+over-approximated rather than solved). The budget is the evaluation attacks' (ε relative to
+each table's mean row norm), so it trains against the threat that `auto` and the certificate
+evaluate.
 """
 
 from robustag.attack import batch_budget

@@ -7,10 +7,17 @@
 # To keep working on robustag while it runs, run it from a separate, non-editable install of one
 # commit (pip install --no-deps PATH-TO-A-CHECKOUT into its own venv), so that edits in the working
 # tree never reach a bench already running; WORKERS sets the worker processes (default 1).
+# A rerun outlives one machine by its checkpoint: benchmarks/paper-checkpoint.sh saves the run as
+# reports/paper/rerun-checkpoint.zip (commit it), and on a machine without the run folder this
+# script starts from it, skipping the cells it holds done.
 set -u
 RUN=${1:-runs/paper}
 ROBUSTAG=${ROBUSTAG:-robustag}
 cd "$(dirname "$0")/.."
+CHECKPOINT=reports/paper/rerun-checkpoint.zip
+if [ ! -e "$RUN/results.sqlite" ] && [ -e "$CHECKPOINT" ]; then
+    "$ROBUSTAG" import "$CHECKPOINT" "$RUN"
+fi
 bench() {  # SPEC [DATASET] [extra options]
     echo "== $(date +%T) $*"
     nice -n 10 "$ROBUSTAG" bench "benchmarks/$1.toml" ${2:+--datasets "$2"} --workers "${WORKERS:-1}" --no-report --out "$RUN" "${@:3}"

@@ -661,6 +661,23 @@ def test_a_run_rebuilt_from_its_archive_regenerates_the_same_report(swept, robus
     refused(robustag("import", tmp_path / "run.zip", tmp_path / "rebuilt"), "already holds results.sqlite")
 
 
+def test_a_bench_resumes_on_an_imported_archive_running_only_the_cells_it_lacks(swept, tmp_path):
+    """benchmarks/paper-rerun.sh carries a long rerun across machines this way: a checkpoint
+    archive imported into an empty folder, then the same bench with more seeds."""
+    spec, run = swept
+    with rt.Run(run) as opened:
+        opened.export(tmp_path / "checkpoint.zip", ["ndcg@3", "f1@3", "p@3"])
+    rt.Run.from_archive(tmp_path / "checkpoint.zip", tmp_path / "resumed").close()
+    events = []
+    with rt.bench(spec, tmp_path / "resumed", seeds=2, device="cpu", report=False,
+                  on_event=lambda kind, data: events.append(kind)) as resumed, rt.Run(run) as original:
+        done = resumed.store.cells(status="done")
+        assert len(done) == 2 * len(original.store.cells(status="done")) == 16
+        assert events.count("cell") == 8  # seed 1's cells; seed 0's came done from the archive
+        kept = original.per_post("ndcg@3")
+        assert resumed.per_post("ndcg@3")[kept.columns].equals(kept)  # posts × cells
+
+
 def test_an_archive_can_keep_only_the_metrics_reports_test(swept, tmp_path):
     import zipfile
 

@@ -2,7 +2,8 @@
 # The paper reproduction, every spec on both data sets at 5 seeds, into one resumable run folder
 # (a killed run resumes where it stopped; rerunning skips done cells). Priority order: the
 # ablation with the exact worst case (issue 25) and PITF's exact worst case (paper-main's PITF
-# models, trained here first), then MovieLens in full, then LastFM.
+# models, trained here first), then the other specs the paper's claims test (paper-main,
+# paper-tag-replacement) on both data sets, then the secondary specs, MovieLens first.
 #     ROBUSTAG_DATA_DIR=../shared/data bash benchmarks/paper-rerun.sh [RUN]   (default runs/paper)
 # To keep working on robustag while it runs, run it from a separate, non-editable install of one
 # commit (pip install --no-deps PATH-TO-A-CHECKOUT into its own venv), so that edits in the working
@@ -24,10 +25,13 @@ bench() {  # SPEC [DATASET] [extra options]
 }
 bench paper-ablation "" --prune
 bench paper-worst-case-pitf
-for spec in paper-main paper-tag-replacement paper-attack-types paper-sensitivity paper-dims paper-iterations; do
+for spec in paper-main paper-tag-replacement; do
     bench "$spec" movielens
-done
-for spec in paper-main paper-tag-replacement paper-attack-types paper-iterations paper-sensitivity paper-dims; do
     bench "$spec" lastfm
+done
+for dataset in movielens lastfm; do
+    for spec in paper-attack-types paper-iterations paper-sensitivity paper-dims; do
+        bench "$spec" "$dataset"
+    done
 done
 echo "== $(date +%T) every spec done: publish it with bash benchmarks/paper-publish.sh $RUN"

@@ -13,7 +13,7 @@ SPECS=paper-main,paper-tag-replacement,paper-ablation,paper-worst-case-pitf,pape
 cd "$(dirname "$0")/.."
 robustag report "$RUN" --specs "$SPECS"
 find "$OUT" -maxdepth 1 -type f ! -name README.md ! -name 'selfpaced-noise-*.json' -delete
-rm -rf "$OUT/plots" "$OUT/worst-case"  # worst-case/: the interim report of two specs, now in the whole
+rm -rf "$OUT/plots" "$OUT/rerun"  # rerun/: the interim report of the specs complete first, now in the whole
 cp -r "$RUN/report/." "$OUT/"
 robustag claims "$RUN" benchmarks/paper-claims.toml --csv "$OUT/paper-claims.csv"
 python benchmarks/earlier_marks.py --before-rev a1c470a --after "$OUT" --out "$OUT/earlier-marks.csv"

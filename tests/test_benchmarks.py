@@ -67,41 +67,48 @@ def test_every_figure_the_tuning_report_quotes_is_in_its_tables():
 
 
 def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
-    """Every figure of reports/paper/README.md is in the rerun's CSVs (not the earlier report's;
-    `worst-case/` holds the exact worst case's specs from the newer rerun),
-    and each row of its claims table gives the difference, Holm p and verdict of one row of
-    paper-claims.csv."""
+    """Every figure of reports/paper/README.md is in the reruns' CSVs (not the earlier report's;
+    `rerun/` holds the complete specs of the newer rerun), and each cell of its claims table
+    ("Δ [95% CI], Holm p: verdict") is one row of rerun/paper-claims.csv."""
     import re
 
     import pandas as pd
 
     folder = REPO / "reports" / "paper"
     readme = (folder / "README.md").read_text()
-    missing, quoted = figures_missing_from_tables(readme, folder, tables=("*.csv", "worst-case/*.csv"))
+    missing, quoted = figures_missing_from_tables(readme, folder, tables=("*.csv", "rerun/*.csv"))
     assert quoted >= 60 and not missing, f"quoted in reports/paper/README.md but in none of the rerun's tables: {missing}"
-    claims = pd.read_csv(folder / "paper-claims.csv", dtype=str).fillna("")
-    rows = [line for line in readme.splitlines() if line.startswith("| ") and "Δ [95% CI]" not in line and "---" not in line]
+    claims = pd.read_csv(folder / "rerun" / "paper-claims.csv", dtype=str).fillna("")
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "Holm p: verdict" not in line and "---" not in line]
+    cell = r"([+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]), ([^ :|]+): ([^|]+?) \|"
     checked = 0
     for line in rows:
-        verdict = line.strip("| ").split(" | ")[-1].split(" (")[0]
-        for difference, p in re.findall(r"([+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]), ([^ |]+)", line):
-            (row,) = claims[claims["Δ [95% CI]"] == difference].to_dict("records")
-            assert row["p (Holm)"] == p and row["verdict"].startswith(verdict), (line, row)
+        for difference, p, verdict in re.findall(cell, line):
+            (row,) = claims[(claims["Δ [95% CI]"] == difference) & (claims["metric"] == "NDCG@3")].to_dict("records")
+            assert row["p (Holm)"] == p and row["verdict"] == verdict, (line, row)
             checked += 1
     assert checked >= 20
 
 
-def test_the_committed_worst_case_tables_regenerate_from_the_committed_archive(tmp_path):
-    """A fresh clone rebuilds the paper run's results from reports/paper/worst-case/paper-run.zip
-    (no retraining) and its report of one spec is the committed one, table for table."""
+def test_the_readme_summary_of_the_paper_rerun_quotes_only_its_tables():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("The SPAML paper's claims are tested"):readme.index("## Benchmarks: specs")]
+    missing, quoted = figures_missing_from_tables(section, REPO / "reports" / "paper" / "rerun", decimals=4)
+    assert quoted >= 8 and not missing, f"quoted in README.md but in no table of reports/paper/rerun: {missing}"
+
+
+def test_the_committed_rerun_tables_regenerate_from_the_committed_checkpoint(tmp_path):
+    """A fresh clone rebuilds the paper rerun's results from reports/paper/rerun-checkpoint.zip
+    (no retraining) and the report of its first spec is the committed one, table for table
+    (a complete spec's cells never change as the rerun goes on)."""
     import robustag as rt
 
-    committed = REPO / "reports" / "paper" / "worst-case"
-    rebuilt = rt.Run.from_archive(committed / "paper-run.zip", tmp_path / "paper").report(specs=["paper-worst-case-pitf"])
-    tables = sorted(p.name for p in rebuilt.glob("paper-worst-case-pitf-*.csv"))
-    assert len(tables) == 6
+    committed = REPO / "reports" / "paper"
+    rebuilt = rt.Run.from_archive(committed / "rerun-checkpoint.zip", tmp_path / "paper").report(specs=["paper-main"])
+    tables = sorted(p.name for p in rebuilt.glob("paper-main-*.csv"))
+    assert len(tables) == 2  # clean and comparisons: paper-main has no attack
     for name in tables:
-        assert (rebuilt / name).read_text() == (committed / name).read_text(), name
+        assert (rebuilt / name).read_text() == (committed / "rerun" / name).read_text(), name
 
 
 def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():

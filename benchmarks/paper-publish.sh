@@ -3,8 +3,9 @@
 # (tables, plots, report.md and .html), the paper's claims tested, the earlier report's marks
 # set beside it, and the run's per-post values (paper-run.zip), from which a fresh clone
 # regenerates all of them with no retraining (`robustag import`, then this script's report and
-# claims commands on the imported folder). README.md, earlier-0.1/ and the self-paced admission
-# traces (selfpaced-noise-*.json, made by hand, item 6 of the README) are not the report's and stay.
+# claims commands on the imported folder). README.md, the earlier runs' folders
+# (earlier-*/) and the self-paced admission traces (selfpaced-noise-*.json, made by hand, item 6 of the
+# README) are not the report's and stay.
 #     ROBUSTAG_DATA_DIR=../shared/data bash benchmarks/paper-publish.sh [RUN]   (default runs/paper)
 set -euo pipefail
 RUN=${1:-runs/paper}

@@ -67,16 +67,17 @@ def test_every_figure_the_tuning_report_quotes_is_in_its_tables():
 
 
 def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
-    """Every figure of reports/paper/README.md is in the reruns' CSVs (not the earlier report's;
-    `rerun/` holds the complete specs of the newer rerun), and each cell of its claims table
-    ("Δ [95% CI], Holm p: verdict") is one row of rerun/paper-claims.csv."""
+    """Every figure of reports/paper/README.md is in the two 5-seed runs' CSVs (not the earlier
+    report's; `rerun/` holds the complete specs of the newer rerun, `earlier-2026-11-30/` the run
+    its sentences compare with), and each cell of its claims table ("Δ [95% CI], Holm p: verdict")
+    is one row of rerun/paper-claims.csv."""
     import re
 
     import pandas as pd
 
     folder = REPO / "reports" / "paper"
     readme = (folder / "README.md").read_text()
-    missing, quoted = figures_missing_from_tables(readme, folder, tables=("*.csv", "rerun/*.csv"))
+    missing, quoted = figures_missing_from_tables(readme, folder, tables=("earlier-2026-11-30/*.csv", "rerun/*.csv"))
     assert quoted >= 60 and not missing, f"quoted in reports/paper/README.md but in none of the rerun's tables: {missing}"
     claims = pd.read_csv(folder / "rerun" / "paper-claims.csv", dtype=str).fillna("")
     rows = [line for line in readme.splitlines() if line.startswith("| ") and "Holm p: verdict" not in line and "---" not in line]
@@ -88,6 +89,12 @@ def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested
             assert row["p (Holm)"] == p and row["verdict"] == verdict, (line, row)
             checked += 1
     assert checked >= 20
+
+
+def test_the_kept_30_november_report_quotes_only_its_own_tables():
+    folder = REPO / "reports" / "paper" / "earlier-2026-11-30"
+    missing, quoted = figures_missing_from_tables((folder / "README.md").read_text(), folder, tables=("*.csv",))
+    assert quoted >= 60 and not missing, f"quoted in {folder / 'README.md'} but in none of its tables: {missing}"
 
 
 def test_the_readme_summary_of_the_paper_rerun_quotes_only_its_tables():

@@ -18,4 +18,4 @@ rm -rf "$OUT/plots" "$OUT/rerun"  # rerun/: the interim report of the specs comp
 cp -r "$RUN/report/." "$OUT/"
 robustag claims "$RUN" benchmarks/paper-claims.toml --csv "$OUT/paper-claims.csv"
 python benchmarks/earlier_marks.py --before-rev a1c470a --after "$OUT" --out "$OUT/earlier-marks.csv"
-robustag export "$RUN" "$OUT/paper-run.zip" --metrics ndcg@3,f1@3,p@3
+bash benchmarks/paper-checkpoint.sh "$RUN" "$OUT/paper-run.zip"  # the per-post values the report reads

@@ -10,12 +10,14 @@
 # tree never reach a bench already running; WORKERS sets the worker processes (default 1).
 # A rerun outlives one machine by its checkpoint: benchmarks/paper-checkpoint.sh saves the run as
 # reports/paper/rerun-checkpoint.zip (commit it), and on a machine without the run folder this
-# script starts from it, skipping the cells it holds done.
+# script starts from it, skipping the cells it holds done; once published, from the whole run's
+# reports/paper/paper-run.zip (then only the cells a changed spec adds are run).
 set -u
 RUN=${1:-runs/paper}
 ROBUSTAG=${ROBUSTAG:-robustag}
 cd "$(dirname "$0")/.."
 CHECKPOINT=reports/paper/rerun-checkpoint.zip
+[ -e "$CHECKPOINT" ] || CHECKPOINT=reports/paper/paper-run.zip
 if [ ! -e "$RUN/results.sqlite" ] && [ -e "$CHECKPOINT" ]; then
     "$ROBUSTAG" import "$CHECKPOINT" "$RUN"
 fi

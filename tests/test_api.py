@@ -81,15 +81,13 @@ def test_a_run_reads_back_what_the_bench_stored(tmp_path, real_data_dir):
 
 def test_the_documented_example_runs_as_written(real_data_dir, tmp_path):
     """The README's example, its bench on a one-seed, two-epoch default without `auto` (whose
-    verifier witnesses cost 7 s per cell here; `auto` in a bench is tested with the bounds) and
-    eager (compiling its models adds 5 s with a warm compiler cache, 35 s with a cold one, to a
-    20 s bench; a compiled bench is tested in test_bench.py)."""
+    verifier witnesses cost 7 s per cell here; `auto` in a bench is tested with the bounds)."""
     split = rt.load_dataset("movielens", data_dir=real_data_dir)
     trained = rt.train(split, model="metric", defense="spaml-s", seed=0)
     table = rt.attack(trained, split, ["pgd:eps=0.1", "fgsm"])
     assert list(table["attack"].str.split(":").str[0]) == ["pgd", "fgsm"] and table.attrs["worst_case"]
     with rt.bench(out=tmp_path / "x", workers=2, seeds=1, epochs=2, attacks=["fgsm", "pgd", "certified", "tag-replace-20"],
-                  data_dir=real_data_dir, device="cpu", compile=False) as run:
+                  data_dir=real_data_dir, device="cpu") as run:
         run.cells(); run.per_post("ndcg@3"); run.compare(reference="plain"); run.report()
     assert {"metric", "pitf", "fm", "pop-mix"} <= set(rt.MODELS.names()) and "pgd" in rt.ATTACKS.names()
     assert "spaml-s" in rt.DEFENSES.names()

@@ -60,10 +60,12 @@ def test_every_figure_the_readme_quotes_from_the_robust_training_report_is_in_it
     assert quoted >= 15 and not missing, f"quoted in README.md but in no table of reports/robust-training: {missing}"
 
 
-def test_every_figure_the_tuning_report_quotes_is_in_its_tables():
-    folder = REPO / "reports" / "paper-tuning"
-    missing, quoted = figures_missing_from_tables((folder / "README.md").read_text(), folder, decimals=4)
-    assert quoted >= 20 and not missing, f"quoted in reports/paper-tuning/README.md but in none of its tables: {missing}"
+@pytest.mark.parametrize("report, decimals, at_least", [("paper-tuning", 4, 20), ("paper/earlier-2026-11-30", 3, 60)])
+def test_every_figure_a_report_quotes_is_in_its_own_tables(report, decimals, at_least):
+    """The tuning report, and the 30 November paper run kept as written, quote only their own CSVs."""
+    folder = REPO / "reports" / report
+    missing, quoted = figures_missing_from_tables((folder / "README.md").read_text(), folder, decimals=decimals)
+    assert quoted >= at_least and not missing, f"quoted in reports/{report}/README.md but in none of its tables: {missing}"
 
 
 def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
@@ -89,12 +91,6 @@ def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested
             assert row["p (Holm)"] == p and row["verdict"] == verdict, (line, row)
             checked += 1
     assert checked >= 20
-
-
-def test_the_kept_30_november_report_quotes_only_its_own_tables():
-    folder = REPO / "reports" / "paper" / "earlier-2026-11-30"
-    missing, quoted = figures_missing_from_tables((folder / "README.md").read_text(), folder, tables=("*.csv",))
-    assert quoted >= 60 and not missing, f"quoted in {folder / 'README.md'} but in none of its tables: {missing}"
 
 
 def test_the_readme_summary_of_the_paper_rerun_quotes_only_its_tables():

@@ -3,12 +3,14 @@ speed drifts between days by more than many changes do, so only a pair from one 
 
     python benchmarks/wall_ab.py BEFORE AFTER [--spec benchmarks/paper-main.toml] [--datasets lastfm]
                                  [--workers 2] [--seeds N] --out FILE.json
+    python benchmarks/wall_ab.py --summarise FILE.json    # rewrite a stored pair's per-epoch ratios
 
 Each commit is exported (`git archive`) and installed without dependencies into its own
 virtual environment on top of this one's packages, so each side runs its own robustag, its own
 built-in plugins and its own copy of the spec, from a scratch run folder. Per side: the wall
 seconds, and per trained unit its training seconds and epochs (early stopping differs between
-the sides by rounding, so seconds per epoch compare more finely than wall time).
+the sides by rounding, so seconds per epoch compare more finely than wall time), and per unit
+trained on both sides its seconds per epoch after / before (`per_epoch`, the figure a report quotes).
 """
 
 from __future__ import annotations
@@ -61,17 +63,39 @@ def timed_bench(python: Path, tree: Path, spec: str, datasets: str, workers: int
     return {"wall_seconds": wall, "units": [dict(zip(keys, row)) for row in units]}
 
 
+def per_epoch_ratios(before: dict, after: dict) -> list[dict]:
+    """Per (model, defense, seed) trained on both sides: seconds per epoch, and after / before."""
+    def seconds_per_epoch(side: dict) -> dict:
+        return {(u["model"], u["defense"], u["seed"]): u["train_seconds"] / u["epochs"] for u in side["units"] if u["epochs"]}
+    first, second = seconds_per_epoch(before), seconds_per_epoch(after)
+    return [{"model": model, "defense": defense, "seed": seed, "before_epoch_seconds": first[key],
+             "after_epoch_seconds": second[key], "after_over_before": round(second[key] / first[key], 3)}
+            for key in sorted(first.keys() & second.keys()) for model, defense, seed in [key]]
+
+
+def summarise(path: Path) -> None:
+    report = json.loads(path.read_text())
+    report["per_epoch"] = per_epoch_ratios(report["before"], report["after"])
+    path.write_text(json.dumps(report, indent=1) + "\n")
+
+
 def main() -> None:
     options = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    options.add_argument("before")
-    options.add_argument("after")
+    options.add_argument("before", nargs="?")
+    options.add_argument("after", nargs="?")
+    options.add_argument("--summarise", type=Path, metavar="FILE",
+                         help="recompute the per-epoch ratios of a stored pair, without rerunning it")
     options.add_argument("--spec", default="benchmarks/paper-main.toml",
                          help="a path inside each commit's tree (its own copy of the spec), or an absolute path")
     options.add_argument("--datasets", default="lastfm")
     options.add_argument("--workers", type=int, default=2)
     options.add_argument("--seeds", type=int, help="the spec's first N seeds only (default: the spec's own)")
-    options.add_argument("--out", type=Path, required=True)
+    options.add_argument("--out", type=Path)
     args = options.parse_args()
+    if args.summarise:
+        return summarise(args.summarise)
+    if not (args.before and args.after and args.out):
+        options.error("BEFORE, AFTER and --out are needed to measure a pair")
     sides = {}
     with tempfile.TemporaryDirectory() as scratch:
         for side, commit in (("before", args.before), ("after", args.after)):
@@ -83,7 +107,8 @@ def main() -> None:
                                                              args.workers, args.seeds, folder / "run")}
             print(f"{side} {revision[:10]}: {sides[side]['wall_seconds']:.0f} s", flush=True)
     report = {"spec": args.spec, "datasets": args.datasets, "workers": args.workers, "seeds": args.seeds,
-              **environment(resolve_device("auto"), None), **sides}
+              **environment(resolve_device("auto"), None), **sides,
+              "per_epoch": per_epoch_ratios(sides["before"], sides["after"])}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -68,6 +68,41 @@ def test_every_figure_a_report_quotes_is_in_its_own_tables(report, decimals, at_
     assert quoted >= at_least and not missing, f"quoted in reports/{report}/README.md but in none of its tables: {missing}"
 
 
+def stored_values(folder: Path) -> list[float]:
+    """Every number the JSON, CSV and Markdown tables under `folder` hold (its README aside)."""
+    import json
+    import re
+
+    def walk(value) -> list[float]:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            return [number for item in value for number in walk(item)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [float(value)]
+        return [float(number) for number in re.findall(r"\d+\.\d+", value)] if isinstance(value, str) else []
+
+    values = [number for path in folder.rglob("*.json") for number in walk(json.loads(path.read_text()))]
+    tables = [path for pattern in ("*.csv", "*.md") for path in folder.rglob(pattern) if path.name != "README.md"]
+    return values + [float(number) for path in tables for number in re.findall(r"\d+\.\d+", path.read_text())]
+
+
+def test_every_figure_of_the_benchmarks_readme_rounds_a_stored_measurement():
+    """reports/benchmarks/README.md quotes measurements its scripts stored (JSON, CSV): each number
+    with two or more decimals is one of them rounded to the decimals shown (the scripts keep full
+    precision; a ratio the README quotes is written by the script that measured it)."""
+    import re
+
+    import numpy as np
+
+    folder = REPO / "reports" / "benchmarks"
+    values = np.abs(np.array(stored_values(folder)))
+    quoted = re.findall(r"(?<![\d.])\d+\.\d{2,}", (folder / "README.md").read_text())
+    missing = [number for number in quoted
+               if not np.any(np.abs(values - float(number)) <= 0.5 * 10.0 ** -len(number.split(".")[1]) + 1e-12)]
+    assert len(quoted) >= 300 and not missing, f"quoted in reports/benchmarks/README.md but stored nowhere: {missing}"
+
+
 def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
     """Every figure of reports/paper/README.md is in the two 5-seed runs' CSVs (not the earlier
     report's; `rerun/` holds the complete specs of the newer rerun, `earlier-2026-11-30/` the run

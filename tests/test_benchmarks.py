@@ -105,18 +105,18 @@ def test_every_figure_of_the_benchmarks_readme_rounds_a_stored_measurement():
 
 def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested():
     """Every figure of reports/paper/README.md is in the two 5-seed runs' CSVs (not the earlier
-    report's; `rerun/` holds the complete specs of the newer rerun, `earlier-2026-11-30/` the run
-    its sentences compare with), and each cell of its claims table ("Δ [95% CI], Holm p: verdict")
-    is one row of rerun/paper-claims.csv."""
+    report's; the top level holds the newer rerun, `earlier-2026-11-30/` the run its sentences
+    compare with), and each cell of its claims table ("Δ [95% CI], Holm p: verdict") is one row
+    of paper-claims.csv."""
     import re
 
     import pandas as pd
 
     folder = REPO / "reports" / "paper"
     readme = (folder / "README.md").read_text()
-    missing, quoted = figures_missing_from_tables(readme, folder, tables=("earlier-2026-11-30/*.csv", "rerun/*.csv"))
+    missing, quoted = figures_missing_from_tables(readme, folder, tables=("earlier-2026-11-30/*.csv", "*.csv"))
     assert quoted >= 60 and not missing, f"quoted in reports/paper/README.md but in none of the rerun's tables: {missing}"
-    claims = pd.read_csv(folder / "rerun" / "paper-claims.csv", dtype=str).fillna("")
+    claims = pd.read_csv(folder / "paper-claims.csv", dtype=str).fillna("")
     rows = [line for line in readme.splitlines() if line.startswith("| ") and "Holm p: verdict" not in line and "---" not in line]
     cell = r"([+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]), ([^ :|]+): ([^|]+?) \|"
     checked = 0
@@ -131,22 +131,21 @@ def test_the_paper_report_quotes_only_the_reruns_tables_and_its_claims_as_tested
 def test_the_readme_summary_of_the_paper_rerun_quotes_only_its_tables():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("The SPAML paper's claims are tested"):readme.index("## Benchmarks: specs")]
-    missing, quoted = figures_missing_from_tables(section, REPO / "reports" / "paper" / "rerun", decimals=4)
-    assert quoted >= 8 and not missing, f"quoted in README.md but in no table of reports/paper/rerun: {missing}"
+    missing, quoted = figures_missing_from_tables(section, REPO / "reports" / "paper", decimals=4, tables=("*.csv",))
+    assert quoted >= 8 and not missing, f"quoted in README.md but in no table of reports/paper: {missing}"
 
 
-def test_the_committed_rerun_tables_regenerate_from_the_committed_checkpoint(tmp_path):
-    """A fresh clone rebuilds the paper rerun's results from reports/paper/rerun-checkpoint.zip
-    (no retraining) and the report of its first spec is the committed one, table for table
-    (a complete spec's cells never change as the rerun goes on)."""
+def test_the_committed_paper_tables_regenerate_from_the_committed_run(tmp_path):
+    """A fresh clone rebuilds the paper run's results from reports/paper/paper-run.zip (no
+    retraining) and the report of its first spec is the committed one, table for table."""
     import robustag as rt
 
     committed = REPO / "reports" / "paper"
-    rebuilt = rt.Run.from_archive(committed / "rerun-checkpoint.zip", tmp_path / "paper").report(specs=["paper-main"])
+    rebuilt = rt.Run.from_archive(committed / "paper-run.zip", tmp_path / "paper").report(specs=["paper-main"])
     tables = sorted(p.name for p in rebuilt.glob("paper-main-*.csv"))
     assert len(tables) == 2  # clean and comparisons: paper-main has no attack
     for name in tables:
-        assert (rebuilt / name).read_text() == (committed / "rerun" / name).read_text(), name
+        assert (rebuilt / name).read_text() == (committed / name).read_text(), name
 
 
 def test_each_earlier_mark_is_met_by_the_reruns_method_level_figure_and_a_verdict():

@@ -68,9 +68,9 @@ def per_epoch_ratios(before: dict, after: dict) -> list[dict]:
     def seconds_per_epoch(side: dict) -> dict:
         return {(u["model"], u["defense"], u["seed"]): u["train_seconds"] / u["epochs"] for u in side["units"] if u["epochs"]}
     first, second = seconds_per_epoch(before), seconds_per_epoch(after)
-    return [{"model": model, "defense": defense, "seed": seed, "before_epoch_seconds": first[key],
-             "after_epoch_seconds": second[key], "after_over_before": round(second[key] / first[key], 3)}
-            for key in sorted(first.keys() & second.keys()) for model, defense, seed in [key]]
+    return [{**dict(zip(("model", "defense", "seed"), key)), "before_epoch_seconds": first[key],
+             "after_epoch_seconds": second[key], "after_over_before": second[key] / first[key]}
+            for key in sorted(first.keys() & second.keys())]
 
 
 def summarise(path: Path) -> None:
